@@ -1,0 +1,2 @@
+//! `vertebra-conformance`: the conformance harness (under construction).
+pub mod requirements;

@@ -1,0 +1,1 @@
+//! Requirement registry extracted from `spec/` (under construction).

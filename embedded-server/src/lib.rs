@@ -1,0 +1,1 @@
+//! vertebra-embedded-server (under construction).

@@ -1,0 +1,1 @@
+//! vertebra-protocol (under construction).

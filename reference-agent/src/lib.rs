@@ -1,0 +1,1 @@
+//! vertebra-reference-agent (under construction).
