@@ -1,0 +1,229 @@
+//! Resources: normalized paths, segment-wise matching, keyed resources (`[VAP-RES]`).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{DecodeError, Rule};
+
+/// Maximum length of a resource path in bytes (a sanity bound against abuse).
+pub const MAX_RESOURCE_BYTES: usize = 4096;
+
+/// A normalized resource path such as `/cluster/rd00`.
+///
+/// Grammar (`[VAP-RES]`): a leading `/`; segments separated by `/`; one trailing `/` is removed;
+/// empty segments (`//`) are rejected; segment characters are any Unicode scalar except `/` and
+/// control characters; case-sensitive. `/` alone is the root (zero segments).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Resource(String);
+
+impl Resource {
+    /// The root resource `/`.
+    pub fn root() -> Self {
+        Resource("/".to_string())
+    }
+
+    /// Parse and normalize a path (see the type docs for the grammar).
+    pub fn parse(s: &str) -> Result<Self, DecodeError> {
+        if s.len() > MAX_RESOURCE_BYTES {
+            return Err(DecodeError::new(
+                Rule::BadResource,
+                "resource path too long",
+            ));
+        }
+        let Some(rest) = s.strip_prefix('/') else {
+            return Err(DecodeError::new(
+                Rule::BadResource,
+                format!("resource {s:?} does not start with '/'"),
+            ));
+        };
+        if rest.is_empty() {
+            return Ok(Resource::root());
+        }
+        let body = rest.strip_suffix('/').unwrap_or(rest);
+        for seg in body.split('/') {
+            if seg.is_empty() {
+                return Err(DecodeError::new(
+                    Rule::BadResource,
+                    format!("resource {s:?} has an empty segment"),
+                ));
+            }
+            if seg.chars().any(char::is_control) {
+                return Err(DecodeError::new(
+                    Rule::BadResource,
+                    format!("resource {s:?} has a control character"),
+                ));
+            }
+        }
+        Ok(Resource(format!("/{body}")))
+    }
+
+    /// The normalized path text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// True for `/`.
+    pub fn is_root(&self) -> bool {
+        self.0 == "/"
+    }
+
+    /// The segments (empty for the root).
+    pub fn segments(&self) -> impl Iterator<Item = &str> + '_ {
+        let body = &self.0[1..];
+        body.split('/').filter(|s| !s.is_empty())
+    }
+
+    /// Number of segments.
+    pub fn depth(&self) -> usize {
+        self.segments().count()
+    }
+
+    /// True when `self` is a segment-prefix of `other` (every segment of `self` equals the
+    /// corresponding segment of `other`). `/a` is a prefix of `/a/b` but not of `/ab`.
+    pub fn is_prefix_of(&self, other: &Resource) -> bool {
+        if self.is_root() {
+            return true;
+        }
+        match other.0.strip_prefix(self.0.as_str()) {
+            Some("") => true,
+            Some(rest) => rest.starts_with('/'),
+            None => false,
+        }
+    }
+
+    /// "A matches B" iff one is a segment-prefix of the other (`[VAP-RES]`).
+    pub fn matches(&self, other: &Resource) -> bool {
+        self.is_prefix_of(other) || other.is_prefix_of(self)
+    }
+
+    /// Append a segment (must not contain `/` or control characters).
+    pub fn join(&self, segment: &str) -> Result<Self, DecodeError> {
+        if self.is_root() {
+            Resource::parse(&format!("/{segment}"))
+        } else {
+            Resource::parse(&format!("{}/{segment}", self.0))
+        }
+        .and_then(|r| {
+            if r.depth() == self.depth() + 1 {
+                Ok(r)
+            } else {
+                Err(DecodeError::new(Rule::BadResource, "bad segment"))
+            }
+        })
+    }
+}
+
+impl fmt::Display for Resource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for Resource {
+    type Err = DecodeError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Resource::parse(s)
+    }
+}
+
+impl Serialize for Resource {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Resource {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Resource::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl schemars::JsonSchema for Resource {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Resource".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "Normalized resource path: leading '/', non-empty segments, no trailing '/' (except the root '/')",
+            "pattern": "^/([^/\\u0000-\\u001f\\u007f-\\u009f]+(/[^/\\u0000-\\u001f\\u007f-\\u009f]+)*)?$"
+        })
+    }
+}
+
+/// A resource with an optional key: top-level named `<res>` values of an op are scoping
+/// resources under their name; legacy unnamed `<res>` are key-less (`[VAP-RES]`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct KeyedResource {
+    /// The key (the value's name), or `None` for a legacy key-less resource.
+    pub key: Option<String>,
+    /// The resource.
+    pub resource: Resource,
+}
+
+/// A set of keyed resources (the scope of an op, an advertisement or a discovery query).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResourceScope {
+    entries: Vec<KeyedResource>,
+}
+
+impl ResourceScope {
+    /// Empty scope.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add a resource under an optional key.
+    pub fn push(&mut self, key: Option<&str>, resource: Resource) {
+        self.entries.push(KeyedResource {
+            key: key.map(str::to_string),
+            resource,
+        });
+    }
+
+    /// Entries in insertion order.
+    pub fn iter(&self) -> impl Iterator<Item = &KeyedResource> {
+        self.entries.iter()
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Resources under `key` (key-less entries are not included).
+    pub fn get<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a Resource> + 'a {
+        self.entries
+            .iter()
+            .filter(move |e| e.key.as_deref() == Some(key))
+            .map(|e| &e.resource)
+    }
+
+    /// Whether a query scope is satisfied by an offered scope (`self` = offered):
+    /// every query term must match (segment-wise, [`Resource::matches`]) at least one offered
+    /// resource under the same key; a key-less query term may match an offered resource under
+    /// any key. An empty query is satisfied by anything.
+    pub fn satisfies(&self, query: &ResourceScope) -> bool {
+        query.entries.iter().all(|q| {
+            self.entries
+                .iter()
+                .any(|o| (q.key.is_none() || q.key == o.key) && q.resource.matches(&o.resource))
+        })
+    }
+}
+
+impl FromIterator<KeyedResource> for ResourceScope {
+    fn from_iter<T: IntoIterator<Item = KeyedResource>>(iter: T) -> Self {
+        ResourceScope {
+            entries: iter.into_iter().collect(),
+        }
+    }
+}

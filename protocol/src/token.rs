@@ -1,0 +1,234 @@
+//! Tokens (`[VAP-OPS]` tokens): the requester token `T`, the op token `T:S`, CSPRNG generation
+//! and the rotation rule.
+//!
+//! * A generated segment is 32 lowercase hex characters (128 bits) from the OS CSPRNG
+//!   (`getrandom`).
+//! * On input any `[0-9A-Fa-f]+` segment is accepted (legacy peers), up to
+//!   [`MAX_SEGMENT_LEN`] characters; tokens are compared exactly (case-sensitive).
+//! * More than two `:`-separated segments are rejected ([`crate::error::Rule::TooManyTokenSegments`]).
+//! * Rotation: the op result carries `X:S` where `X` is the last segment of the incoming token
+//!   and `S` is fresh.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{DecodeError, Rule};
+
+/// Upper bound on the length of one token segment accepted on input.
+pub const MAX_SEGMENT_LEN: usize = 128;
+
+/// One token segment: non-empty ASCII hex, as received (case kept; compared exactly).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Token(String);
+
+impl Token {
+    /// A fresh 128-bit token: 32 lowercase hex characters from the OS CSPRNG.
+    ///
+    /// # Errors
+    /// Fails only when the operating system's random source fails.
+    pub fn generate() -> Result<Self, getrandom::Error> {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes)?;
+        let mut s = String::with_capacity(32);
+        for b in bytes {
+            s.push(char::from(HEX[usize::from(b >> 4)]));
+            s.push(char::from(HEX[usize::from(b & 15)]));
+        }
+        Ok(Token(s))
+    }
+
+    /// Parse one segment (`[0-9A-Fa-f]+`, at most [`MAX_SEGMENT_LEN`]).
+    pub fn parse(s: &str) -> Result<Self, DecodeError> {
+        if s.is_empty() || s.len() > MAX_SEGMENT_LEN || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(DecodeError::new(
+                Rule::BadToken,
+                format!("token segment {s:?} is not 1..={MAX_SEGMENT_LEN} hex characters"),
+            ));
+        }
+        Ok(Token(s.to_string()))
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether this segment has the form this crate emits (32 lowercase hex characters).
+    pub fn is_canonical(&self) -> bool {
+        self.0.len() == 32
+            && self
+                .0
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+impl fmt::Display for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for Token {
+    type Err = DecodeError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Token::parse(s)
+    }
+}
+
+/// A token as it appears on `<op token>`: one segment (`T`, a fresh request) or two (`X:S`,
+/// for example a responder that calls the dispatcher on behalf of an op reuses its op token).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RequestToken {
+    /// `T`.
+    Single(Token),
+    /// `X:S`.
+    Pair(OpToken),
+}
+
+impl RequestToken {
+    /// Parse a 1- or 2-segment token.
+    pub fn parse(s: &str) -> Result<Self, DecodeError> {
+        let mut parts = s.split(':');
+        let first = parts.next().unwrap_or_default();
+        let second = parts.next();
+        if parts.next().is_some() {
+            return Err(DecodeError::new(
+                Rule::TooManyTokenSegments,
+                format!("token {s:?} has more than two segments"),
+            ));
+        }
+        let first = Token::parse(first)?;
+        Ok(match second {
+            None => RequestToken::Single(first),
+            Some(second) => RequestToken::Pair(OpToken {
+                requester: first,
+                responder: Token::parse(second)?,
+            }),
+        })
+    }
+
+    /// The last `:` segment (the `X` of the rotation rule).
+    pub fn last(&self) -> &Token {
+        match self {
+            RequestToken::Single(t) => t,
+            RequestToken::Pair(p) => &p.responder,
+        }
+    }
+
+    /// The rotation rule: `X:S` with `X` the last segment of this token and `S` the responder's
+    /// fresh segment.
+    pub fn rotate(&self, responder: Token) -> OpToken {
+        OpToken {
+            requester: self.last().clone(),
+            responder,
+        }
+    }
+
+    /// Rotate with a freshly generated `S`.
+    pub fn rotate_fresh(&self) -> Result<OpToken, getrandom::Error> {
+        Ok(self.rotate(Token::generate()?))
+    }
+}
+
+impl fmt::Display for RequestToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RequestToken::Single(t) => t.fmt(f),
+            RequestToken::Pair(p) => p.fmt(f),
+        }
+    }
+}
+
+impl From<Token> for RequestToken {
+    fn from(t: Token) -> Self {
+        RequestToken::Single(t)
+    }
+}
+
+impl FromStr for RequestToken {
+    type Err = DecodeError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        RequestToken::parse(s)
+    }
+}
+
+/// The op token `T:S` that names one op instance together with the responder's full JID.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OpToken {
+    /// `T` (or `X`): the last segment of the requester's token.
+    pub requester: Token,
+    /// `S`: the responder's fresh segment.
+    pub responder: Token,
+}
+
+impl OpToken {
+    /// Parse exactly two segments.
+    pub fn parse(s: &str) -> Result<Self, DecodeError> {
+        match RequestToken::parse(s)? {
+            RequestToken::Pair(p) => Ok(p),
+            RequestToken::Single(_) => Err(DecodeError::new(
+                Rule::BadToken,
+                format!("token {s:?} must have two segments T:S"),
+            )),
+        }
+    }
+
+    /// Whether `self` is the rotation of `request` (its first segment is the request's last).
+    pub fn is_rotation_of(&self, request: &RequestToken) -> bool {
+        &self.requester == request.last()
+    }
+}
+
+impl fmt::Display for OpToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.requester, self.responder)
+    }
+}
+
+impl FromStr for OpToken {
+    type Err = DecodeError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        OpToken::parse(s)
+    }
+}
+
+macro_rules! string_serde {
+    ($t:ty, $name:literal, $pattern:literal) => {
+        impl Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                <$t>::from_str(&s).map_err(serde::de::Error::custom)
+            }
+        }
+        impl schemars::JsonSchema for $t {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                $name.into()
+            }
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!({ "type": "string", "pattern": $pattern })
+            }
+        }
+    };
+}
+
+string_serde!(Token, "Token", "^[0-9A-Fa-f]{1,128}$");
+string_serde!(
+    RequestToken,
+    "RequestToken",
+    "^[0-9A-Fa-f]{1,128}(:[0-9A-Fa-f]{1,128})?$"
+);
+string_serde!(
+    OpToken,
+    "OpToken",
+    "^[0-9A-Fa-f]{1,128}:[0-9A-Fa-f]{1,128}$"
+);
