@@ -1,1 +1,10 @@
-//! vertebra-reference-agent (under construction).
+//! Vertebra reference agent, requester API, dispatcher and the `vertebra` CLI on tokio-xmpp.
+//!
+//! The tokio layer here only moves bytes and time; protocol decisions live in
+//! `vertebra-protocol`.
+
+pub mod conn;
+pub mod config;
+pub mod policy;
+pub mod node;
+pub mod requester;

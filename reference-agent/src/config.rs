@@ -1,0 +1,249 @@
+//! Configuration shared by the agent, dispatcher and requester runtimes: connection settings
+//! (also from the spawn-contract environment variables), timing, and the deliberate
+//! [`Misbehaviour`] switch used by the conformance harness to build mutants.
+
+use std::time::Duration;
+
+use tokio_xmpp::parsers::jid::{FullJid, Jid};
+
+use crate::conn::ConnectOptions;
+
+/// One deliberately broken rule. The reference runtimes consult this at the single place
+/// where they would otherwise follow the rule, so a "mutant" is the reference agent or
+/// dispatcher with exactly one violation. Runtime option, no cargo feature; `None` is the
+/// conforming behaviour and the default. Meant for the conformance harness's self-test.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+#[non_exhaustive]
+pub enum Misbehaviour {
+    /// Conforming.
+    #[default]
+    None,
+    /// Agent: never sends `<ack>` (nor the fast-path ack), goes straight to data.
+    SkipAck,
+    /// Agent: answers the op with a token that is not a rotation of the request token.
+    WrongToken,
+    /// Agent: sends one more `<data>` after `<final>`.
+    DataAfterFinal,
+    /// Agent: does not end the op when its deadline passes (handler keeps running).
+    IgnoreDeadline,
+    /// Agent: answers `<cancel>` but keeps running and finishes normally.
+    IgnoreCancel,
+    /// Agent: processes a retransmitted op (same from + IQ id) again instead of re-answering.
+    ReexecuteDuplicate,
+    /// Agent: skips the `/security/authorize` question and runs every call.
+    IgnoreAuthorization,
+    /// Agent: stops sending load reports after the first one.
+    StaleLoad,
+    /// Agent: encodes booleans as `true`/`false` instead of `1`/`0` in results.
+    WrongValueEncoding,
+    /// Agent: puts internal detail (a fake backtrace/path) into `handler-failed` reasons.
+    LeakErrorDetail,
+    /// Agent: numbers data chunks starting at 1 instead of 0.
+    WrongSeq,
+    /// Dispatcher: answers discover most-loaded first.
+    WrongDiscoverOrder,
+    /// Dispatcher: ignores unavailable presence and report silence (dead agents stay listed).
+    SlowDeathDetection,
+    /// Dispatcher: accepts advertisements naming another JID as advertiser.
+    AcceptForeignAdvert,
+    /// Dispatcher: lists agents of every domain (no tenant isolation).
+    NoTenantIsolation,
+    /// Dispatcher: authorizes everything (ignores the policy).
+    AllowAll,
+}
+
+impl Misbehaviour {
+    /// All mutants (for harness loops).
+    pub const ALL: &'static [Misbehaviour] = &[
+        Misbehaviour::SkipAck,
+        Misbehaviour::WrongToken,
+        Misbehaviour::DataAfterFinal,
+        Misbehaviour::IgnoreDeadline,
+        Misbehaviour::IgnoreCancel,
+        Misbehaviour::ReexecuteDuplicate,
+        Misbehaviour::IgnoreAuthorization,
+        Misbehaviour::StaleLoad,
+        Misbehaviour::WrongValueEncoding,
+        Misbehaviour::LeakErrorDetail,
+        Misbehaviour::WrongSeq,
+        Misbehaviour::WrongDiscoverOrder,
+        Misbehaviour::SlowDeathDetection,
+        Misbehaviour::AcceptForeignAdvert,
+        Misbehaviour::NoTenantIsolation,
+        Misbehaviour::AllowAll,
+    ];
+
+    /// Kebab-case name (CLI `--misbehave NAME`, env `VERTEBRA_MISBEHAVE`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Misbehaviour::None => "none",
+            Misbehaviour::SkipAck => "skip-ack",
+            Misbehaviour::WrongToken => "wrong-token",
+            Misbehaviour::DataAfterFinal => "data-after-final",
+            Misbehaviour::IgnoreDeadline => "ignore-deadline",
+            Misbehaviour::IgnoreCancel => "ignore-cancel",
+            Misbehaviour::ReexecuteDuplicate => "reexecute-duplicate",
+            Misbehaviour::IgnoreAuthorization => "ignore-authorization",
+            Misbehaviour::StaleLoad => "stale-load",
+            Misbehaviour::WrongValueEncoding => "wrong-value-encoding",
+            Misbehaviour::LeakErrorDetail => "leak-error-detail",
+            Misbehaviour::WrongSeq => "wrong-seq",
+            Misbehaviour::WrongDiscoverOrder => "wrong-discover-order",
+            Misbehaviour::SlowDeathDetection => "slow-death-detection",
+            Misbehaviour::AcceptForeignAdvert => "accept-foreign-advert",
+            Misbehaviour::NoTenantIsolation => "no-tenant-isolation",
+            Misbehaviour::AllowAll => "allow-all",
+        }
+    }
+
+    /// Parse a kebab-case name.
+    pub fn parse(s: &str) -> Option<Misbehaviour> {
+        if s == "none" || s.is_empty() {
+            return Some(Misbehaviour::None);
+        }
+        Self::ALL.iter().copied().find(|m| m.name() == s)
+    }
+}
+
+/// Connection settings as in the spawn contract.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// `host:port`.
+    pub server: String,
+    /// Full JID to log in as.
+    pub jid: FullJid,
+    /// Password.
+    pub password: String,
+}
+
+impl Endpoint {
+    /// Connection options for this endpoint.
+    pub fn connect_options(&self) -> ConnectOptions {
+        ConnectOptions::new(self.server.clone(), Jid::from(self.jid.clone()), self.password.clone())
+    }
+}
+
+/// Errors in configuration.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    /// A required setting is missing.
+    #[error("missing setting {0}")]
+    Missing(&'static str),
+    /// A setting has a bad value.
+    #[error("bad value for {name}: {detail}")]
+    Bad {
+        /// Setting.
+        name: &'static str,
+        /// Why.
+        detail: String,
+    },
+}
+
+/// Parse a full JID with a clear error.
+pub fn parse_full_jid(name: &'static str, s: &str) -> Result<FullJid, ConfigError> {
+    s.parse::<FullJid>().map_err(|e| ConfigError::Bad {
+        name,
+        detail: format!("{s:?} is not a full JID (user@domain/resource): {e}"),
+    })
+}
+
+/// The spawn-contract environment (`VERTEBRA_SERVER`, `VERTEBRA_JID`, `VERTEBRA_PASSWORD`,
+/// `VERTEBRA_DISPATCHER`, `VERTEBRA_TEST_PROFILE`, `VERTEBRA_LOAD_INTERVAL_MS`), read through
+/// a lookup function so it is testable without touching the process environment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SpawnEnv {
+    /// `VERTEBRA_SERVER`.
+    pub server: Option<String>,
+    /// `VERTEBRA_JID`.
+    pub jid: Option<String>,
+    /// `VERTEBRA_PASSWORD`.
+    pub password: Option<String>,
+    /// `VERTEBRA_DISPATCHER`.
+    pub dispatcher: Option<String>,
+    /// `VERTEBRA_TEST_PROFILE=1`.
+    pub test_profile: bool,
+    /// `VERTEBRA_LOAD_INTERVAL_MS`.
+    pub load_interval: Option<Duration>,
+    /// `VERTEBRA_MISBEHAVE` (mutants only).
+    pub misbehave: Option<String>,
+}
+
+impl SpawnEnv {
+    /// Read from a lookup function (e.g. `|k| std::env::var(k).ok()`).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<SpawnEnv, ConfigError> {
+        let load_interval = match get("VERTEBRA_LOAD_INTERVAL_MS") {
+            None => None,
+            Some(s) => {
+                let ms: u64 = s.trim().parse().map_err(|_| ConfigError::Bad {
+                    name: "VERTEBRA_LOAD_INTERVAL_MS",
+                    detail: format!("{s:?} is not a number of milliseconds"),
+                })?;
+                if !(100..=60_000).contains(&ms) {
+                    return Err(ConfigError::Bad {
+                        name: "VERTEBRA_LOAD_INTERVAL_MS",
+                        detail: format!("{ms} is outside 100..=60000"),
+                    });
+                }
+                Some(Duration::from_millis(ms))
+            }
+        };
+        let test_profile = matches!(
+            get("VERTEBRA_TEST_PROFILE").as_deref().map(str::trim),
+            Some("1") | Some("true") | Some("yes")
+        );
+        Ok(SpawnEnv {
+            server: get("VERTEBRA_SERVER"),
+            jid: get("VERTEBRA_JID"),
+            password: get("VERTEBRA_PASSWORD"),
+            dispatcher: get("VERTEBRA_DISPATCHER"),
+            test_profile,
+            load_interval,
+            misbehave: get("VERTEBRA_MISBEHAVE"),
+        })
+    }
+
+    /// Read the process environment.
+    pub fn from_process() -> Result<SpawnEnv, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+}
+
+/// Default dispatcher JID for a domain: `dispatcher@<domain>/dispatcher`.
+pub fn default_dispatcher(domain: &str) -> Result<FullJid, ConfigError> {
+    parse_full_jid("dispatcher", &format!("dispatcher@{domain}/dispatcher"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn spawn_env_parses_and_validates() {
+        let m: HashMap<&str, &str> = [
+            ("VERTEBRA_SERVER", "127.0.0.1:5222"),
+            ("VERTEBRA_JID", "a@x/r"),
+            ("VERTEBRA_TEST_PROFILE", "1"),
+            ("VERTEBRA_LOAD_INTERVAL_MS", "250"),
+        ]
+        .into();
+        let e = SpawnEnv::from_lookup(|k| m.get(k).map(|s| s.to_string())).unwrap();
+        assert!(e.test_profile);
+        assert_eq!(e.load_interval, Some(Duration::from_millis(250)));
+        assert_eq!(e.server.as_deref(), Some("127.0.0.1:5222"));
+        let bad = SpawnEnv::from_lookup(|k| (k == "VERTEBRA_LOAD_INTERVAL_MS").then(|| "5".into()));
+        assert!(bad.is_err());
+        let off = SpawnEnv::from_lookup(|k| (k == "VERTEBRA_TEST_PROFILE").then(|| "0".into())).unwrap();
+        assert!(!off.test_profile);
+    }
+
+    #[test]
+    fn misbehaviour_names_round_trip() {
+        for m in Misbehaviour::ALL {
+            assert_eq!(Misbehaviour::parse(m.name()), Some(*m));
+        }
+        assert_eq!(Misbehaviour::parse("nope"), None);
+        assert!(parse_full_jid("jid", "nobody").is_err());
+    }
+}

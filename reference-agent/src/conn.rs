@@ -1,0 +1,682 @@
+//! The XMPP connection layer: one c2s session on tokio-xmpp's `StanzaStream`, owned by one
+//! driver task. It only moves bytes and time:
+//!
+//! - logs in (plaintext TCP; the connector retries with its own bounded back-off and records
+//!   the last failure so `wait_online` can say *why* it is not online),
+//! - answers XEP-0199 ping and XEP-0030 disco#info itself ([VAP-TRN] "ping answered by every
+//!   agent; disco#info answered with the identity/features"),
+//! - matches IQ responses to requests by (peer, IQ id) with a deadline on every wait,
+//! - hands every other stanza to its owner as [`Incoming`].
+//!
+//! tokio-xmpp reconnects silently; this layer turns every stream reset into an
+//! [`Incoming::Online`] so owners re-advertise, and fails every IQ still pending on the old
+//! stream (they can never be answered), so nothing waits forever.
+
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use sasl::common::Credentials;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_xmpp::connect::{DnsConfig, ServerConnector, TcpServerConnector};
+use tokio_xmpp::parsers::{
+    disco::{DiscoInfoQuery, DiscoInfoResult, Identity},
+    iq::Iq,
+    jid::{FullJid, Jid},
+    message::Message,
+    minidom::Element,
+    ns,
+    presence::Presence,
+    stanza_error::{DefinedCondition, ErrorType, StanzaError},
+};
+use tokio_xmpp::stanzastream::{Connection, Event as StreamEvent, StanzaStream, StreamEvent as SE};
+use tokio_xmpp::xmlstream::{StreamHeader, Timeouts};
+use tokio_xmpp::Stanza;
+
+/// Where and as whom to connect.
+#[derive(Clone, Debug)]
+pub struct ConnectOptions {
+    /// `host:port` of the server's c2s listener.
+    pub server: String,
+    /// JID to log in as (a full JID requests that resource).
+    pub jid: Jid,
+    /// Account password.
+    pub password: String,
+    /// First reconnect delay; doubles per failed attempt up to `backoff_max`.
+    pub backoff_initial: Duration,
+    /// Largest reconnect delay.
+    pub backoff_max: Duration,
+    /// Stream read timeouts handed to tokio-xmpp.
+    pub timeouts: Timeouts,
+}
+
+impl ConnectOptions {
+    /// Options with the defaults used throughout the reference implementation.
+    pub fn new(server: impl Into<String>, jid: Jid, password: impl Into<String>) -> Self {
+        ConnectOptions {
+            server: server.into(),
+            jid,
+            password: password.into(),
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(2),
+            timeouts: Timeouts::tight(),
+        }
+    }
+}
+
+/// Errors of the connection layer.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum ConnError {
+    /// `wait_online` passed its deadline; carries the last connect failure if any.
+    #[error("not online after {waited:?}: {last_error}")]
+    NotOnline {
+        /// How long we waited.
+        waited: Duration,
+        /// Last failure reported by the connector (e.g. authentication failed).
+        last_error: String,
+    },
+    /// No response to an IQ before its deadline.
+    #[error("no response to IQ {id} from {to} within {waited:?}")]
+    IqTimeout {
+        /// Peer.
+        to: String,
+        /// IQ id.
+        id: String,
+        /// Time waited.
+        waited: Duration,
+    },
+    /// The stream was reset (reconnect without resumption) while the IQ was pending.
+    #[error("connection reset while waiting for IQ {0}")]
+    Reset(String),
+    /// The connection was closed by its owner.
+    #[error("connection closed")]
+    Closed,
+}
+
+/// Answer to an IQ request.
+#[derive(Debug, Clone)]
+pub enum IqReply {
+    /// `type="result"` with its optional payload.
+    Result(Option<Element>),
+    /// `type="error"`.
+    Error(StanzaError),
+}
+
+/// A stanza for the connection's owner.
+#[derive(Debug)]
+pub enum Incoming {
+    /// An IQ request (get or set) that is not ping or disco#info.
+    Iq {
+        /// Sender (always present on a c2s stream; the server stamps it).
+        from: Jid,
+        /// IQ id.
+        id: String,
+        /// true for `set`, false for `get`.
+        set: bool,
+        /// The single child.
+        payload: Element,
+    },
+    /// A presence stanza.
+    Presence(Presence),
+    /// A message stanza.
+    Message(Message),
+    /// The stream is (again) bound; `resumed` = stream management resumed without loss.
+    Online {
+        /// The bound JID.
+        bound: FullJid,
+        /// Resumed without loss of state.
+        resumed: bool,
+    },
+}
+
+/// Connection state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnState {
+    /// Not (yet) bound.
+    Connecting,
+    /// Bound as this JID.
+    Online(FullJid),
+    /// Closed by the owner.
+    Closed,
+}
+
+struct PendingIq {
+    to: Jid,
+    tx: oneshot::Sender<Result<IqReply, ConnError>>,
+}
+
+struct Shared {
+    pending: Mutex<HashMap<String, PendingIq>>,
+    disco: Mutex<DiscoInfoResult>,
+    last_error: Mutex<String>,
+    next_id: AtomicU64,
+    id_prefix: String,
+}
+
+enum Cmd {
+    Send(Stanza),
+    Close(oneshot::Sender<()>),
+}
+
+/// A handle to one XMPP session. Cheap to clone; all clones share the session.
+#[derive(Clone)]
+pub struct Conn {
+    tx: mpsc::UnboundedSender<Cmd>,
+    state: watch::Receiver<ConnState>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn").field("state", &*self.state.borrow()).finish()
+    }
+}
+
+fn random_hex(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    // A failing OS RNG only weakens id unpredictability (ids must be unique, not secret).
+    let _ = getrandom::fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+async fn login_once(
+    connector: &TcpServerConnector,
+    jid: &Jid,
+    password: &str,
+    timeouts: Timeouts,
+) -> Result<Connection, tokio_xmpp::Error> {
+    let username = jid
+        .node()
+        .map(|n| n.as_str().to_owned())
+        .unwrap_or_default();
+    let (pending, channel_binding) = connector.connect(jid, ns::JABBER_CLIENT, timeouts).await?;
+    let (features, stream) = pending.recv_features().await?;
+    let creds = Credentials::default()
+        .with_username(username)
+        .with_password(password.to_owned())
+        .with_channel_binding(channel_binding);
+    let stream = tokio_xmpp::client_login(stream, features.sasl_mechanisms, creds).await?;
+    let stream = stream
+        .send_header(StreamHeader {
+            to: Some(Cow::Borrowed(jid.domain().as_str())),
+            from: None,
+            id: None,
+        })
+        .await?;
+    let (features, stream) = stream.recv_features().await?;
+    Ok(Connection {
+        stream: stream.box_stream(),
+        features,
+        identity: jid.clone(),
+    })
+}
+
+impl Conn {
+    /// Start a session. Returns at once; the session connects in the background (use
+    /// [`Conn::wait_online`]). Must be called inside a tokio runtime.
+    pub fn connect(opts: ConnectOptions) -> (Conn, mpsc::UnboundedReceiver<Incoming>) {
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(HashMap::new()),
+            disco: Mutex::new(DiscoInfoResult {
+                node: None,
+                identities: vec![],
+                features: BTreeSet::from([ns::DISCO_INFO.to_owned(), ns::PING.to_owned()]),
+                extensions: vec![],
+            }),
+            last_error: Mutex::new("still connecting".into()),
+            next_id: AtomicU64::new(1),
+            id_prefix: random_hex(4),
+        });
+        let connector = TcpServerConnector::from(DnsConfig::addr(&opts.server));
+        let sh = shared.clone();
+        let o = opts.clone();
+        let reconnector = Box::new(
+            move |_loc: Option<String>, slot: oneshot::Sender<Connection>| {
+                let connector = connector.clone();
+                let o = o.clone();
+                let sh = sh.clone();
+                tokio::spawn(async move {
+                    let mut delay = o.backoff_initial;
+                    loop {
+                        match login_once(&connector, &o.jid, &o.password, o.timeouts).await {
+                            Ok(conn) => {
+                                let _ = slot.send(conn);
+                                return;
+                            }
+                            Err(e) => {
+                                log::warn!("connect as {} to {} failed: {e}", o.jid, o.server);
+                                *sh.last_error.lock().unwrap() = e.to_string();
+                                if slot.is_closed() {
+                                    return;
+                                }
+                                tokio::time::sleep(delay).await;
+                                delay = (delay * 2).min(o.backoff_max);
+                            }
+                        }
+                    }
+                });
+            },
+        );
+        let stream = StanzaStream::new(reconnector, 256);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (in_tx, in_rx) = mpsc::unbounded_channel();
+        let (state_tx, state_rx) = watch::channel(ConnState::Connecting);
+        tokio::spawn(drive(stream, rx, in_tx, state_tx, shared.clone()));
+        (
+            Conn {
+                tx,
+                state: state_rx,
+                shared,
+            },
+            in_rx,
+        )
+    }
+
+    /// Wait until the session is bound, at most `deadline`. Pitfall 1 of the toolchain notes:
+    /// tokio-xmpp never reports a failed login, so this is the only place it surfaces.
+    pub async fn wait_online(&self, deadline: Duration) -> Result<FullJid, ConnError> {
+        let mut st = self.state.clone();
+        let fut = async {
+            loop {
+                match &*st.borrow_and_update() {
+                    ConnState::Online(j) => return Ok(j.clone()),
+                    ConnState::Closed => return Err(ConnError::Closed),
+                    ConnState::Connecting => {}
+                }
+                if st.changed().await.is_err() {
+                    return Err(ConnError::Closed);
+                }
+            }
+        };
+        match tokio::time::timeout(deadline, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(ConnError::NotOnline {
+                waited: deadline,
+                last_error: self.shared.last_error.lock().unwrap().clone(),
+            }),
+        }
+    }
+
+    /// The bound JID, if online.
+    pub fn bound_jid(&self) -> Option<FullJid> {
+        match &*self.state.borrow() {
+            ConnState::Online(j) => Some(j.clone()),
+            _ => None,
+        }
+    }
+
+    /// A watch on the connection state.
+    pub fn state(&self) -> watch::Receiver<ConnState> {
+        self.state.clone()
+    }
+
+    /// Set what disco#info answers (identity category/type and feature vars). The disco#info
+    /// and ping features are always included.
+    pub fn set_disco(&self, category: &str, type_: &str, name: &str, features: &[&str]) {
+        let mut d = self.shared.disco.lock().unwrap();
+        d.identities = vec![Identity::new(category, type_, "en", name)];
+        d.features = features.iter().map(|s| s.to_string()).collect();
+        d.features.insert(ns::DISCO_INFO.to_owned());
+        d.features.insert(ns::PING.to_owned());
+    }
+
+    /// Queue a stanza for sending (never blocks).
+    pub fn send(&self, stanza: impl Into<Stanza>) -> Result<(), ConnError> {
+        self.tx
+            .send(Cmd::Send(stanza.into()))
+            .map_err(|_| ConnError::Closed)
+    }
+
+    /// Answer an IQ request with `type="result"`.
+    pub fn reply_result(&self, to: Jid, id: String, payload: Option<Element>) {
+        let _ = self.send(Iq::Result {
+            from: None,
+            to: Some(to),
+            id,
+            payload,
+        });
+    }
+
+    /// Answer an IQ request with `type="error"`.
+    pub fn reply_error(&self, to: Jid, id: String, error: StanzaError) {
+        let _ = self.send(Iq::Error {
+            from: None,
+            to: Some(to),
+            id,
+            error,
+            payload: None,
+        });
+    }
+
+    /// A fresh IQ id, unique for this process.
+    pub fn new_id(&self) -> String {
+        let n = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("v{}-{n}", self.shared.id_prefix)
+    }
+
+    /// Send an IQ request with a fresh id and wait for its answer at most `timeout`.
+    pub async fn iq(
+        &self,
+        to: Jid,
+        set: bool,
+        payload: Element,
+        timeout: Duration,
+    ) -> Result<IqReply, ConnError> {
+        let id = self.new_id();
+        self.iq_with_id(to, id, set, payload, timeout).await
+    }
+
+    /// Send an IQ request with the given id (a retransmission reuses its id) and wait for the
+    /// answer at most `timeout`. Answers are matched by id AND sender: a response from any
+    /// other JID than `to` is ignored (a bare `to` also accepts the server's answer for it).
+    pub async fn iq_with_id(
+        &self,
+        to: Jid,
+        id: String,
+        set: bool,
+        payload: Element,
+        timeout: Duration,
+    ) -> Result<IqReply, ConnError> {
+        let rx = self.register_iq(&to, &id);
+        let iq = if set {
+            Iq::Set {
+                from: None,
+                to: Some(to.clone()),
+                id: id.clone(),
+                payload,
+            }
+        } else {
+            Iq::Get {
+                from: None,
+                to: Some(to.clone()),
+                id: id.clone(),
+                payload,
+            }
+        };
+        if self.send(iq).is_err() {
+            self.shared.pending.lock().unwrap().remove(&id);
+            return Err(ConnError::Closed);
+        }
+        self.await_iq(rx, to, id, timeout).await
+    }
+
+    fn register_iq(
+        &self,
+        to: &Jid,
+        id: &str,
+    ) -> oneshot::Receiver<Result<IqReply, ConnError>> {
+        let (tx, rx) = oneshot::channel();
+        self.shared.pending.lock().unwrap().insert(
+            id.to_owned(),
+            PendingIq {
+                to: to.clone(),
+                tx,
+            },
+        );
+        rx
+    }
+
+    async fn await_iq(
+        &self,
+        rx: oneshot::Receiver<Result<IqReply, ConnError>>,
+        to: Jid,
+        id: String,
+        timeout: Duration,
+    ) -> Result<IqReply, ConnError> {
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(ConnError::Closed),
+            Err(_) => {
+                self.shared.pending.lock().unwrap().remove(&id);
+                Err(ConnError::IqTimeout {
+                    to: to.to_string(),
+                    id,
+                    waited: timeout,
+                })
+            }
+        }
+    }
+
+    /// Send directed presence (e.g. a load report) to `to`.
+    pub fn send_presence(&self, to: Jid, payloads: Vec<Element>) -> Result<(), ConnError> {
+        let p = Presence::available().with_to(to).with_payloads(payloads);
+        self.send(p)
+    }
+
+    /// Close the session cleanly (unavailable presence goes out as the stream ends), waiting
+    /// at most `deadline`.
+    pub async fn close(&self, deadline: Duration) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Close(tx)).is_ok() {
+            let _ = tokio::time::timeout(deadline, rx).await;
+        }
+    }
+
+    /// Number of IQs awaiting an answer (diagnostics, tests).
+    pub fn pending_iqs(&self) -> usize {
+        self.shared.pending.lock().unwrap().len()
+    }
+}
+
+fn is_reply_from(expected: &Jid, from: &Option<Jid>, bound: Option<&FullJid>) -> bool {
+    match from {
+        Some(f) => {
+            f == expected
+                // the server answers for a bare JID on behalf of the account
+                || (expected.resource().is_none() && f.to_bare() == expected.to_bare())
+        }
+        // No 'from' = from our own account's server/bare JID (RFC 6120 8.1.2.1).
+        None => bound
+            .map(|b| expected.to_bare() == b.to_bare() || expected.node().is_none())
+            .unwrap_or(false),
+    }
+}
+
+async fn drive(
+    mut stream: StanzaStream,
+    mut cmds: mpsc::UnboundedReceiver<Cmd>,
+    incoming: mpsc::UnboundedSender<Incoming>,
+    state: watch::Sender<ConnState>,
+    shared: Arc<Shared>,
+) {
+    let mut bound: Option<FullJid> = None;
+    loop {
+        tokio::select! {
+            biased;
+            ev = stream.next() => {
+                let Some(ev) = ev else { break };
+                match ev {
+                    StreamEvent::Stream(SE::Reset { bound_jid, .. }) => {
+                        // Loss of state: every pending IQ is lost for good.
+                        let lost: Vec<(String, PendingIq)> =
+                            shared.pending.lock().unwrap().drain().collect();
+                        for (id, p) in lost {
+                            let _ = p.tx.send(Err(ConnError::Reset(id)));
+                        }
+                        let Ok(full) = bound_jid.clone().try_into_full() else { continue };
+                        bound = Some(full.clone());
+                        *shared.last_error.lock().unwrap() = String::new();
+                        let _ = state.send(ConnState::Online(full.clone()));
+                        let _ = incoming.send(Incoming::Online { bound: full, resumed: false });
+                    }
+                    StreamEvent::Stream(SE::Resumed) => {
+                        if let Some(b) = &bound {
+                            let _ = state.send(ConnState::Online(b.clone()));
+                            let _ = incoming.send(Incoming::Online { bound: b.clone(), resumed: true });
+                        }
+                    }
+                    StreamEvent::Stream(SE::Suspended) => {
+                        let _ = state.send(ConnState::Connecting);
+                    }
+                    StreamEvent::Stanza(st) => {
+                        handle_stanza(st, &mut stream, &incoming, &shared, bound.as_ref()).await;
+                    }
+                }
+            }
+            cmd = cmds.recv() => {
+                match cmd {
+                    Some(Cmd::Send(st)) => { let _ = stream.send(Box::new(st)).await; }
+                    Some(Cmd::Close(ack)) => {
+                        let _ = state.send(ConnState::Closed);
+                        let _ = tokio::time::timeout(Duration::from_secs(2), stream.close()).await;
+                        let _ = ack.send(());
+                        fail_all(&shared);
+                        return;
+                    }
+                    None => {
+                        let _ = state.send(ConnState::Closed);
+                        let _ = tokio::time::timeout(Duration::from_secs(2), stream.close()).await;
+                        fail_all(&shared);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+    let _ = state.send(ConnState::Closed);
+    fail_all(&shared);
+}
+
+fn fail_all(shared: &Shared) {
+    let lost: Vec<(String, PendingIq)> = shared.pending.lock().unwrap().drain().collect();
+    for (_, p) in lost {
+        let _ = p.tx.send(Err(ConnError::Closed));
+    }
+}
+
+async fn handle_stanza(
+    st: Stanza,
+    stream: &mut StanzaStream,
+    incoming: &mpsc::UnboundedSender<Incoming>,
+    shared: &Shared,
+    bound: Option<&FullJid>,
+) {
+    match st {
+        Stanza::Iq(Iq::Result {
+            from, id, payload, ..
+        }) => deliver(shared, &from, id, IqReply::Result(payload), bound),
+        Stanza::Iq(Iq::Error {
+            from, id, error, ..
+        }) => deliver(shared, &from, id, IqReply::Error(error), bound),
+        Stanza::Iq(Iq::Get {
+            from, id, payload, ..
+        }) => {
+            let from = from.unwrap_or_else(|| {
+                bound
+                    .map(|b| Jid::from(b.to_bare()))
+                    .unwrap_or_else(|| Jid::new("invalid").expect("static jid"))
+            });
+            if payload.is("ping", ns::PING) {
+                let r = Iq::Result {
+                    from: None,
+                    to: Some(from),
+                    id,
+                    payload: None,
+                };
+                let _ = stream.send(Box::new(r.into())).await;
+                return;
+            }
+            if payload.is("query", ns::DISCO_INFO) {
+                let q = DiscoInfoQuery::try_from(payload.clone()).ok();
+                let mut d = shared.disco.lock().unwrap().clone();
+                d.node = q.and_then(|q| q.node);
+                let r = Iq::Result {
+                    from: None,
+                    to: Some(from),
+                    id,
+                    payload: Some(d.into()),
+                };
+                let _ = stream.send(Box::new(r.into())).await;
+                return;
+            }
+            if let Err(e) = incoming.send(Incoming::Iq {
+                from,
+                id,
+                set: false,
+                payload,
+            }) {
+                reject_unhandled(stream, e.0).await;
+            }
+        }
+        Stanza::Iq(Iq::Set {
+            from, id, payload, ..
+        }) => {
+            let from = from.unwrap_or_else(|| {
+                bound
+                    .map(|b| Jid::from(b.to_bare()))
+                    .unwrap_or_else(|| Jid::new("invalid").expect("static jid"))
+            });
+            if let Err(e) = incoming.send(Incoming::Iq {
+                from,
+                id,
+                set: true,
+                payload,
+            }) {
+                reject_unhandled(stream, e.0).await;
+            }
+        }
+        Stanza::Presence(p) => {
+            let _ = incoming.send(Incoming::Presence(p));
+        }
+        Stanza::Message(m) => {
+            let _ = incoming.send(Incoming::Message(m));
+        }
+    }
+}
+
+async fn reject_unhandled(stream: &mut StanzaStream, inc: Incoming) {
+    if let Incoming::Iq { from, id, .. } = inc {
+        let r = Iq::Error {
+            from: None,
+            to: Some(from),
+            id,
+            error: StanzaError::new(
+                ErrorType::Cancel,
+                DefinedCondition::ServiceUnavailable,
+                "en",
+                "",
+            ),
+            payload: None,
+        };
+        let _ = stream.send(Box::new(r.into())).await;
+    }
+}
+
+fn deliver(shared: &Shared, from: &Option<Jid>, id: String, reply: IqReply, bound: Option<&FullJid>) {
+    let mut map = shared.pending.lock().unwrap();
+    let ok = match map.get(&id) {
+        Some(p) => is_reply_from(&p.to, from, bound),
+        None => {
+            log::debug!("IQ response {id} from {from:?} matches nothing pending; ignored");
+            return;
+        }
+    };
+    if !ok {
+        log::warn!("IQ response {id} from unexpected sender {from:?}; ignored");
+        return;
+    }
+    if let Some(p) = map.remove(&id) {
+        let _ = p.tx.send(Ok(reply));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_sender_must_match() {
+        let to: Jid = "a@x/r".parse().unwrap();
+        let me: FullJid = "me@x/m".parse().unwrap();
+        assert!(is_reply_from(&to, &Some(to.clone()), Some(&me)));
+        assert!(!is_reply_from(&to, &Some("b@x/r".parse().unwrap()), Some(&me)));
+        assert!(!is_reply_from(&to, &None, Some(&me)));
+        let bare: Jid = "a@x".parse().unwrap();
+        assert!(is_reply_from(&bare, &Some("a@x/other".parse().unwrap()), Some(&me)));
+        let own: Jid = "me@x".parse().unwrap();
+        assert!(is_reply_from(&own, &None, Some(&me)));
+    }
+}
