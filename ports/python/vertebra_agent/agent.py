@@ -1,0 +1,234 @@
+"""Configuration and the runnable :class:`Agent`."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import logging
+import os
+import signal
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .actor import Actor
+from .core import AgentCore, CallResult
+from .testprofile import TestProfile
+from .transport import domain
+
+log = logging.getLogger("vertebra_agent")
+
+__all__ = ["Agent", "Config", "ConfigError"]
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used."""
+
+
+@dataclass
+class Config:
+    """Agent settings (from a TOML/JSON file, then overridden by the spawn-contract variables)."""
+
+    jid: str = ""
+    password: str = ""
+    server: str | None = None  # "host:port"; None = resolve from the JID's domain
+    dispatchers: list[str] = field(default_factory=list)
+    test_profile: bool = False
+    load_interval_ms: int = 1000
+    capacity: int = 8
+    advertise_ttl: int = 3600
+    authorize: bool = True  # False = local allow-all policy (development only)
+    reject_when_full: bool = False
+    actors: list[str] = field(default_factory=list)  # "package.module:ClassName"
+    name: str = "vertebra python agent"
+    connect_timeout_s: float = 10.0
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> "Config":
+        cfg = cls()
+        known = set(cls.__dataclass_fields__)
+        for key, value in data.items():
+            key = key.replace("-", "_")
+            if key == "dispatcher":
+                key, value = "dispatchers", [value] if isinstance(value, str) else value
+            if key not in known:
+                raise ConfigError(f"unknown configuration key {key!r}")
+            setattr(cfg, key, value)
+        return cfg
+
+    @classmethod
+    def from_file(cls, path: str) -> "Config":
+        try:
+            with open(path, "rb") as fh:
+                raw = fh.read()
+        except OSError as e:
+            raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+        try:
+            if path.endswith(".json"):
+                data = json.loads(raw)
+            else:
+                import tomllib
+
+                data = tomllib.loads(raw.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot parse {path}: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a table/object")
+        return cls.from_mapping(data)
+
+    def apply_env(self, env: Mapping[str, str]) -> "Config":
+        """The spawn contract: VERTEBRA_SERVER, _JID, _PASSWORD, _DISPATCHER, _TEST_PROFILE,
+        _LOAD_INTERVAL_MS."""
+        if env.get("VERTEBRA_SERVER"):
+            self.server = env["VERTEBRA_SERVER"]
+        if env.get("VERTEBRA_JID"):
+            self.jid = env["VERTEBRA_JID"]
+        if "VERTEBRA_PASSWORD" in env:
+            self.password = env["VERTEBRA_PASSWORD"]
+        if env.get("VERTEBRA_DISPATCHER"):
+            self.dispatchers = [d.strip() for d in env["VERTEBRA_DISPATCHER"].split(",") if d.strip()]
+        if "VERTEBRA_TEST_PROFILE" in env:  # [VAP-TPF-020] test mode iff it is "1"
+            self.test_profile = env["VERTEBRA_TEST_PROFILE"] == "1"
+        if env.get("VERTEBRA_LOAD_INTERVAL_MS"):
+            raw = env["VERTEBRA_LOAD_INTERVAL_MS"].strip()
+            if raw.isdigit() and 100 <= int(raw) <= 60000:  # [VAP-TPF-021]
+                self.load_interval_ms = int(raw)
+            else:
+                log.warning("ignoring VERTEBRA_LOAD_INTERVAL_MS=%r (not in 100..60000)", raw)
+        return self
+
+    def validate(self) -> "Config":
+        if "@" not in self.jid:
+            raise ConfigError("jid must be a JID such as agent@example.net/agent")
+        if "/" not in self.jid:
+            self.jid += "/agent"  # [VAP-TRN-015]
+        if not self.dispatchers:
+            self.dispatchers = [f"dispatcher@{domain(self.jid)}/dispatcher"]  # [VAP-TRN-018]
+        if not 100 <= int(self.load_interval_ms) <= 60000:
+            raise ConfigError("load_interval_ms must be within 100..60000")
+        if int(self.capacity) < 1:
+            raise ConfigError("capacity must be >= 1")
+        if not 1 <= int(self.advertise_ttl) <= 86400:
+            raise ConfigError("advertise_ttl must be within 1..86400")
+        if self.server is not None:
+            host, _, port = self.server.rpartition(":")
+            if not host or not port.isdigit():
+                raise ConfigError("server must be host:port")
+        return self
+
+
+def load_actor(spec: str) -> Actor:
+    """Import ``module:Name`` and instantiate it."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"actor {spec!r} must be written module:ClassName")
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"cannot load actor {spec!r}: {e}") from None
+    actor = obj() if isinstance(obj, type) else obj
+    if not isinstance(actor, Actor):
+        raise ConfigError(f"{spec!r} is not an Actor")
+    return actor
+
+
+class Agent:
+    """A Vertebra agent on slixmpp.
+
+    >>> agent = Agent(Config(jid="a@example.net/agent", password="pw"))
+    >>> agent.add_actor(MyActor())
+    >>> asyncio.run(agent.run())
+    """
+
+    def __init__(self, config: Config, actors: list[Actor] | None = None):
+        from .xmpp import VertebraClient
+
+        self.config = config.validate()
+        self.client = VertebraClient(
+            self.config.jid,
+            self.config.password,
+            identity_name=self.config.name,
+            test_profile=self.config.test_profile,
+        )
+        self.core = AgentCore(
+            self.client.transport(),
+            dispatchers=self.config.dispatchers,
+            authorize=self.config.authorize,
+            capacity=int(self.config.capacity),
+            load_interval_ms=int(self.config.load_interval_ms),
+            advertise_ttl=int(self.config.advertise_ttl),
+            reject_when_full=self.config.reject_when_full,
+        )
+        self.client.core = self.core
+        for spec in self.config.actors:
+            self.add_actor(load_actor(spec))
+        for actor in actors or []:
+            self.add_actor(actor)
+        if self.config.test_profile:  # only in test mode [VAP-SEC-027]
+            self.add_actor(TestProfile())
+        self._stop = asyncio.Event()
+
+    def add_actor(self, actor: Actor) -> None:
+        self.core.add_actor(actor)
+
+    async def call(self, to: str, op_type: str, values: dict | None = None, **kw) -> CallResult:
+        """Call an operation on another agent (``direct`` scope)."""
+        return await self.core.call(to, op_type, values, **kw)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> int:
+        """Connect, serve until SIGTERM/SIGINT or :meth:`stop`; returns an exit status."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self._stop.set)
+            except (NotImplementedError, RuntimeError):
+                pass
+        if self.config.server:
+            host, _, port = self.config.server.rpartition(":")
+            self.client.connect(host, int(port))
+        else:
+            self.client.connect()
+        online = loop.create_task(self.client.online.wait())
+        ended = loop.create_task(self.client.ended.wait())
+        done, _ = await asyncio.wait(
+            {online, ended}, timeout=self.config.connect_timeout_s,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if online not in done:
+            online.cancel()
+            ended.cancel()
+            log.error("could not log in as %s within %.0fs", self.config.jid,
+                      self.config.connect_timeout_s)
+            self.client.disconnect(wait=0.5)
+            return 1
+        log.info("online as %s (test profile: %s)", self.client.boundjid.full,
+                 self.config.test_profile)
+        background = [
+            loop.create_task(self.core.load_loop()),  # first report at once [VAP-LOAD-004]
+            loop.create_task(self.core.advertise_loop()),
+        ]
+        stop = loop.create_task(self._stop.wait())
+        await asyncio.wait({stop, ended}, return_when=asyncio.FIRST_COMPLETED)
+        status = 0 if stop.done() else 1
+        if status == 0 and not ended.done():
+            try:  # [VAP-DSC-011] withdraw before a deliberate disconnect
+                await asyncio.wait_for(self.core.advertise(ttl=0), 1.5)
+            except (asyncio.TimeoutError, Exception):  # noqa: BLE001
+                log.info("could not withdraw the advertisement")
+        for t in background:
+            t.cancel()
+        self.core.abort_all()
+        if not ended.done():
+            try:  # exit within 5 s of SIGTERM [VAP-TPF-024]
+                await asyncio.wait_for(self.client.disconnect(wait=0.5), 1.0)
+                await asyncio.wait_for(self.client.ended.wait(), 1.0)
+            except asyncio.TimeoutError:
+                pass
+        stop.cancel()
+        ended.cancel()
+        if status:
+            log.error("the XMPP session ended unexpectedly")
+        return status

@@ -1,0 +1,76 @@
+"""Resource paths (spec page 05-resources, ``VAP-RES``).
+
+A resource is a slash-separated path such as ``/cluster/rd00``.  :class:`Resource` is a ``str``
+subclass holding the *normalized* form, so it can be used wherever a string is expected, while the
+value codec still tells it apart from a plain ``string`` value.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+__all__ = ["Resource", "ResourceError", "matches"]
+
+
+class ResourceError(ValueError):
+    """A resource path that is not valid (bad-value on the wire)."""
+
+
+def _is_control(ch: str) -> bool:
+    # Unicode general category Cc: C0 and C1 control characters (and DEL).
+    return unicodedata.category(ch) == "Cc"
+
+
+class Resource(str):
+    """A normalized resource path.
+
+    Normalization: a leading ``/`` is required, one trailing ``/`` is removed, empty segments
+    (``//``) are rejected, ``/`` alone is the root (zero segments).  Segments may hold any Unicode
+    character except ``/`` and control characters; comparison is case-sensitive.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, text: str) -> "Resource":
+        if isinstance(text, Resource):
+            return text
+        if not isinstance(text, str):
+            raise ResourceError(f"resource must be a string, not {type(text).__name__}")
+        if text != text.strip(" \t\r\n"):
+            raise ResourceError(f"resource {text!r} has surrounding whitespace")  # [VAP-RES-008]
+        if not text.startswith("/"):
+            raise ResourceError(f"resource {text!r} does not start with '/'")  # [VAP-RES-001]
+        if text == "/":
+            return super().__new__(cls, "/")
+        body = text[1:-1] if text.endswith("/") else text[1:]  # [VAP-RES-003]
+        segments = body.split("/")
+        for seg in segments:
+            if seg == "":
+                raise ResourceError(f"resource {text!r} has an empty segment")  # [VAP-RES-002]
+            if any(_is_control(ch) for ch in seg):
+                raise ResourceError(f"resource {text!r} contains a control character")  # [VAP-RES-005]
+        return super().__new__(cls, "/" + "/".join(segments))
+
+    @property
+    def segments(self) -> tuple[str, ...]:
+        if self == "/":
+            return ()
+        return tuple(str.__str__(self)[1:].split("/"))
+
+    def is_prefix_of(self, other: "Resource | str") -> bool:
+        """True when ``self``'s segments are a (not necessarily strict) prefix of ``other``'s."""
+        mine, theirs = self.segments, Resource(other).segments
+        return theirs[: len(mine)] == mine
+
+    def matches(self, other: "Resource | str") -> bool:
+        """``A`` matches ``B`` iff one is a segment-prefix of the other."""
+        other = Resource(other)
+        return self.is_prefix_of(other) or other.is_prefix_of(self)
+
+    def __repr__(self) -> str:
+        return f"Resource({str.__str__(self)!r})"
+
+
+def matches(a: "Resource | str", b: "Resource | str") -> bool:
+    """Module-level form of :meth:`Resource.matches`."""
+    return Resource(a).matches(b)

@@ -1,0 +1,103 @@
+"""The conformance test profile (spec page 12-conformance-profile, ``VAP-TPF``).
+
+Exposed only when the agent is started in test mode [VAP-SEC-027]; authorized like any other
+op [VAP-SEC-028].
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from .actor import Actor, Context, OpFailure, operation
+
+__all__ = ["TestProfile"]
+
+
+# [VAP-TPF-011] the error conditions of spec/10-errors.md and the type the table assigns them
+ERROR_CONDITIONS = {
+    "no-handler": "fatal",
+    "bad-value": "fatal",
+    "overloaded": "cancel",
+    "handler-failed": "error",
+    "internal-error": "error",
+    "cancelled": "cancel",
+    "deadline-expired": "cancel",
+    "unsupported-version": "fatal",  # spec/11-versioning.md VAP-VER-004
+}
+
+_MISSING = object()
+
+
+def _arg(ctx: Context, name: str, kind: type, default: Any = _MISSING) -> Any:
+    """A typed argument; missing or of the wrong type → bad-value [VAP-TPF-004]."""
+    v = ctx.values.get(name, _MISSING)
+    if v is _MISSING:
+        if default is _MISSING:
+            raise OpFailure("fatal", "bad-value", f"missing argument {name!r}")
+        return default
+    ok = isinstance(v, kind) and (kind is bool or not isinstance(v, bool))
+    if not ok:
+        raise OpFailure("fatal", "bad-value", f"argument {name!r} has the wrong type")
+    return v
+
+
+def _ranged(ctx: Context, name: str, lo: int, hi: int | None) -> int:
+    v = _arg(ctx, name, int)
+    if v < lo or (hi is not None and v > hi):
+        raise OpFailure("fatal", "bad-value", f"argument {name!r} out of range")
+    return v
+
+
+class TestProfile(Actor):
+    """Operations under ``/vertebra/test/`` (no scoping resources [VAP-TPF-005])."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self) -> None:
+        self.counter = 0
+
+    @operation("/vertebra/test/echo")
+    async def echo(self, ctx: Context) -> dict[str, Any]:
+        """All named values back, unchanged, in one chunk [VAP-TPF-006]."""
+        return dict(ctx.values)
+
+    @operation("/vertebra/test/stream")
+    async def stream(self, ctx: Context) -> None:
+        """``count`` chunks of ``index`` and ``payload`` [VAP-TPF-007], window-bounded [VAP-TPF-008]."""
+        count = _ranged(ctx, "count", 0, 10_000)
+        size = _ranged(ctx, "size", 0, 60_000)
+        payload = "x" * size
+        for i in range(count):
+            await ctx.send({"index": i, "payload": payload})
+
+    @operation("/vertebra/test/sleep")
+    async def sleep(self, ctx: Context) -> None:
+        """Final without values after ``ms`` [VAP-TPF-009]; cancel/deadline interrupt [VAP-TPF-010]."""
+        ms = _ranged(ctx, "ms", 0, None)
+        await asyncio.sleep(ms / 1000.0)
+
+    @operation("/vertebra/test/fail")
+    async def fail(self, ctx: Context) -> None:
+        """The error with the given condition and reason [VAP-TPF-011] [VAP-TPF-012]."""
+        condition = _arg(ctx, "condition", str)
+        reason = _arg(ctx, "reason", str)
+        etype = ERROR_CONDITIONS.get(condition)
+        if etype is None:
+            raise OpFailure("fatal", "bad-value", f"{condition!r} is not an error condition")
+        raise OpFailure(etype, condition, reason)
+
+    @operation("/vertebra/test/counter")
+    async def count(self, ctx: Context) -> dict[str, Any]:
+        """Increment (unless ``read``) and return ``value`` [VAP-TPF-013] [VAP-TPF-014]."""
+        if not _arg(ctx, "read", bool, False):
+            self.counter += 1
+        return {"value": self.counter}
+
+    @operation("/vertebra/test/set-load")
+    async def set_load(self, ctx: Context) -> None:
+        """Report ``value`` from now on [VAP-TPF-016]; final without values."""
+        value = _arg(ctx, "value", float)
+        if not value >= 0 or value != value or value in (float("inf"),):
+            raise OpFailure("fatal", "bad-value", "load must be a finite double >= 0")
+        ctx.set_load(value)
