@@ -39,6 +39,8 @@ class Config:
     advertise_ttl: int = 3600
     authorize: bool = True  # False = local allow-all policy (development only)
     reject_when_full: bool = False
+    advertise: bool = True  # False: never advertise (a pure requester, or a dispatcher)
+    report_load: bool = True
     actors: list[str] = field(default_factory=list)  # "package.module:ClassName"
     name: str = "vertebra python agent"
     connect_timeout_s: float = 10.0
@@ -151,7 +153,7 @@ class Agent:
             test_profile=self.config.test_profile,
         )
         self.core = AgentCore(
-            self.client.transport(),
+            self.client.vertebra_transport(),
             dispatchers=self.config.dispatchers,
             authorize=self.config.authorize,
             capacity=int(self.config.capacity),
@@ -167,6 +169,10 @@ class Agent:
         if self.config.test_profile:  # only in test mode [VAP-SEC-027]
             self.add_actor(TestProfile())
         self._stop = asyncio.Event()
+
+    @property
+    def online(self) -> asyncio.Event:
+        return self.client.online
 
     def add_actor(self, actor: Actor) -> None:
         self.core.add_actor(actor)
@@ -206,14 +212,15 @@ class Agent:
             return 1
         log.info("online as %s (test profile: %s)", self.client.boundjid.full,
                  self.config.test_profile)
-        background = [
-            loop.create_task(self.core.load_loop()),  # first report at once [VAP-LOAD-004]
-            loop.create_task(self.core.advertise_loop()),
-        ]
+        background = []
+        if self.config.report_load:
+            background.append(loop.create_task(self.core.load_loop()))  # [VAP-LOAD-004]
+        if self.config.advertise:
+            background.append(loop.create_task(self.core.advertise_loop()))
         stop = loop.create_task(self._stop.wait())
         await asyncio.wait({stop, ended}, return_when=asyncio.FIRST_COMPLETED)
         status = 0 if stop.done() else 1
-        if status == 0 and not ended.done():
+        if status == 0 and not ended.done() and self.config.advertise:
             try:  # [VAP-DSC-011] withdraw before a deliberate disconnect
                 await asyncio.wait_for(self.core.advertise(ttl=0), 1.5)
             except (asyncio.TimeoutError, Exception):  # noqa: BLE001

@@ -607,8 +607,13 @@ class AgentCore:
         window: int | None = None,
         scope: str | None = "direct",
         grace_s: float = GRACE_S,
+        cancel: asyncio.Event | None = None,
     ) -> CallResult:
-        """Call operation ``op_type`` on ``to`` and wait for its terminal outcome."""
+        """Call operation ``op_type`` on ``to`` and wait for its terminal outcome.
+
+        Setting ``cancel`` sends ``<cancel>`` [VAP-OPS-053]; the call then ends as ``cancelled``
+        when the responder's cancelled error arrives or the deadline passes [VAP-OPS-058].
+        """
         loop = asyncio.get_running_loop()
         t = new_token()  # [VAP-OPS-001]
         deadline = loop.time() + timeout_ms / 1000.0
@@ -646,14 +651,28 @@ class AgentCore:
                 c.token = token  # [VAP-OPS-022]
             if res.get("ack") == "true":
                 c.acked = True  # [VAP-OPS-027]
+            if cancel is not None:
+                watcher = loop.create_task(self._cancel_when(cancel, c, hard))
+                c.done.add_done_callback(lambda _f: watcher.cancel())
             try:
                 return await asyncio.wait_for(asyncio.shield(c.done), max(0.0, hard - loop.time()))
             except asyncio.TimeoutError:
-                c.finish(CallResult("deadline-expired", c.chunks, reason="no terminal stanza"))
+                outcome = "cancelled" if cancel is not None and cancel.is_set() else "deadline-expired"
+                c.finish(CallResult(outcome, c.chunks, reason="no terminal stanza"))
                 return c.done.result()
         finally:
             c.finish(CallResult("cancelled", c.chunks))
             self._calls.pop((to, t), None)
+
+    async def _cancel_when(self, event: asyncio.Event, c: _Call, hard: float) -> None:
+        await event.wait()
+        if c.done.done() or c.token is None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            await send_with_retries(self.transport, c.to, element("cancel", c.token), hard, loop)
+        except (IqError, IqTimeout) as e:
+            c.finish(CallResult("cancelled", c.chunks, reason=f"cancel not delivered: {e}"))
 
     def _on_call_stanza(self, frm: str, kind: str, el: ET.Element) -> Reply:
         """ack/nack/data/final/error for a call we made; always an IQ result [VAP-OPS-031]."""

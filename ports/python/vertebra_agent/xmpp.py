@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import types
 import xml.etree.ElementTree as ET
@@ -11,7 +12,6 @@ import slixmpp
 from slixmpp import JID
 from slixmpp.exceptions import IqError as SlixIqError
 from slixmpp.exceptions import IqTimeout as SlixIqTimeout
-from slixmpp.xmlstream import tostring as _tostring
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher.base import MatcherBase
 
@@ -34,6 +34,7 @@ def _install_cr_escape() -> None:
     [VAP-VAL-019] requires ``&#13;``.  slixmpp's ``tostring`` looks ``escape`` up as a module
     global, so wrapping it fixes every stanza this process sends.
     """
+    _tostring = importlib.import_module("slixmpp.xmlstream.tostring")
     original = _tostring.escape
     if getattr(original, "__vertebra_cr__", False):
         return
@@ -124,7 +125,7 @@ class VertebraClient(slixmpp.ClientXMPP):
             pres.xml.append(payload)
         pres.send()
 
-    def transport(self):
+    def vertebra_transport(self):
         """The :class:`~vertebra_agent.transport.Transport` view of this session."""
         client = self
 
