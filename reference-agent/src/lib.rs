@@ -8,3 +8,6 @@ pub mod config;
 pub mod policy;
 pub mod node;
 pub mod requester;
+pub mod agent;
+pub mod dispatcher;
+pub mod table;

@@ -412,6 +412,10 @@ impl DedupCache {
 }
 
 type PresenceHook = Box<dyn Fn(&Node, &Presence) + Send + Sync>;
+type AdmissionHook = Box<dyn Fn(&Jid, &Op) -> bool + Send + Sync>;
+/// Answer to a foreign-namespace IQ: result payload or stanza error.
+pub type IqHookResult = Result<Option<Element>, StanzaError>;
+type IqHook = Box<dyn Fn(&Node, &Jid, &Element) -> IqHookResult + Send + Sync>;
 type OnlineHook = Box<dyn Fn(&Node) + Send + Sync>;
 
 struct Inner {
@@ -427,6 +431,8 @@ struct Inner {
     load_override: Mutex<Option<f64>>,
     load_changed: Notify,
     presence_hook: RwLock<Option<PresenceHook>>,
+    admission: RwLock<Option<AdmissionHook>>,
+    iq_hooks: RwLock<HashMap<String, IqHook>>,
     online_hook: RwLock<Option<OnlineHook>>,
     session: watch::Sender<u64>,
     stop: watch::Sender<bool>,
@@ -492,6 +498,8 @@ impl Node {
                 load_override: Mutex::new(None),
                 load_changed: Notify::new(),
                 presence_hook: RwLock::new(None),
+                admission: RwLock::new(None),
+                iq_hooks: RwLock::new(HashMap::new()),
                 online_hook: RwLock::new(None),
                 session,
                 stop,
@@ -544,6 +552,25 @@ impl Node {
     /// Hook for presence stanzas (the dispatcher's load table).
     pub fn on_presence(&self, f: impl Fn(&Node, &Presence) + Send + Sync + 'static) {
         *self.inner.presence_hook.write().unwrap() = Some(Box::new(f));
+    }
+
+    /// Admission check run before authorization: `false` nacks the op with `not-authorized`
+    /// (the dispatcher refuses advertisements naming another JID this way, [VAP-DSC-004]).
+    pub fn set_admission(&self, f: impl Fn(&Jid, &Op) -> bool + Send + Sync + 'static) {
+        *self.inner.admission.write().unwrap() = Some(Box::new(f));
+    }
+
+    /// Handle IQ sets/gets whose payload is in namespace `ns` (not Vertebra).
+    pub fn on_iq_ns(
+        &self,
+        ns: &str,
+        f: impl Fn(&Node, &Jid, &Element) -> IqHookResult + Send + Sync + 'static,
+    ) {
+        self.inner
+            .iq_hooks
+            .write()
+            .unwrap()
+            .insert(ns.to_owned(), Box::new(f));
     }
 
     /// Hook called each time the session is (re)bound.
@@ -965,6 +992,14 @@ fn answer(node: &Node, from: Jid, id: String, ans: Stanza2) {
 
 fn on_iq(node: &Node, from: Jid, id: String, set: bool, payload: Element) {
     if payload.ns() != NS {
+        let hooks = node.inner.iq_hooks.read().unwrap();
+        if let Some(h) = hooks.get(&payload.ns()) {
+            match h(node, &from, &payload) {
+                Ok(p) => node.inner.conn.reply_result(from, id, p),
+                Err(e) => node.inner.conn.reply_error(from, id, e),
+            }
+            return;
+        }
         // [VAP-TRN-011]
         node.inner.conn.reply_error(
             from,
@@ -1199,6 +1234,16 @@ fn on_op(node: &Node, from: Jid, id: String, op: Op) {
         None
     } else if misbehave == Misbehaviour::IgnoreAuthorization {
         Some(true)
+    } else if !node
+        .inner
+        .admission
+        .read()
+        .unwrap()
+        .as_ref()
+        .map(|f| f(&from, &op))
+        .unwrap_or(true)
+    {
+        Some(false)
     } else {
         authorize_now(node, &from, &op.op_type, &scope)
     };

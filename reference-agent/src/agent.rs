@@ -1,0 +1,261 @@
+//! The agent: a [`Node`] that serves registered handlers, advertises them to the dispatcher,
+//! reports load, and asks the dispatcher to authorize every call.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use vertebra_reference_agent::agent::AgentBuilder;
+//! use vertebra_reference_agent::node::{Call, HandlerResult};
+//! use vertebra_protocol::{Args, Value};
+//! let agent = AgentBuilder::new("127.0.0.1:5222", "gems@example.com/agent".parse()?, "pw")
+//!     .dispatcher("dispatcher@example.com/dispatcher".parse()?)
+//!     .handle("/gem/list", |call: Call| async move {
+//!         let count = call.i4("count")?;
+//!         for i in 0..count {
+//!             call.send(Args::new().with("gem", Value::String(format!("gem-{i}")))).await?;
+//!         }
+//!         Ok(Args::new())
+//!     })
+//!     .start();
+//! agent.wait_online(std::time::Duration::from_secs(10)).await?;
+//! # Ok(()) }
+//! ```
+
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_xmpp::parsers::jid::{FullJid, Jid};
+use vertebra_protocol::payloads::test_ops;
+use vertebra_protocol::{Args, Condition, ErrorType, Resource, ResourceScope, Value};
+
+use crate::config::{ConfigError, Misbehaviour, SpawnEnv};
+use crate::conn::{ConnError, ConnectOptions};
+use crate::node::{Authorizer, Call, Handler, HandlerError, Node, NodeConfig};
+use crate::policy::Policy;
+
+/// Builder for an [`Agent`].
+pub struct AgentBuilder {
+    cfg: NodeConfig,
+    handlers: Vec<(String, Box<dyn FnOnce(&Node) + Send>)>,
+    test_profile: bool,
+}
+
+impl AgentBuilder {
+    /// Connect to `server` (`host:port`) as `jid` with `password`.
+    pub fn new(server: impl Into<String>, jid: FullJid, password: impl Into<String>) -> Self {
+        AgentBuilder {
+            cfg: NodeConfig::new(ConnectOptions::new(server, Jid::from(jid), password)),
+            handlers: vec![],
+            test_profile: false,
+        }
+    }
+
+    /// From the spawn-contract environment ([`SpawnEnv`]); the dispatcher defaults to
+    /// `dispatcher@<domain>/dispatcher` ([VAP-TRN-018]).
+    pub fn from_env(env: &SpawnEnv) -> Result<Self, ConfigError> {
+        let server = env.server.clone().ok_or(ConfigError::Missing("VERTEBRA_SERVER"))?;
+        let jid = crate::config::parse_full_jid(
+            "VERTEBRA_JID",
+            env.jid.as_deref().ok_or(ConfigError::Missing("VERTEBRA_JID"))?,
+        )?;
+        let password = env
+            .password
+            .clone()
+            .ok_or(ConfigError::Missing("VERTEBRA_PASSWORD"))?;
+        let dispatcher = match &env.dispatcher {
+            Some(d) => crate::config::parse_full_jid("VERTEBRA_DISPATCHER", d)?,
+            None => crate::config::default_dispatcher(jid.domain().as_str())?,
+        };
+        let mut b = AgentBuilder::new(server, jid, password)
+            .dispatcher(dispatcher)
+            .test_profile(env.test_profile);
+        if let Some(i) = env.load_interval {
+            b = b.load_interval(i);
+        }
+        if let Some(m) = &env.misbehave {
+            let m = Misbehaviour::parse(m).ok_or_else(|| ConfigError::Bad {
+                name: "VERTEBRA_MISBEHAVE",
+                detail: format!("unknown misbehaviour {m:?}"),
+            })?;
+            b = b.misbehave(m);
+        }
+        Ok(b)
+    }
+
+    /// Dispatcher: advertise and report load to it, and ask it to authorize calls.
+    pub fn dispatcher(mut self, d: FullJid) -> Self {
+        self.cfg.authorizer = Authorizer::Dispatcher(d.clone());
+        self.cfg.dispatcher = Some(d);
+        self
+    }
+
+    /// Authorize with a local policy instead of the dispatcher ([VAP-SEC-006]).
+    pub fn local_policy(mut self, p: Policy) -> Self {
+        self.cfg.authorizer = Authorizer::Local(Arc::new(p));
+        self
+    }
+
+    /// Register a handler.
+    pub fn handle(mut self, operation: &str, h: impl Handler) -> Self {
+        let op = operation.to_owned();
+        let op2 = op.clone();
+        self.handlers
+            .push((op, Box::new(move |n: &Node| n.handle(&op2, h))));
+        self
+    }
+
+    /// Expose the conformance test profile (`/vertebra/test/*`) — only when asked
+    /// ([VAP-SEC-027]).
+    pub fn test_profile(mut self, on: bool) -> Self {
+        self.test_profile = on;
+        self
+    }
+
+    /// Advertised resources (keyed).
+    pub fn resources(mut self, r: ResourceScope) -> Self {
+        self.cfg.resources = r;
+        self
+    }
+
+    /// Add one advertised keyed resource.
+    pub fn resource(mut self, key: &str, path: &str) -> Self {
+        if let Ok(r) = Resource::parse(path) {
+            self.cfg.resources.push(Some(key), r);
+        }
+        self
+    }
+
+    /// Capacity (for the load value `inflight / capacity`).
+    pub fn capacity(mut self, c: u32) -> Self {
+        self.cfg.capacity = c.max(1);
+        self
+    }
+
+    /// Load report interval.
+    pub fn load_interval(mut self, i: Duration) -> Self {
+        self.cfg.load_interval = i.clamp(Duration::from_millis(100), Duration::from_secs(60));
+        self
+    }
+
+    /// Advertisement TTL in seconds.
+    pub fn advertise_ttl(mut self, ttl: u32) -> Self {
+        self.cfg.advertise_ttl = ttl.clamp(1, 86_400);
+        self
+    }
+
+    /// Per-IQ timeout of outgoing requests.
+    pub fn iq_timeout(mut self, t: Duration) -> Self {
+        self.cfg.iq_timeout = t;
+        self
+    }
+
+    /// Deliberately break one rule (mutants for the conformance harness).
+    #[doc(hidden)]
+    pub fn misbehave(mut self, m: Misbehaviour) -> Self {
+        self.cfg.misbehave = m;
+        self
+    }
+
+    /// Access the node configuration.
+    pub fn config_mut(&mut self) -> &mut NodeConfig {
+        &mut self.cfg
+    }
+
+    /// Start (connects in the background).
+    pub fn start(mut self) -> Agent {
+        if self.test_profile {
+            self.cfg
+                .features
+                .push(vertebra_protocol::FEATURE_TEST_PROFILE.to_string());
+        }
+        let node = Node::start(self.cfg);
+        for (_, reg) in self.handlers {
+            reg(&node);
+        }
+        if self.test_profile {
+            register_test_profile(&node);
+        }
+        Agent { node }
+    }
+}
+
+/// A running agent.
+#[derive(Clone, Debug)]
+pub struct Agent {
+    node: Node,
+}
+
+impl Agent {
+    /// Wait until online.
+    pub async fn wait_online(&self, d: Duration) -> Result<FullJid, ConnError> {
+        self.node.wait_online(d).await
+    }
+    /// The node (to call other agents, set load, …).
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+    /// Withdraw adverts and disconnect.
+    pub async fn shutdown(&self) {
+        self.node.shutdown().await
+    }
+}
+
+/// Register the conformance test profile on a node (`/vertebra/test/*`).
+pub fn register_test_profile(node: &Node) {
+    node.handle(test_ops::ECHO, |c: Call| async move { Ok(c.args.clone()) });
+    node.handle(test_ops::STREAM, |c: Call| async move {
+        let count = c.i4("count")?;
+        let size = c.args.get_i4("size").unwrap_or(0).clamp(0, 60_000) as usize;
+        if count < 0 {
+            return Err(HandlerError::bad_value("count must be >= 0"));
+        }
+        for i in 0..count {
+            let mut a = Args::new().with("index", Value::I4(i));
+            if size > 0 {
+                a.insert("payload", Value::String("x".repeat(size)));
+            }
+            c.send(a).await?;
+        }
+        Ok(Args::new())
+    });
+    node.handle(test_ops::SLEEP, |c: Call| async move {
+        let ms = c.i4("ms")?.max(0) as u64;
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok(Args::new().with("slept", Value::I4(ms as i32)))
+    });
+    node.handle(test_ops::FAIL, |c: Call| async move {
+        let cond = c.args.get_str("condition").unwrap_or("handler-failed");
+        let reason = c.args.get_str("reason").unwrap_or("requested failure");
+        let condition = Condition::parse(cond);
+        let t = condition.error_type();
+        Err(HandlerError::with(
+            if condition == Condition::HandlerFailed {
+                ErrorType::Error
+            } else {
+                t
+            },
+            condition,
+            reason,
+        ))
+    });
+    let counter = Arc::new(AtomicI32::new(0));
+    node.handle(test_ops::COUNTER, move |c: Call| {
+        let counter = counter.clone();
+        async move {
+            let v = if c.args.get_bool("read") == Some(true) {
+                counter.load(Ordering::SeqCst)
+            } else {
+                counter.fetch_add(1, Ordering::SeqCst) + 1
+            };
+            Ok(Args::new().with("value", Value::I4(v)))
+        }
+    });
+    node.handle(test_ops::SET_LOAD, |c: Call| async move {
+        let v = c.double("value")?;
+        if !v.is_finite() || v < 0.0 {
+            return Err(HandlerError::bad_value("value must be finite and >= 0"));
+        }
+        c.node().set_load(Some(v));
+        Ok(Args::new().with("value", Value::Double(v)))
+    });
+}
