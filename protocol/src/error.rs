@@ -115,33 +115,29 @@ impl Rule {
     /// Who is at fault when a received input breaks this rule.
     pub fn fault(self) -> Fault {
         match self {
-            Rule::UnsupportedVersion => Fault::Unsupported,
+            Rule::UnsupportedVersion | Rule::WrongNamespace => Fault::Unsupported,
             _ => Fault::Malformed,
         }
     }
 
-    /// The Vertebra condition a responder reports when an incoming op breaks this rule.
-    ///
-    /// Value-level problems are `bad-value` (`[VAP-VAL]`); a version we do not speak is
-    /// `unsupported-version` (`[VAP-VER]`); everything else is `bad-request`.
+    /// The condition a receiver reports when an incoming element breaks this rule
+    /// (`[VAP-ERR]` table rows 1, 2, 3, 6 and 25):
+    /// * an unusable token or an unknown element in [`crate::NS`] → `bad-request` (IQ error,
+    ///   `[VAP-OPS-006]`, `[VAP-TRN-010]`);
+    /// * an element of another namespace → `service-unavailable` (IQ error, `[VAP-TRN-011]`);
+    /// * a version with another major number → `unsupported-version` (`[VAP-VER-004]`);
+    /// * everything else (values, timeout, attributes) → `bad-value` (`[VAP-OPS-018]`,
+    ///   `[VAP-OPS-051]`).
     pub fn condition(self) -> Condition {
         match self {
-            Rule::UnknownValueType
-            | Rule::BadI4
-            | Rule::BadDouble
-            | Rule::BadBoolean
-            | Rule::BadBase64
-            | Rule::BadDateTime
-            | Rule::BadResource
-            | Rule::BadNil
-            | Rule::BadException
-            | Rule::DuplicateName
-            | Rule::MissingName
-            | Rule::TooDeep
-            | Rule::MixedContent
-            | Rule::BadPayload => Condition::BadValue,
+            Rule::XmlSyntax
+            | Rule::TooLarge
+            | Rule::UnexpectedElement
+            | Rule::BadToken
+            | Rule::TooManyTokenSegments => Condition::BadRequest,
+            Rule::WrongNamespace => Condition::ServiceUnavailable,
             Rule::UnsupportedVersion => Condition::UnsupportedVersion,
-            _ => Condition::BadRequest,
+            _ => Condition::BadValue,
         }
     }
 }
@@ -219,33 +215,52 @@ impl ErrorType {
     }
 }
 
-/// A Vertebra error condition (the `condition` attribute of `<error>`, the `reason` attribute of
-/// `<nack>`, and the conditions a requester reports locally). Unknown conditions are kept
-/// verbatim in [`Condition::Other`].
+/// A failure name of the spec's error table (`[VAP-ERR]` §10.1): the `condition` of `<error>`,
+/// the `reason` of `<nack>`, the two IQ-level rejections, and the requester's local outcomes.
+/// Unknown conditions are kept verbatim in [`Condition::Other`] (`[VAP-ERR-004]`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Condition {
-    /// Authorization denied (nack reason).
-    NotAuthorized,
-    /// The op deadline passed (`[VAP-OPS]` deadlines).
-    DeadlineExpired,
-    /// The requester cancelled the op.
-    Cancelled,
-    /// No handler for the operation.
-    NoHandler,
-    /// The handler failed; reason is its public message only.
-    HandlerFailed,
-    /// A named value is malformed or of an unknown type.
-    BadValue,
-    /// Data arrived with a gap or repeat in `seq`.
-    OutOfOrder,
-    /// The responder disappeared mid-op.
-    ResponderGone,
-    /// The request is malformed beyond a single value.
+    /// IQ error `bad-request` (unusable token, unknown element in NS). IQ level only.
     BadRequest,
-    /// The op names a protocol version this peer does not speak.
+    /// IQ error `service-unavailable` (child of an unknown namespace). IQ level only.
+    ServiceUnavailable,
+    /// nack: requester not allowed (or another domain).
+    NotAuthorized,
+    /// nack: no authorization decision within 2 s, or a broken answer.
+    AuthorizationUnavailable,
+    /// error fatal: no handler for the op type / resources.
+    NoHandler,
+    /// error fatal: undecodable values, missing or bad `timeout`, bad dispatcher arguments. Also
+    /// the requester's local outcome for undecodable data/final.
+    BadValue,
+    /// error cancel: responder at capacity (before ack).
+    Overloaded,
+    /// error error: the handler failed.
+    HandlerFailed,
+    /// error error: responder-internal failure outside the handler.
+    InternalError,
+    /// error cancel: cancelled by the requester.
+    Cancelled,
+    /// error cancel: op deadline passed (also the requester's local outcome).
+    DeadlineExpired,
+    /// error fatal: op `version` with another major number.
     UnsupportedVersion,
-    /// The peer broke the protocol's ordering rules.
-    ProtocolViolation,
+    /// local: responder unavailable, unreachable or silent.
+    ResponderGone,
+    /// local: op IQ answered by a non-retryable IQ error.
+    Rejected,
+    /// local: op result without `op` child or with a foreign token.
+    BadResponse,
+    /// local: data `seq` gap or repeat; `count` mismatch; stanzas out of protocol order.
+    OutOfOrder,
+    /// local: more unanswered data IQs than the window.
+    WindowExceeded,
+    /// local: discover returned no agent.
+    NoCapableAgent,
+    /// local: the discover op failed.
+    DispatcherUnavailable,
+    /// local: a legacy error without `condition`.
+    Unspecified,
     /// Any other condition, kept verbatim.
     Other(String),
 }
@@ -254,17 +269,26 @@ impl Condition {
     /// Wire text.
     pub fn as_str(&self) -> &str {
         match self {
-            Condition::NotAuthorized => "not-authorized",
-            Condition::DeadlineExpired => "deadline-expired",
-            Condition::Cancelled => "cancelled",
-            Condition::NoHandler => "no-handler",
-            Condition::HandlerFailed => "handler-failed",
-            Condition::BadValue => "bad-value",
-            Condition::OutOfOrder => "out-of-order",
-            Condition::ResponderGone => "responder-gone",
             Condition::BadRequest => "bad-request",
+            Condition::ServiceUnavailable => "service-unavailable",
+            Condition::NotAuthorized => "not-authorized",
+            Condition::AuthorizationUnavailable => "authorization-unavailable",
+            Condition::NoHandler => "no-handler",
+            Condition::BadValue => "bad-value",
+            Condition::Overloaded => "overloaded",
+            Condition::HandlerFailed => "handler-failed",
+            Condition::InternalError => "internal-error",
+            Condition::Cancelled => "cancelled",
+            Condition::DeadlineExpired => "deadline-expired",
             Condition::UnsupportedVersion => "unsupported-version",
-            Condition::ProtocolViolation => "protocol-violation",
+            Condition::ResponderGone => "responder-gone",
+            Condition::Rejected => "rejected",
+            Condition::BadResponse => "bad-response",
+            Condition::OutOfOrder => "out-of-order",
+            Condition::WindowExceeded => "window-exceeded",
+            Condition::NoCapableAgent => "no-capable-agent",
+            Condition::DispatcherUnavailable => "dispatcher-unavailable",
+            Condition::Unspecified => "unspecified",
             Condition::Other(s) => s,
         }
     }
@@ -272,29 +296,80 @@ impl Condition {
     /// Parse wire text; unknown text becomes [`Condition::Other`].
     pub fn parse(s: &str) -> Self {
         match s {
-            "not-authorized" => Condition::NotAuthorized,
-            "deadline-expired" => Condition::DeadlineExpired,
-            "cancelled" => Condition::Cancelled,
-            "no-handler" => Condition::NoHandler,
-            "handler-failed" => Condition::HandlerFailed,
-            "bad-value" => Condition::BadValue,
-            "out-of-order" => Condition::OutOfOrder,
-            "responder-gone" => Condition::ResponderGone,
             "bad-request" => Condition::BadRequest,
+            "service-unavailable" => Condition::ServiceUnavailable,
+            "not-authorized" => Condition::NotAuthorized,
+            "authorization-unavailable" => Condition::AuthorizationUnavailable,
+            "no-handler" => Condition::NoHandler,
+            "bad-value" => Condition::BadValue,
+            "overloaded" => Condition::Overloaded,
+            "handler-failed" => Condition::HandlerFailed,
+            "internal-error" => Condition::InternalError,
+            "cancelled" => Condition::Cancelled,
+            "deadline-expired" => Condition::DeadlineExpired,
             "unsupported-version" => Condition::UnsupportedVersion,
-            "protocol-violation" => Condition::ProtocolViolation,
+            "responder-gone" => Condition::ResponderGone,
+            "rejected" => Condition::Rejected,
+            "bad-response" => Condition::BadResponse,
+            "out-of-order" => Condition::OutOfOrder,
+            "window-exceeded" => Condition::WindowExceeded,
+            "no-capable-agent" => Condition::NoCapableAgent,
+            "dispatcher-unavailable" => Condition::DispatcherUnavailable,
+            "unspecified" => Condition::Unspecified,
             other => Condition::Other(other.to_string()),
         }
     }
 
-    /// The Vertebra `<error type>` that goes with this condition when a responder reports it.
-    pub fn error_type(&self) -> ErrorType {
+    /// How this condition travels when a responder (or any receiver) reports it — THE mapping of
+    /// the spec's table (`[VAP-ERR]` §10.1, `[VAP-ERR-001]`, `[VAP-ERR-002]`).
+    pub fn travel(&self) -> Travel {
         match self {
-            Condition::DeadlineExpired | Condition::Cancelled => ErrorType::Cancel,
-            Condition::NoHandler | Condition::UnsupportedVersion => ErrorType::Fatal,
+            Condition::BadRequest => Travel::IqError {
+                type_: StanzaErrorType::Modify,
+                condition: DefinedCondition::BadRequest,
+            },
+            Condition::ServiceUnavailable => Travel::IqError {
+                type_: StanzaErrorType::Cancel,
+                condition: DefinedCondition::ServiceUnavailable,
+            },
+            Condition::NotAuthorized | Condition::AuthorizationUnavailable => Travel::Nack,
+            Condition::NoHandler | Condition::BadValue | Condition::UnsupportedVersion => {
+                Travel::Error(ErrorType::Fatal)
+            }
+            Condition::Overloaded | Condition::Cancelled | Condition::DeadlineExpired => {
+                Travel::Error(ErrorType::Cancel)
+            }
+            Condition::HandlerFailed | Condition::InternalError => Travel::Error(ErrorType::Error),
+            _ => Travel::Local,
+        }
+    }
+
+    /// The Vertebra `<error type>` for this condition (`error` for conditions that do not travel
+    /// as an error).
+    pub fn error_type(&self) -> ErrorType {
+        match self.travel() {
+            Travel::Error(t) => t,
             _ => ErrorType::Error,
         }
     }
+}
+
+/// How a condition travels (`[VAP-ERR]` §10.1 "how it travels").
+#[derive(Debug, Clone, PartialEq)]
+pub enum Travel {
+    /// As an IQ error answering the offending IQ.
+    IqError {
+        /// Stanza error type.
+        type_: StanzaErrorType,
+        /// RFC 6120 condition.
+        condition: DefinedCondition,
+    },
+    /// As the `reason` of a `<nack>`.
+    Nack,
+    /// As the `condition` of a terminal `<error>` of this type.
+    Error(ErrorType),
+    /// Never on the wire (requester-local outcome).
+    Local,
 }
 
 impl fmt::Display for Condition {
@@ -356,47 +431,33 @@ impl ProtocolError {
         ProtocolError::new(Fault::CallerMisuse, Condition::BadRequest, detail)
     }
 
-    /// Peer protocol violation.
+    /// Peer broke the ordering rules (reported as `out-of-order`).
     pub fn violation(detail: impl Into<String>) -> Self {
-        ProtocolError::new(
-            Fault::ProtocolViolation,
-            Condition::ProtocolViolation,
-            detail,
-        )
+        ProtocolError::new(Fault::ProtocolViolation, Condition::OutOfOrder, detail)
     }
 
-    /// THE mapping from a failure to the wire (`[VAP-ERR]`). Used by the state machines for every
-    /// error they put on the wire, and by shells that must answer an IQ with an error.
+    /// THE mapping from a failure to the wire (`[VAP-ERR]`): what a receiver sends for it.
+    /// Caller misuse never reaches the wire.
     pub fn to_wire(&self) -> WireError {
-        match self.fault {
-            Fault::CallerMisuse => WireError::None,
-            Fault::Malformed => WireError::Iq {
-                type_: StanzaErrorType::Modify,
-                condition: DefinedCondition::BadRequest,
-                text: self.detail.clone(),
-            },
-            Fault::Unsupported => WireError::Iq {
-                type_: StanzaErrorType::Cancel,
-                condition: DefinedCondition::FeatureNotImplemented,
-                text: self.detail.clone(),
-            },
-            Fault::ProtocolViolation => WireError::Iq {
-                type_: StanzaErrorType::Modify,
-                condition: DefinedCondition::UnexpectedRequest,
-                text: self.detail.clone(),
-            },
+        if self.fault == Fault::CallerMisuse {
+            return WireError::None;
         }
-    }
-
-    /// The Vertebra `<error>` a responder sends as the op's terminal stanza for this failure
-    /// (`[VAP-ERR]`): type derived from the condition, reason = `detail` unless the fault is a
-    /// local one (then the generic condition text).
-    pub fn to_vertebra_error(&self) -> (ErrorType, Condition, String) {
-        let reason = match self.fault {
-            Fault::CallerMisuse => self.condition.as_str().to_string(),
-            _ => self.detail.clone(),
-        };
-        (self.condition.error_type(), self.condition.clone(), reason)
+        match self.condition.travel() {
+            Travel::IqError { type_, condition } => WireError::Iq {
+                type_,
+                condition,
+                text: self.detail.clone(),
+            },
+            Travel::Nack => WireError::Nack {
+                reason: self.condition.clone(),
+            },
+            Travel::Error(error_type) => WireError::Terminal {
+                error_type,
+                condition: self.condition.clone(),
+                reason: self.detail.clone(),
+            },
+            Travel::Local => WireError::None,
+        }
     }
 }
 
@@ -406,7 +467,7 @@ impl From<DecodeError> for ProtocolError {
     }
 }
 
-/// How a failure appears on the wire: an IQ `type='error'` answer, or nothing (local failures).
+/// How a failure appears on the wire.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WireError {
     /// Answer the offending IQ with this stanza error.
@@ -418,7 +479,21 @@ pub enum WireError {
         /// Human-readable text.
         text: String,
     },
-    /// Local failure: nothing goes on the wire.
+    /// End the op with `<nack reason>`.
+    Nack {
+        /// The reason.
+        reason: Condition,
+    },
+    /// End the op with `<error type condition><string name="reason">`.
+    Terminal {
+        /// `type`.
+        error_type: ErrorType,
+        /// `condition`.
+        condition: Condition,
+        /// `reason` text.
+        reason: String,
+    },
+    /// Nothing goes on the wire.
     None,
 }
 
@@ -436,7 +511,7 @@ impl WireError {
                 "en",
                 text.clone(),
             )),
-            WireError::None => None,
+            _ => None,
         }
     }
 }

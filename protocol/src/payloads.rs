@@ -35,6 +35,8 @@ pub mod test_profile {
     pub const SET_LOAD: &str = "/vertebra/test/set-load";
 }
 
+pub use test_profile as test_ops;
+
 fn bad(detail: impl Into<String>) -> DecodeError {
     DecodeError::new(Rule::BadPayload, detail)
 }
@@ -47,6 +49,14 @@ fn res_list(values: &[Value], what: &str) -> Result<Vec<Resource>, DecodeError> 
             _ => Err(bad(format!("{what}: list items must be <res>"))),
         })
         .collect()
+}
+
+/// The R HEAD legacy form puts the arguments inside `<struct name="job">`.
+fn unwrap_job(a: &Args) -> &Args {
+    match (a.get_struct("job"), a.get("operation")) {
+        (Some(job), None) => job,
+        _ => a,
+    }
 }
 
 fn parse_jid(s: &str, what: &str) -> Result<Jid, DecodeError> {
@@ -134,6 +144,14 @@ impl AdvertiseRequest {
         let resources = match a.get("resources") {
             None => ResourceScope::new(),
             Some(Value::Struct(s)) => scope_from_struct(s)?,
+            // E form: a list of unkeyed res, registered key-less ([VAP-VER-020]).
+            Some(Value::List(l)) => res_list(l, "resources")?
+                .into_iter()
+                .map(|resource| crate::resource::KeyedResource {
+                    key: None,
+                    resource,
+                })
+                .collect(),
             Some(_) => return Err(bad("resources must be a struct")),
         };
         let ttl = a.get_i4("ttl").ok_or_else(|| bad("ttl (i4) is required"))?;
@@ -200,8 +218,10 @@ impl DiscoverRequest {
         }
         a
     }
-    /// Decode.
+    /// Decode (also the legacy R form with every argument inside `<struct name="job">`,
+    /// `[VAP-VER-019]`).
     pub fn from_args(a: &Args) -> Result<Self, DecodeError> {
+        let a = unwrap_job(a);
         let operation = a
             .get_res("operation")
             .cloned()
@@ -229,7 +249,9 @@ impl DiscoverRequest {
 pub struct DiscoverResponse {
     /// `<list name="jids"><string>full-jid</string>…</list>`.
     pub jids: Vec<Jid>,
-    /// `<list name="loads"><double>…</double>…</list>` (same length).
+    /// `<list name="loads"><double>…</double>…</list>` (same length). An agent that has never
+    /// reported load is `f64::INFINITY` here and `<nil/>` on the wire (`[VAP-DSC-014]`), which
+    /// also sorts it after every reporting agent (`[VAP-DSC-016]`).
     pub loads: Vec<f64>,
 }
 
@@ -248,7 +270,18 @@ impl DiscoverResponse {
             )
             .with(
                 "loads",
-                Value::List(self.loads.iter().map(|l| Value::Double(*l)).collect()),
+                Value::List(
+                    self.loads
+                        .iter()
+                        .map(|l| {
+                            if l.is_finite() {
+                                Value::Double(*l)
+                            } else {
+                                Value::Nil
+                            }
+                        })
+                        .collect(),
+                ),
             )
     }
     /// Decode.
@@ -269,11 +302,12 @@ impl DiscoverResponse {
                 .map(|v| match v {
                     Value::Double(d) => Ok(*d),
                     Value::I4(i) => Ok(f64::from(*i)),
-                    _ => Err(bad("loads items must be doubles")),
+                    Value::Nil => Ok(f64::INFINITY),
+                    _ => Err(bad("loads items must be doubles or nil")),
                 })
                 .collect::<Result<Vec<_>, _>>()?,
         };
-        if !loads.is_empty() && loads.len() != jids.len() {
+        if loads.len() != jids.len() {
             return Err(bad("loads and jids differ in length"));
         }
         Ok(DiscoverResponse { jids, loads })
@@ -302,8 +336,9 @@ impl AuthorizeRequest {
             .with("operation", Value::Res(self.operation.clone()))
             .with("resources", Value::Struct(scope_to_struct(&self.resources)))
     }
-    /// Decode.
+    /// Decode (also the legacy R form inside `<struct name="job">`, `[VAP-VER-019]`).
     pub fn from_args(a: &Args) -> Result<Self, DecodeError> {
+        let a = unwrap_job(a);
         let from = parse_jid(
             a.get_str("from")
                 .ok_or_else(|| bad("from (string) is required"))?,

@@ -12,9 +12,12 @@ pub const MAX_RESOURCE_BYTES: usize = 4096;
 
 /// A normalized resource path such as `/cluster/rd00`.
 ///
-/// Grammar (`[VAP-RES]`): a leading `/`; segments separated by `/`; one trailing `/` is removed;
-/// empty segments (`//`) are rejected; segment characters are any Unicode scalar except `/` and
-/// control characters; case-sensitive. `/` alone is the root (zero segments).
+/// Grammar: a leading `/` (`[VAP-RES-001]`); segments separated by `/`; one trailing `/` is
+/// removed (`[VAP-RES-003]`); empty, `//` and surrounding whitespace are rejected
+/// (`[VAP-RES-002]`, `[VAP-RES-008]`); segment characters are any Unicode scalar except `/` and
+/// control characters (`[VAP-RES-005]`); compared exactly, case-sensitive, no Unicode
+/// normalization, `.`/`..` have no meaning (`[VAP-RES-006]`, `[VAP-RES-007]`). `/` alone is the
+/// root (zero segments).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Resource(String);
 
@@ -30,6 +33,12 @@ impl Resource {
             return Err(DecodeError::new(
                 Rule::BadResource,
                 "resource path too long",
+            ));
+        }
+        if s.trim() != s {
+            return Err(DecodeError::new(
+                Rule::BadResource,
+                format!("resource {s:?} has surrounding whitespace"),
             ));
         }
         let Some(rest) = s.strip_prefix('/') else {
@@ -93,7 +102,8 @@ impl Resource {
         }
     }
 
-    /// "A matches B" iff one is a segment-prefix of the other (`[VAP-RES]`).
+    /// "A matches B" iff one is a segment-prefix of the other (`[VAP-RES-009]`; never a string
+    /// prefix, `[VAP-RES-010]`).
     pub fn matches(&self, other: &Resource) -> bool {
         self.is_prefix_of(other) || other.is_prefix_of(self)
     }

@@ -17,7 +17,7 @@ use minidom::Element;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Condition, DecodeError, ErrorType, Rule};
-use crate::resource::Resource;
+use crate::resource::{Resource, ResourceScope};
 use crate::token::{OpToken, RequestToken};
 use crate::value::{decode_named, Args, NamedMode, Value};
 use crate::xml::{element_children, set_attr};
@@ -85,8 +85,9 @@ pub struct Op {
     pub version: Version,
     /// `token`: `T` (or `X:S`).
     pub token: RequestToken,
-    /// `type`: the operation. In 1.0 a normalized resource path (`/gem/list`); legacy ops may
-    /// carry verbs (`list`).
+    /// `type`: the operation, a normalized resource path such as `/gem/list`
+    /// (`[VAP-OPS-012]`; legacy verbs are rejected, `[VAP-VER-011]`). Always valid for
+    /// [`Resource::parse`] when decoded.
     pub op_type: String,
     /// `timeout` in ms as sent (required in 1.0, 1..=86 400 000). See [`Op::timeout_ms`].
     pub timeout: Option<u32>,
@@ -122,9 +123,22 @@ impl Op {
         self
     }
 
-    /// The operation as a resource path (`None` for a legacy verb).
+    /// The operation as a resource path (`None` only if `op_type` was set by hand to a non-path).
     pub fn operation(&self) -> Option<Resource> {
         Resource::parse(&self.op_type).ok()
+    }
+
+    /// The op's scoping resources (`[VAP-RES-011]`): top-level named `res` values under their
+    /// name as key, then (legacy) key-less ones (`[VAP-VER-009]`).
+    pub fn scope(&self) -> ResourceScope {
+        let mut s = ResourceScope::new();
+        for (k, r) in self.args.keyed_resources() {
+            s.push(Some(k), r.clone());
+        }
+        for r in &self.unkeyed_resources {
+            s.push(None, r.clone());
+        }
+        s
     }
 
     /// Effective deadline: `timeout`, or 60 000 ms for a legacy op without one.
@@ -166,35 +180,67 @@ impl Op {
         el
     }
 
-    /// Decode (`[VAP-OPS]` op, `[VAP-VER]` version handling).
+    /// Decode (`[VAP-OPS-009]`…`[VAP-OPS-018]`, version handling `[VAP-VER-003]`,
+    /// `[VAP-VER-004]`, legacy values `[VAP-VER-009]`, `[VAP-VER-010]`). See [`Op::decode`].
     pub fn from_element(el: &Element) -> Result<Self, DecodeError> {
-        expect(el, "op")?;
-        let version = match el.attr("version") {
-            None => Version::Legacy,
-            Some(VERSION_1_0) => Version::V1_0,
-            Some(v) => {
-                return Err(DecodeError::new(
-                    Rule::UnsupportedVersion,
-                    format!("version {v:?} is not spoken here (1.0 is)"),
-                ))
+        Op::decode(el).map_err(|e| e.error)
+    }
+
+    /// Decode, reporting with the error whether the token (and version) could be read, which
+    /// decides how a responder answers (`[VAP-ERR]` table): no usable token → IQ error
+    /// `bad-request` (`[VAP-OPS-006]`); usable token → op result, then
+    /// `<error type="fatal" condition="bad-value">` (`[VAP-OPS-018]`, `[VAP-OPS-051]`,
+    /// `[VAP-VER-011]`) or `unsupported-version` (`[VAP-VER-004]`).
+    pub fn decode(el: &Element) -> Result<Self, OpDecodeError> {
+        if let Err(error) = expect(el, "op") {
+            return Err(OpDecodeError {
+                token: None,
+                version: None,
+                error,
+            });
+        }
+        let token = match el.attr("token") {
+            None => Err(DecodeError::new(Rule::BadToken, "<op> has no token")),
+            Some(t) => RequestToken::parse(t),
+        };
+        let token = match token {
+            Ok(t) => t,
+            Err(error) => {
+                return Err(OpDecodeError {
+                    token: None,
+                    version: None,
+                    error,
+                })
             }
         };
-        let token = RequestToken::parse(required(el, "token")?)?;
+        let version = match parse_version(el.attr("version")) {
+            Ok(v) => v,
+            Err(error) => {
+                return Err(OpDecodeError {
+                    token: Some(token),
+                    version: None,
+                    error,
+                })
+            }
+        };
+        Op::decode_rest(el, token.clone(), version).map_err(|error| OpDecodeError {
+            token: Some(token),
+            version: Some(version),
+            error,
+        })
+    }
+
+    fn decode_rest(
+        el: &Element,
+        token: RequestToken,
+        version: Version,
+    ) -> Result<Self, DecodeError> {
         let raw_type = required(el, "type")?;
-        let op_type = match version {
-            Version::V1_0 => Resource::parse(raw_type)
-                .map_err(|e| {
-                    DecodeError::new(Rule::BadAttribute, format!("op type: {}", e.detail))
-                })?
-                .as_str()
-                .to_string(),
-            Version::Legacy => {
-                if raw_type.is_empty() {
-                    return Err(DecodeError::new(Rule::BadAttribute, "empty op type"));
-                }
-                raw_type.to_string()
-            }
-        };
+        // [VAP-OPS-012]; legacy verbs are bad-value ([VAP-VER-011]).
+        let op_type = Resource::parse(raw_type)
+            .map_err(|e| DecodeError::new(Rule::BadAttribute, format!("op type: {}", e.detail)))?
+            .as_str()
+            .to_string();
         let timeout = match el.attr("timeout") {
             None if version == Version::V1_0 => {
                 return Err(DecodeError::new(
@@ -256,6 +302,53 @@ impl Op {
     }
 }
 
+/// Why an op could not be decoded, and how far decoding got (see [`Op::decode`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{error}")]
+pub struct OpDecodeError {
+    /// The token, when it was usable (then the responder answers with an op result and a
+    /// terminal error); `None` → answer the IQ with an IQ error.
+    pub token: Option<RequestToken>,
+    /// The version, when it was readable.
+    pub version: Option<Version>,
+    /// The broken rule.
+    pub error: DecodeError,
+}
+
+impl OpDecodeError {
+    /// The condition to report: `error.rule.condition()` (bad-request when no token).
+    pub fn condition(&self) -> Condition {
+        if self.token.is_none() {
+            Condition::BadRequest
+        } else {
+            self.error.rule.condition()
+        }
+    }
+}
+
+/// Parse the `version` attribute: absent → legacy; `<digits>.<digits>` with major 1 → 1.0
+/// (`[VAP-VER-003]`); anything else → [`Rule::UnsupportedVersion`] (`[VAP-VER-004]`).
+pub fn parse_version(v: Option<&str>) -> Result<Version, DecodeError> {
+    let Some(v) = v else {
+        return Ok(Version::Legacy);
+    };
+    let ok_form = v.split_once('.').is_some_and(|(a, b)| {
+        !a.is_empty()
+            && !b.is_empty()
+            && a.bytes().all(|c| c.is_ascii_digit())
+            && b.bytes().all(|c| c.is_ascii_digit())
+    });
+    let major = v.split('.').next().unwrap_or("").trim_start_matches('0');
+    if ok_form && major == "1" {
+        Ok(Version::V1_0)
+    } else {
+        Err(DecodeError::new(
+            Rule::UnsupportedVersion,
+            format!("version {v:?} is not 1.x"),
+        ))
+    }
+}
+
 /// The payload of the IQ result to an op: `<op token="T:S"/>`, optionally `ack="true"` (fast
 /// path, 1.0 only). Other attributes and children (legacy full echo) are ignored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -277,10 +370,27 @@ impl OpResult {
         el
     }
 
-    /// Decode.
+    /// Decode. Accepts the `op` child in [`NS`], or without namespace / in `jabber:client`
+    /// (R style), and ignores every other attribute and child (E's full echo)
+    /// (`[VAP-OPS-022]`, `[VAP-VER-015]`).
     pub fn from_element(el: &Element) -> Result<Self, DecodeError> {
-        expect(el, "op")?;
-        let token = OpToken::parse(required(el, "token")?)?;
+        if el.name() != "op" {
+            return Err(DecodeError::new(
+                Rule::UnexpectedElement,
+                format!("expected <op>, got <{}>", el.name()),
+            ));
+        }
+        let ns = el.ns();
+        if ns != NS && ns != crate::xml::JABBER_CLIENT && !ns.is_empty() {
+            return Err(DecodeError::new(
+                Rule::WrongNamespace,
+                format!("<op> is in namespace {ns:?}"),
+            ));
+        }
+        let token = OpToken::parse(
+            el.attr("token")
+                .ok_or_else(|| DecodeError::new(Rule::BadToken, "op result has no token"))?,
+        )?;
         let ack = match el.attr("ack") {
             None | Some("false") | Some("0") => false,
             Some("true") | Some("1") => true,
@@ -311,7 +421,7 @@ pub struct Nack {
     pub reason: Condition,
 }
 
-/// `<data token="T:S" seq="n">named values</data>` (legacy name `<result>` accepted on input).
+/// `<data token="T:S" seq="n">named values</data>`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Data {
     /// Op token.
@@ -487,14 +597,10 @@ impl Data {
         self.args.encode_into(&mut el);
         el
     }
-    /// Decode `<data>` (or legacy `<result>`). Unnamed children are rejected
-    /// ([`Rule::MissingName`]).
+    /// Decode `<data>` (`[VAP-OPS-034]`, `[VAP-OPS-040]`). Unnamed children are rejected
+    /// ([`Rule::MissingName`]). The 2008 `<result>` element is not data (`[VAP-VER]` §11.5).
     pub fn from_element(el: &Element) -> Result<Self, DecodeError> {
-        if el.name() == "result" {
-            expect(el, "result")?;
-        } else {
-            expect(el, "data")?;
-        }
+        expect(el, "data")?;
         let token = op_token(el)?;
         let seq = uint_attr(el, "seq")?;
         let (args, _) = decode_named(el, 1, NamedMode::Strict)?;
@@ -585,7 +691,9 @@ impl Load {
         }
         el
     }
-    /// Decode (`[VAP-LOAD]`).
+    /// Decode (`[VAP-LOAD-002]`: all four attributes required and in range; a report that
+    /// fails is ignored by the dispatcher, `[VAP-LOAD-010]`). Decoded loads have every field
+    /// `Some`.
     pub fn from_element(el: &Element) -> Result<Self, DecodeError> {
         expect(el, "load")?;
         let raw = required(el, "value")?;
@@ -606,9 +714,20 @@ impl Load {
                 }),
             }
         };
-        let inflight = u32_attr("inflight")?;
-        let capacity = u32_attr("capacity")?;
-        let interval = u32_attr("interval")?;
+        let need = |v: Option<u32>, name: &str| {
+            v.ok_or_else(|| {
+                DecodeError::new(Rule::MissingAttribute, format!("<load> requires {name}"))
+            })
+        };
+        let inflight = Some(need(u32_attr("inflight")?, "inflight")?);
+        let capacity = Some(need(u32_attr("capacity")?, "capacity")?);
+        if capacity == Some(0) {
+            return Err(DecodeError::new(
+                Rule::BadAttribute,
+                "capacity must be >= 1",
+            ));
+        }
+        let interval = Some(need(u32_attr("interval")?, "interval")?);
         if let Some(i) = interval {
             if !(100..=60_000).contains(&i) {
                 return Err(DecodeError::new(
@@ -637,7 +756,7 @@ pub enum VertebraPayload {
     Ack(Ack),
     /// `<nack>`.
     Nack(Nack),
-    /// `<data>` (or legacy `<result>`).
+    /// `<data>`.
     Data(Data),
     /// `<final>`.
     Final(Final),
@@ -682,19 +801,22 @@ impl VertebraPayload {
         el.ns() == NS
             && matches!(
                 el.name(),
-                "op" | "ack" | "nack" | "data" | "result" | "final" | "error" | "cancel" | "load"
+                "op" | "ack" | "nack" | "data" | "final" | "error" | "cancel" | "load"
             )
     }
 }
 
 impl VertebraPayload {
-    /// Decode an IQ-set (or presence) payload.
+    /// Decode an IQ-set (or presence) payload. An unknown element name is
+    /// [`Rule::UnexpectedElement`] (IQ error `bad-request` if in [`NS`], `[VAP-TRN-010]`); an
+    /// element of another namespace is [`Rule::WrongNamespace`] (IQ error
+    /// `service-unavailable`, `[VAP-TRN-011]`).
     pub fn from_element(el: &Element) -> Result<Self, DecodeError> {
         let known = matches!(
             el.name(),
-            "op" | "ack" | "nack" | "data" | "result" | "final" | "error" | "cancel" | "load"
+            "op" | "ack" | "nack" | "data" | "final" | "error" | "cancel" | "load"
         );
-        if !known {
+        if el.ns() == NS && !known {
             return Err(DecodeError::new(
                 Rule::UnexpectedElement,
                 format!("<{}> is not a Vertebra element", el.name()),
@@ -710,7 +832,7 @@ impl VertebraPayload {
             "op" => VertebraPayload::Op(Op::from_element(el)?),
             "ack" => VertebraPayload::Ack(Ack::from_element(el)?),
             "nack" => VertebraPayload::Nack(Nack::from_element(el)?),
-            "data" | "result" => VertebraPayload::Data(Data::from_element(el)?),
+            "data" => VertebraPayload::Data(Data::from_element(el)?),
             "final" => VertebraPayload::Final(Final::from_element(el)?),
             "error" => VertebraPayload::Error(OpError::from_element(el)?),
             "cancel" => VertebraPayload::Cancel(Cancel::from_element(el)?),

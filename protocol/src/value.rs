@@ -506,9 +506,10 @@ pub fn parse_double(text: &str) -> Result<f64, DecodeError> {
     Ok(v)
 }
 
-/// Canonical `double` text: the shortest decimal that round-trips, laid out like ECMAScript's
-/// `Number.prototype.toString` (plain digits for exponents -7 < e < 21, otherwise
-/// `d.ddde+N`), except that negative zero is written `-0`.
+/// Canonical `double` text (`[VAP-VAL-014]`): the shortest digit string that round-trips,
+/// laid out in plain notation when the decimal exponent `e` (of `d.ddd × 10^e`) satisfies
+/// `-4 <= e < 16`, otherwise as `d.ddde±N` (no exponent padding); no trailing `.0`; negative zero
+/// is `-0`. Examples: `0.25`, `1`, `1e+20`, `1.5e-7`, `0.0001`, `-0`.
 pub fn format_double(v: f64) -> String {
     if v == 0.0 {
         return if v.is_sign_negative() { "-0" } else { "0" }.to_string();
@@ -522,27 +523,29 @@ pub fn format_double(v: f64) -> String {
         None => (false, mant),
     };
     let digits: String = mant.chars().filter(|c| *c != '.').collect();
-    let k = digits.len() as i32; // number of significant digits
-    let n = exp + 1; // position of the decimal point relative to the digits
+    let k = digits.len() as i32;
     let mut out = String::new();
     if neg {
         out.push('-');
     }
-    if k <= n && n <= 21 {
-        out.push_str(&digits);
-        for _ in 0..(n - k) {
-            out.push('0');
+    if (-4..16).contains(&exp) {
+        if exp < 0 {
+            out.push_str("0.");
+            for _ in 0..(-exp - 1) {
+                out.push('0');
+            }
+            out.push_str(&digits);
+        } else if k <= exp + 1 {
+            out.push_str(&digits);
+            for _ in 0..(exp + 1 - k) {
+                out.push('0');
+            }
+        } else {
+            let point = (exp + 1) as usize;
+            out.push_str(&digits[..point]);
+            out.push('.');
+            out.push_str(&digits[point..]);
         }
-    } else if 0 < n && n <= 21 {
-        out.push_str(&digits[..n as usize]);
-        out.push('.');
-        out.push_str(&digits[n as usize..]);
-    } else if -6 < n && n <= 0 {
-        out.push_str("0.");
-        for _ in 0..(-n) {
-            out.push('0');
-        }
-        out.push_str(&digits);
     } else {
         out.push_str(&digits[..1]);
         if k > 1 {
@@ -550,8 +553,8 @@ pub fn format_double(v: f64) -> String {
             out.push_str(&digits[1..]);
         }
         out.push('e');
-        out.push(if n > 0 { '+' } else { '-' });
-        out.push_str(&(n - 1).abs().to_string());
+        out.push(if exp >= 0 { '+' } else { '-' });
+        out.push_str(&exp.abs().to_string());
     }
     out
 }
@@ -823,14 +826,33 @@ fn decode_value(el: &Element, depth: usize) -> Result<Value, DecodeError> {
         }
         "struct" => Value::Struct(decode_named(el, depth + 1, NamedMode::Strict)?.0),
         "exception" => {
-            let (args, _) = decode_named(el, depth + 1, NamedMode::Strict)?;
-            let class = args.get_str("class");
-            let message = args.get_str("message");
+            // [VAP-VAL-036] class and message strings; [VAP-VAL-038] other members ignored.
+            let mut class = None;
+            let mut message = None;
+            for c in element_children(el)? {
+                let slot = match c.attr("name") {
+                    Some("class") => &mut class,
+                    Some("message") => &mut message,
+                    _ => continue,
+                };
+                if slot.is_some() {
+                    return Err(DecodeError::new(
+                        Rule::DuplicateName,
+                        "exception member repeated",
+                    ));
+                }
+                match decode_value(c, depth + 1)? {
+                    Value::String(s) => *slot = Some(s),
+                    _ => {
+                        return Err(DecodeError::new(
+                            Rule::BadException,
+                            "exception class and message must be strings",
+                        ))
+                    }
+                }
+            }
             match (class, message) {
-                (Some(c), Some(m)) => Value::Exception(Exception {
-                    class: c.to_string(),
-                    message: m.to_string(),
-                }),
+                (Some(class), Some(message)) => Value::Exception(Exception { class, message }),
                 _ => {
                     return Err(DecodeError::new(
                         Rule::BadException,
@@ -853,8 +875,9 @@ fn decode_value(el: &Element, depth: usize) -> Result<Value, DecodeError> {
 pub enum NamedMode {
     /// 1.0: every child must carry a non-empty `name` ([`Rule::MissingName`]).
     Strict,
-    /// Legacy (version-less op): unnamed children are ignored, except unnamed `<res>` which are
-    /// returned separately as key-less resources (`[VAP-VER]` legacy values).
+    /// Legacy (version-less op): unnamed children are ignored, except unnamed `<res>` and `<res>`
+    /// named like a path (`name="/mock"`), which are returned separately as key-less resources
+    /// (`[VAP-VER-009]`, `[VAP-VER-010]`).
     Legacy,
 }
 
@@ -868,26 +891,33 @@ pub fn decode_named(
     let mut args = Args::new();
     let mut unnamed_res = Vec::new();
     for c in element_children(el)? {
-        match c.attr("name") {
-            Some(n) if !n.is_empty() => {
+        let name = c.attr("name").filter(|n| !n.is_empty());
+        match (mode, name) {
+            // [VAP-VER-009]: a legacy `res` named like a path is a key-less resource.
+            (NamedMode::Legacy, Some(n)) if n.starts_with('/') && c.name() == "res" => {
+                if let Value::Res(r) = decode_value(c, depth)? {
+                    unnamed_res.push(r);
+                }
+            }
+            (_, Some(n)) => {
                 let v = decode_value(c, depth)?;
                 args.try_push(n.to_string(), v)?;
             }
-            _ => match mode {
-                NamedMode::Strict => {
-                    return Err(DecodeError::new(
-                        Rule::MissingName,
-                        format!("<{}> inside <{}> has no name", c.name(), el.name()),
-                    ))
-                }
-                NamedMode::Legacy => {
-                    // Still reject unknown types: they are malformed in every era.
-                    let v = decode_value(c, depth)?;
-                    if let Value::Res(r) = v {
+            // [VAP-VAL-001], [VAP-VAL-003]
+            (NamedMode::Strict, None) => {
+                return Err(DecodeError::new(
+                    Rule::MissingName,
+                    format!("<{}> inside <{}> has no name", c.name(), el.name()),
+                ))
+            }
+            // [VAP-VER-009] unnamed res = key-less; [VAP-VER-010] other unnamed ignored.
+            (NamedMode::Legacy, None) => {
+                if c.name() == "res" && c.ns() == NS {
+                    if let Value::Res(r) = decode_value(c, depth)? {
                         unnamed_res.push(r);
                     }
                 }
-            },
+            }
         }
     }
     Ok((args, unnamed_res))

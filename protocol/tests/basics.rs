@@ -71,17 +71,32 @@ fn op_rules() {
     assert_eq!(rule(ok, "text"), Rule::MixedContent);
     // Legacy: unnamed ignored, unnamed res kept.
     let legacy = Op::from_element(&el(&base(
-        r#"token="ab" type="list""#,
-        "<res>/a</res><i4>3</i4>",
+        r#"token="ab" type="/list""#,
+        "<res>/a</res><i4>3</i4><foo/><res name='/b'>/b</res>",
     )))
     .unwrap();
     assert!(legacy.is_legacy());
     assert_eq!(legacy.timeout_ms(), 60_000);
     assert_eq!(
         legacy.unkeyed_resources,
-        vec![Resource::parse("/a").unwrap()]
+        vec![
+            Resource::parse("/a").unwrap(),
+            Resource::parse("/b").unwrap()
+        ]
     );
     assert!(legacy.args.is_empty());
+    let verb = Op::decode(&el(&base(r#"token="ab" type="list""#, ""))).unwrap_err();
+    assert_eq!(verb.error.rule, Rule::BadAttribute);
+    assert_eq!(verb.condition(), Condition::BadValue);
+    assert!(verb.token.is_some());
+    let v13 = Op::from_element(&el(&base(
+        r#"version="1.3" token="ab" type="/a" timeout="5""#,
+        "",
+    )))
+    .unwrap();
+    assert_eq!(v13.version, Version::V1_0);
+    let notoken = Op::decode(&el(&base(r#"version="1.0" type="/a" timeout="5""#, ""))).unwrap_err();
+    assert_eq!(notoken.condition(), Condition::BadRequest);
 }
 
 #[test]
@@ -101,9 +116,14 @@ fn scalars() {
     assert_eq!(value::format_double(1.0), "1");
     assert_eq!(value::format_double(0.1), "0.1");
     assert_eq!(value::format_double(1e21), "1e+21");
+    assert_eq!(value::format_double(1e20), "1e+20");
+    assert_eq!(value::format_double(0.25), "0.25");
+    assert_eq!(value::format_double(-0.0), "-0");
+    assert_eq!(value::format_double(1e15), "1000000000000000");
+    assert_eq!(value::format_double(0.0001), "0.0001");
     assert_eq!(value::format_double(1.5e-7), "1.5e-7");
     assert_eq!(value::format_double(123456.789), "123456.789");
-    assert_eq!(value::format_double(0.000001), "0.000001");
+    assert_eq!(value::format_double(0.00001), "1e-5");
     assert_eq!(value::encode_base64(b"\x00\x01"), "AAE=");
     assert_eq!(value::decode_base64("AA\nE=").unwrap(), b"\x00\x01");
     assert_eq!(
