@@ -39,6 +39,8 @@ class Bus:
     def __init__(self) -> None:
         self.nodes: dict[str, "Node"] = {}
         self.presences: list[tuple[str, str, ET.Element | None]] = []
+        # every IQ that crossed the bus: (type, frm, to, id, payload or None, error or None)
+        self.wire: list[tuple[str, str, str, str, ET.Element | None, tuple | None]] = []
 
     def node(self, jid: str) -> "Node":
         n = Node(self, jid)
@@ -52,10 +54,17 @@ class Bus:
 
     async def deliver(self, frm: str, to: str, iq_id: str, iq_type: str, el: ET.Element) -> Reply:
         target = self.nodes.get(to)
+        self.wire.append((iq_type, frm, to, iq_id, reparse(el), None))
         await asyncio.sleep(0)  # asynchronous hop
         if target is None or not target.online:
             return Reply.error("cancel", "service-unavailable")
-        return await target.receive(frm, iq_id, iq_type, reparse(el))
+        reply = await target.receive(frm, iq_id, iq_type, reparse(el))
+        if reply.is_error:
+            self.wire.append(("error", to, frm, iq_id, None, (reply.etype, reply.condition)))
+        else:
+            payload = reparse(reply.payload) if reply.payload is not None else None
+            self.wire.append(("result", to, frm, iq_id, payload, None))
+        return reply
 
     def unavailable(self, jid: str) -> None:
         """``jid`` disconnects: everyone who got presence from it learns it (simplified)."""
