@@ -1,1 +1,69 @@
-//! vertebra-embedded-server (under construction).
+//! # vertebra-embedded-server
+//!
+//! An in-process XMPP server on loopback for zero-setup runs, tests and demos of Vertebra,
+//! with fault injection and a wire trace, plus a helper that runs a real Prosody for tests.
+//!
+//! **This is a test and demo server, not a production one.** It has no TLS, no rosters, no
+//! offline storage, no server-to-server links and keeps accounts in memory. For real
+//! deployments use a real XMPP server such as [Prosody](https://prosody.im/) or
+//! [ejabberd](https://www.ejabberd.im/).
+//!
+//! ## Starting a server
+//!
+//! ```no_run
+//! # async fn demo() -> vertebra_embedded_server::Result<()> {
+//! use vertebra_embedded_server::{EmbeddedServer, ServerConfig};
+//! let server = EmbeddedServer::start(
+//!     ServerConfig::new("localhost").with_account("alice", "alicepw"),
+//! )
+//! .await?;
+//! server.add_account("bob", "bobpw")?;
+//! println!("c2s on {} for domain {}", server.addr(), server.domain());
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! Clients connect with plain TCP (e.g. tokio-xmpp's `Client::new_plaintext` with
+//! `DnsConfig::addr`) and authenticate with SASL PLAIN (SCRAM-SHA-1/SCRAM-SHA-256 can be
+//! enabled in [`ServerConfig::mechanisms`]).
+//!
+//! ## What it implements
+//!
+//! RFC 6120 stream negotiation (no TLS), SASL, resource binding (conflicts per
+//! [`ConflictPolicy`]), and routing per RFC 6120/6121 as described in [`router`]: full and
+//! bare JID routing, `service-unavailable` for absent recipients, disco#info/ping for the
+//! server and on behalf of accounts, presence to bare JIDs reaching every available resource,
+//! directed-presence tracking with `unavailable` sent when a session ends (clean close or TCP
+//! drop). Bounds: stanza size, connection count, per-connection queue, write stalls
+//! ([`ServerConfig`]). A slow reader is disconnected rather than allowed to stall others.
+//!
+//! ## Faults and trace
+//!
+//! [`ServerHandle::faults`] returns [`Faults`]: drop, delay, duplicate, reorder, rewrite or
+//! cut at chosen stanzas between chosen JIDs, and split writes at arbitrary byte boundaries;
+//! deterministic given [`ServerConfig::seed`]. [`ServerHandle::inject`] sends any stanza
+//! with any `from`. [`ServerHandle::trace`] returns the bounded [`Trace`] of every stanza in
+//! and out.
+//!
+//! ## Prosody and shared scenarios
+//!
+//! [`prosody::Prosody`] starts Debian's `prosody` on a free loopback port for tests, and
+//! [`testing::TestServer`] runs the same scenario against either server.
+
+mod config;
+pub mod faults;
+pub mod prosody;
+pub mod router;
+mod server;
+pub mod testing;
+pub mod trace;
+
+pub use config::{Error, Result, SaslMechanism, ServerConfig};
+pub use faults::{FaultAction, FaultRule, Faults, JidPattern, RuleId, SplitSpec, StanzaKind};
+pub use router::ConflictPolicy;
+pub use server::{EmbeddedServer, ServerHandle};
+pub use trace::{Direction, Trace, TraceEvent};
+
+/// Re-exports of the XMPP crates this crate's API uses (tokio-xmpp's own re-exports, so
+/// versions cannot drift).
+pub use tokio_xmpp::{jid, minidom, parsers};

@@ -1,0 +1,1260 @@
+//! The in-process server: accept loop, per-connection tasks, dispatch.
+
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashMap};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use sasl::common::scram::{Sha1, Sha256};
+use sasl::common::{ChannelBinding, Identity};
+use sasl::secret;
+use sasl::server::mechanisms::{Plain as PlainMech, Scram as ScramMech};
+use sasl::server::{
+    Mechanism as SaslServerMechanism, Provider, ProviderError, Response as SaslResponse, Validator,
+    ValidatorError,
+};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinHandle;
+use tokio_xmpp::parsers::{
+    bind::{BindFeature, BindQuery, BindResponse},
+    iq::Iq,
+    ns,
+    sasl::{
+        DefinedCondition as SaslCondition, Failure, Mechanism as XmppMechanism, Nonza, Success,
+    },
+    stanza_error::{DefinedCondition, ErrorType, StanzaError},
+    stream_error::{DefinedCondition as StreamCondition, StreamError},
+    stream_features::StreamFeatures,
+};
+use tokio_xmpp::xmlstream::{
+    accept_stream, FallibleStreamElement, ReadError, StreamElementError, StreamHeader, Timeouts,
+    XmlStream, XmppStreamElement,
+};
+use tokio_xmpp::{
+    jid::{BareJid, FullJid, Jid},
+    minidom::Element,
+    Stanza,
+};
+
+use crate::config::{Error, Result, SaslMechanism, ServerConfig};
+use crate::faults::{Faults, Outgoing, Planned, Prng, SplitSpec};
+use crate::router::{BindOutcome, ConnId, Delivery, Router};
+use crate::trace::{Direction, Trace};
+
+type Io = BufReader<ConnIo>;
+type Xs = XmlStream<Io, FallibleStreamElement>;
+
+const READ_BUFFER: usize = 8 * 1024;
+const WRITE_BATCH: usize = 64;
+
+/// Entry point: `EmbeddedServer::start(config)`.
+pub struct EmbeddedServer;
+
+impl EmbeddedServer {
+    /// Binds `127.0.0.1:0` and starts serving on the current tokio runtime.
+    pub async fn start(config: ServerConfig) -> Result<ServerHandle> {
+        let domain = BareJid::new(&config.domain)
+            .ok()
+            .filter(|d| d.node().is_none())
+            .ok_or_else(|| Error::InvalidDomain(config.domain.clone()))?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (sessions_tx, _) = watch::channel(0u64);
+        let shared = Arc::new(Shared {
+            router: Mutex::new(RouterState {
+                router: Router::new(domain.clone()),
+                conns: HashMap::new(),
+            }),
+            passwords: Mutex::new(HashMap::new()),
+            faults: Faults::new(config.seed),
+            trace: Trace::new(config.trace, config.trace_capacity),
+            next_conn: AtomicU64::new(1),
+            active: AtomicUsize::new(0),
+            idle: Notify::new(),
+            shutdown: shutdown_tx,
+            sessions: sessions_tx,
+            rng: Mutex::new(Prng::new(config.seed ^ 0x05EE_D0F5_E551_011F)),
+            domain,
+            config,
+        });
+        for (user, pw) in shared.config.accounts.clone() {
+            shared.add_account(&user, &pw)?;
+        }
+        let accept = tokio::spawn(accept_loop(shared.clone(), listener, shutdown_rx));
+        Ok(ServerHandle {
+            shared,
+            addr,
+            accept: Some(accept),
+        })
+    }
+}
+
+/// A running embedded server. Dropping it shuts the server down (without waiting); call
+/// [`ServerHandle::shutdown`] to wait until every connection is closed.
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("addr", &self.addr)
+            .field("domain", &self.shared.domain)
+            .finish()
+    }
+}
+
+impl ServerHandle {
+    /// The listening address (`127.0.0.1:<port>`).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The served domain.
+    pub fn domain(&self) -> &str {
+        self.shared.domain.as_str()
+    }
+
+    /// Adds (or changes the password of) an account at runtime.
+    pub fn add_account(&self, user: &str, password: &str) -> Result<()> {
+        self.shared.add_account(user, password)
+    }
+
+    /// The bare JID `user@domain`.
+    pub fn bare_jid(&self, user: &str) -> Result<BareJid> {
+        BareJid::new(&format!("{user}@{}", self.shared.domain))
+            .map_err(|_| Error::InvalidAccount(user.into()))
+    }
+
+    /// Fault-injection rules.
+    pub fn faults(&self) -> Faults {
+        self.shared.faults.clone()
+    }
+
+    /// The wire trace.
+    pub fn trace(&self) -> Trace {
+        self.shared.trace.clone()
+    }
+
+    /// The configuration the server runs with.
+    pub fn config(&self) -> &ServerConfig {
+        &self.shared.config
+    }
+
+    /// Full JIDs of all bound sessions, sorted.
+    pub fn sessions(&self) -> Vec<FullJid> {
+        self.shared
+            .router
+            .lock()
+            .expect("router")
+            .router
+            .all_sessions()
+    }
+
+    /// Number of open TCP connections (bound or not).
+    pub fn connection_count(&self) -> usize {
+        self.shared.active.load(Ordering::Acquire)
+    }
+
+    /// Whether a session has sent available broadcast presence.
+    pub fn is_available(&self, jid: &FullJid) -> bool {
+        self.shared
+            .router
+            .lock()
+            .expect("router")
+            .router
+            .is_available(jid)
+    }
+
+    /// Entities currently holding directed presence from `jid`.
+    pub fn directed_presence_of(&self, jid: &FullJid) -> Vec<Jid> {
+        self.shared
+            .router
+            .lock()
+            .expect("router")
+            .router
+            .directed_presence_of(jid)
+    }
+
+    /// Waits until `cond(sessions)` holds for the list of bound sessions, or `timeout`.
+    pub async fn wait_sessions(
+        &self,
+        timeout: Duration,
+        what: &str,
+        mut cond: impl FnMut(&[FullJid]) -> bool,
+    ) -> Result<()> {
+        let mut rx = self.shared.sessions.subscribe();
+        let fut = async {
+            loop {
+                if cond(&self.sessions()) {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| Error::Timeout(what.to_owned()))
+    }
+
+    /// Waits until `jid` is bound.
+    pub async fn wait_online(&self, jid: &FullJid, timeout: Duration) -> Result<()> {
+        self.wait_sessions(timeout, &format!("{jid} online"), |s| s.contains(jid))
+            .await
+    }
+
+    /// Waits until `jid` is no longer bound.
+    pub async fn wait_offline(&self, jid: &FullJid, timeout: Duration) -> Result<()> {
+        self.wait_sessions(timeout, &format!("{jid} offline"), |s| !s.contains(jid))
+            .await
+    }
+
+    /// Sends any XML element (normally a stanza, with any `from`) to the connected session(s)
+    /// named by its `to` attribute: a full JID reaches that session, a bare JID every
+    /// session of the account. Bypasses routing rules and fault rules; traced with note
+    /// `"inject"`. Returns the number of sessions it was queued for.
+    pub fn inject(&self, stanza: impl Into<Element>) -> Result<usize> {
+        let el: Element = stanza.into();
+        let to = el
+            .attr("to")
+            .and_then(|t| Jid::new(t).ok())
+            .ok_or(Error::NoRecipient)?;
+        let targets = {
+            let st = self.shared.router.lock().expect("router");
+            match to.try_as_full() {
+                Ok(f) => st
+                    .router
+                    .conn_of(f)
+                    .map(|_| vec![f.clone()])
+                    .unwrap_or_default(),
+                Err(b) => st.router.sessions_of(b),
+            }
+        };
+        if targets.is_empty() {
+            return Err(Error::NoSuchSession(to.to_string()));
+        }
+        let n = targets.len();
+        for t in targets {
+            self.shared
+                .enqueue(t, Outgoing::Element(el.clone()), Some("inject".into()));
+        }
+        Ok(n)
+    }
+
+    /// Cuts the connection of a session abruptly (TCP close, no stream footer), as if the
+    /// client vanished.
+    pub fn disconnect(&self, jid: &FullJid) -> Result<()> {
+        let st = self.shared.router.lock().expect("router");
+        let conn = st
+            .router
+            .conn_of(jid)
+            .ok_or_else(|| Error::NoSuchSession(jid.to_string()))?;
+        if let Some(c) = st.conns.get(&conn) {
+            c.kill.kill(KillReason::Abrupt);
+        }
+        Ok(())
+    }
+
+    /// Closes a session's stream cleanly with the given stream error (or just the footer).
+    pub fn close_session(&self, jid: &FullJid, error: Option<StreamError>) -> Result<()> {
+        let st = self.shared.router.lock().expect("router");
+        let conn = st
+            .router
+            .conn_of(jid)
+            .ok_or_else(|| Error::NoSuchSession(jid.to_string()))?;
+        if let Some(c) = st.conns.get(&conn) {
+            if c.tx.try_send(Command::Close(error)).is_err() {
+                c.kill.kill(KillReason::Abrupt);
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops accepting, closes every connection (stream error `system-shutdown`) and waits
+    /// (at most 5 s) until they are gone.
+    pub async fn shutdown(mut self) {
+        let _ = self.shared.shutdown.send(true);
+        if let Some(a) = self.accept.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), a).await;
+        }
+        let shared = self.shared.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(5), async move {
+            loop {
+                let notified = shared.idle.notified();
+                if shared.active.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await;
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        let _ = self.shared.shutdown.send(true);
+    }
+}
+
+// ----------------------------------------------------------------------------------------
+
+struct Shared {
+    config: ServerConfig,
+    domain: BareJid,
+    router: Mutex<RouterState>,
+    passwords: Mutex<HashMap<String, String>>,
+    faults: Faults,
+    trace: Trace,
+    next_conn: AtomicU64,
+    active: AtomicUsize,
+    idle: Notify,
+    shutdown: watch::Sender<bool>,
+    sessions: watch::Sender<u64>,
+    rng: Mutex<Prng>,
+}
+
+struct RouterState {
+    router: Router,
+    conns: HashMap<ConnId, ConnHandle>,
+}
+
+struct ConnHandle {
+    tx: mpsc::Sender<Command>,
+    kill: Arc<Kill>,
+}
+
+// Stanzas are moved, not boxed: one allocation fewer per routed stanza.
+#[allow(clippy::large_enum_variant)]
+enum Command {
+    Write {
+        item: Outgoing,
+        note: Option<String>,
+    },
+    Close(Option<StreamError>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KillReason {
+    None = 0,
+    Abrupt = 1,
+    SlowReader = 2,
+    Conflict = 3,
+}
+
+struct Kill {
+    reason: std::sync::atomic::AtomicU8,
+    notify: Notify,
+}
+
+impl Kill {
+    fn new() -> Self {
+        Kill {
+            reason: std::sync::atomic::AtomicU8::new(0),
+            notify: Notify::new(),
+        }
+    }
+    fn kill(&self, r: KillReason) {
+        let _ = self.reason.compare_exchange(
+            KillReason::None as u8,
+            r as u8,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        self.notify.notify_one();
+    }
+    fn reason(&self) -> KillReason {
+        match self.reason.load(Ordering::Acquire) {
+            1 => KillReason::Abrupt,
+            2 => KillReason::SlowReader,
+            3 => KillReason::Conflict,
+            _ => KillReason::None,
+        }
+    }
+}
+
+impl Shared {
+    fn add_account(&self, user: &str, password: &str) -> Result<()> {
+        let bare = BareJid::new(&format!("{user}@{}", self.domain))
+            .map_err(|_| Error::InvalidAccount(user.into()))?;
+        let node = bare
+            .node()
+            .ok_or_else(|| Error::InvalidAccount(user.into()))?
+            .to_string();
+        self.passwords
+            .lock()
+            .expect("passwords")
+            .insert(node.clone(), password.to_owned());
+        self.router
+            .lock()
+            .expect("router")
+            .router
+            .add_account(&node);
+        Ok(())
+    }
+
+    fn password(&self, user: &str) -> Option<String> {
+        self.passwords.lock().expect("passwords").get(user).cloned()
+    }
+
+    fn random(&self) -> u64 {
+        self.rng.lock().expect("rng").next_u64()
+    }
+
+    fn bump_sessions(&self) {
+        self.sessions.send_modify(|v| *v += 1);
+    }
+
+    /// Queues one stanza for a session (no fault rules). A full queue marks the recipient
+    /// as a slow reader and closes it.
+    fn enqueue(&self, to: FullJid, item: Outgoing, note: Option<String>) {
+        let st = self.router.lock().expect("router");
+        let Some(conn) = st.router.conn_of(&to) else {
+            return;
+        };
+        let Some(c) = st.conns.get(&conn) else {
+            return;
+        };
+        match c.tx.try_send(Command::Write { item, note }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                log::warn!("embedded server: {to} is not reading; closing it (slow reader)");
+                c.kill.kill(KillReason::SlowReader);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Passes deliveries through the fault rules and queues them.
+    fn dispatch(self: &Arc<Self>, sender: Option<ConnId>, deliveries: Vec<Delivery>) {
+        for d in deliveries {
+            let plan = self.faults.plan(d);
+            for (to, item, note) in plan.dropped {
+                let conn = self.router.lock().expect("router").router.conn_of(&to);
+                let jid: Jid = to.into();
+                self.trace.record(
+                    Direction::Dropped,
+                    conn.unwrap_or(0),
+                    Some(&jid),
+                    || serialize(&item),
+                    Some(note),
+                );
+            }
+            if plan.cut_sender {
+                if let Some(s) = sender {
+                    self.kill_conn(s, KillReason::Abrupt);
+                }
+            }
+            if let Some(r) = plan.cut_recipient {
+                let conn = self.router.lock().expect("router").router.conn_of(&r);
+                if let Some(c) = conn {
+                    self.kill_conn(c, KillReason::Abrupt);
+                }
+            }
+            for w in plan.writes {
+                self.schedule(w);
+            }
+        }
+        for w in self.faults.take_released() {
+            self.schedule(w);
+        }
+    }
+
+    fn schedule(self: &Arc<Self>, w: Planned) {
+        match w.delay {
+            None => self.enqueue(w.to, w.item, w.note),
+            Some(d) => {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(d).await;
+                    me.enqueue(w.to, w.item, w.note);
+                });
+            }
+        }
+    }
+
+    fn kill_conn(&self, conn: ConnId, reason: KillReason) {
+        if let Some(c) = self.router.lock().expect("router").conns.get(&conn) {
+            c.kill.kill(reason);
+        }
+    }
+}
+
+fn serialize(item: &Outgoing) -> String {
+    let bytes = match item {
+        Outgoing::Stanza(s) => xso::to_vec(s),
+        Outgoing::Element(e) => xso::to_vec(e),
+    };
+    match bytes {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(e) => format!("<!-- unserialisable: {e} -->"),
+    }
+}
+
+// ----- SASL account store adapters ------------------------------------------------------
+
+#[derive(Clone)]
+struct Accounts(Arc<Shared>);
+
+impl Accounts {
+    fn salt(&self, user: &str) -> Vec<u8> {
+        let mut h = self.0.config.seed ^ 0x5A17;
+        for b in user.bytes() {
+            h = Prng::new(h ^ b as u64).next_u64();
+        }
+        h.to_be_bytes().to_vec()
+    }
+}
+
+impl Validator<secret::Plain> for Accounts {
+    fn validate(&self, identity: &Identity, value: &secret::Plain) -> Result<(), ValidatorError> {
+        let Identity::Username(user) = identity else {
+            return Err(ValidatorError::AuthenticationFailed);
+        };
+        match self.0.password(user) {
+            Some(pw) if pw == value.0 => Ok(()),
+            _ => Err(ValidatorError::AuthenticationFailed),
+        }
+    }
+}
+
+impl Provider<secret::Pbkdf2Sha1> for Accounts {
+    fn provide(&self, identity: &Identity) -> Result<secret::Pbkdf2Sha1, ProviderError> {
+        let Identity::Username(user) = identity else {
+            return Err(ProviderError::AuthenticationFailed);
+        };
+        let pw = self
+            .0
+            .password(user)
+            .ok_or(ProviderError::AuthenticationFailed)?;
+        Ok(secret::Pbkdf2Sha1::derive(
+            &pw,
+            &self.salt(user),
+            self.0.config.scram_iterations,
+        )?)
+    }
+}
+sasl::impl_validator_using_provider!(Accounts, secret::Pbkdf2Sha1);
+
+impl Provider<secret::Pbkdf2Sha256> for Accounts {
+    fn provide(&self, identity: &Identity) -> Result<secret::Pbkdf2Sha256, ProviderError> {
+        let Identity::Username(user) = identity else {
+            return Err(ProviderError::AuthenticationFailed);
+        };
+        let pw = self
+            .0
+            .password(user)
+            .ok_or(ProviderError::AuthenticationFailed)?;
+        Ok(secret::Pbkdf2Sha256::derive(
+            &pw,
+            &self.salt(user),
+            self.0.config.scram_iterations,
+        )?)
+    }
+}
+sasl::impl_validator_using_provider!(Accounts, secret::Pbkdf2Sha256);
+
+fn make_mechanism(
+    shared: &Arc<Shared>,
+    m: &XmppMechanism,
+    initial: &[u8],
+) -> Option<Box<dyn SaslServerMechanism + Send>> {
+    let offered = |x: SaslMechanism| shared.config.mechanisms.contains(&x);
+    let accounts = Accounts(shared.clone());
+    // The sasl crate's SCRAM server rejects a gs2 header of "n" (client without channel
+    // binding) when given ChannelBinding::None; with an empty tls-unique binding it accepts
+    // "n,," and computes the right `c=biws`. A "y" client gets ChannelBinding::None.
+    let cb = if initial.first() == Some(&b'y') {
+        ChannelBinding::None
+    } else {
+        ChannelBinding::TlsUnique(Vec::new())
+    };
+    match m {
+        XmppMechanism::Plain if offered(SaslMechanism::Plain) => {
+            Some(Box::new(PlainMech::new(accounts)))
+        }
+        XmppMechanism::ScramSha1 if offered(SaslMechanism::ScramSha1) => {
+            Some(Box::new(ScramMech::<Sha1, _>::new(accounts, cb)))
+        }
+        XmppMechanism::ScramSha256 if offered(SaslMechanism::ScramSha256) => {
+            Some(Box::new(ScramMech::<Sha256, _>::new(accounts, cb)))
+        }
+        _ => None,
+    }
+}
+
+// ----- connection I/O wrapper: size limit and split writes -----------------------------
+
+struct ConnShared {
+    id: ConnId,
+    limit: usize,
+    since_mark: AtomicUsize,
+    too_large: AtomicBool,
+    bound: OnceLock<Jid>,
+}
+
+struct ConnIo {
+    tcp: TcpStream,
+    shared: Arc<ConnShared>,
+    faults: Faults,
+    seen_generation: u64,
+    seen_bound: bool,
+    split: Option<SplitSpec>,
+    rng: Prng,
+}
+
+impl ConnIo {
+    fn refresh_split(&mut self) {
+        let generation = self.faults.split_generation();
+        let bound = self.shared.bound.get();
+        if generation != self.seen_generation || bound.is_some() != self.seen_bound {
+            self.seen_generation = generation;
+            self.seen_bound = bound.is_some();
+            self.split = bound.and_then(|j| self.faults.split_for(j));
+        }
+    }
+}
+
+impl AsyncRead for ConnIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.tcp).poll_read(cx, buf))?;
+        let n = buf.filled().len() - before;
+        let total = self.shared.since_mark.fetch_add(n, Ordering::AcqRel) + n;
+        if total > self.shared.limit {
+            self.shared.too_large.store(true, Ordering::Release);
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "stanza exceeds the configured size limit",
+            )));
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for ConnIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.refresh_split();
+        let n = match self.split {
+            None => buf.len(),
+            Some(SplitSpec::Fixed(k)) => k.max(1).min(buf.len()),
+            Some(SplitSpec::Random { max }) => (1 + self.rng.below(max.max(1))).min(buf.len()),
+        };
+        Pin::new(&mut self.tcp).poll_write(cx, &buf[..n])
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+// ----- accept loop ------------------------------------------------------------------------
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.changed() => break,
+            r = listener.accept() => r,
+        };
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                log::warn!("embedded server: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+        if shared.active.load(Ordering::Acquire) >= shared.config.max_connections {
+            tokio::spawn(reject(shared.clone(), tcp, id));
+            continue;
+        }
+        shared.active.fetch_add(1, Ordering::AcqRel);
+        let s = shared.clone();
+        tokio::spawn(async move {
+            connection(s.clone(), tcp, id).await;
+            if s.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+                s.idle.notify_waiters();
+            }
+        });
+    }
+}
+
+fn conn_io(shared: &Arc<Shared>, tcp: TcpStream, id: ConnId) -> (Io, Arc<ConnShared>) {
+    let cs = Arc::new(ConnShared {
+        id,
+        limit: shared.config.max_stanza_bytes.max(1024),
+        since_mark: AtomicUsize::new(0),
+        too_large: AtomicBool::new(false),
+        bound: OnceLock::new(),
+    });
+    let io = ConnIo {
+        tcp,
+        shared: cs.clone(),
+        faults: shared.faults.clone(),
+        seen_generation: u64::MAX,
+        seen_bound: false,
+        split: None,
+        rng: Prng::new(shared.faults.seed() ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+    };
+    (BufReader::with_capacity(READ_BUFFER, io), cs)
+}
+
+fn timeouts(c: &ServerConfig) -> Timeouts {
+    Timeouts {
+        read_timeout: c.idle_timeout,
+        response_timeout: c.idle_timeout.max(Duration::from_secs(2)),
+    }
+}
+
+fn header<'a>(domain: &'a str, id: Option<String>) -> StreamHeader<'a> {
+    StreamHeader {
+        from: Some(Cow::Borrowed(domain)),
+        to: None,
+        id: id.map(Cow::Owned),
+    }
+}
+
+async fn reject(shared: Arc<Shared>, tcp: TcpStream, id: ConnId) {
+    let (io, _) = conn_io(&shared, tcp, id);
+    let domain = shared.domain.to_string();
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let accepted = accept_stream(io, ns::JABBER_CLIENT, timeouts(&shared.config)).await?;
+        let pending = accepted.send_header(header(&domain, None)).await?;
+        pending
+            .send_error(&StreamError::new(
+                StreamCondition::ResourceConstraint,
+                "en",
+                "too many connections",
+            ))
+            .await
+    })
+    .await;
+}
+
+fn stream_error(c: StreamCondition, text: &str) -> StreamError {
+    StreamError::new(c, "en", text)
+}
+
+/// Sends a stream error and the footer, with a short deadline.
+async fn close_with(stream: &mut Xs, error: Option<StreamError>) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        if let Some(e) = error {
+            stream.send(&e).await?;
+        }
+        stream.shutdown().await
+    })
+    .await;
+}
+
+enum Negotiated {
+    Bound(Box<Xs>, FullJid),
+    Closed,
+}
+
+async fn negotiate(shared: &Arc<Shared>, io: Io, cs: &Arc<ConnShared>) -> io::Result<Negotiated> {
+    let domain = shared.domain.to_string();
+    let mut accepted = accept_stream(io, ns::JABBER_CLIENT, timeouts(&shared.config)).await?;
+    let to = accepted.take_header().to.map(|c| c.into_owned());
+    let stream_id = format!("{:016x}", shared.random());
+    let pending = accepted
+        .send_header(header(&domain, Some(stream_id)))
+        .await?;
+    if to.as_deref() != Some(domain.as_str()) {
+        pending
+            .send_error(&stream_error(
+                StreamCondition::HostUnknown,
+                "this server only serves its configured domain",
+            ))
+            .await?;
+        return Ok(Negotiated::Closed);
+    }
+    let features = StreamFeatures {
+        sasl_mechanisms: shared
+            .config
+            .mechanisms
+            .iter()
+            .map(|m| m.name().to_owned())
+            .collect::<BTreeSet<_>>(),
+        ..Default::default()
+    };
+    let mut stream: Xs = pending.send_features(&features).await?;
+
+    // SASL
+    let mut failures = 0;
+    let (user, success_data) = 'auth: loop {
+        let auth = match stream.next().await {
+            Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::Sasl(Nonza::Auth(a))))) => a,
+            Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::Sasl(Nonza::Abort(_))))) => {
+                sasl_failure(&mut stream, SaslCondition::Aborted).await?;
+                continue;
+            }
+            Some(Err(ReadError::SoftTimeout)) => continue,
+            Some(Ok(_)) | Some(Err(ReadError::ParseError(_))) => {
+                close_with(
+                    &mut stream,
+                    Some(stream_error(
+                        StreamCondition::NotAuthorized,
+                        "authenticate first",
+                    )),
+                )
+                .await;
+                return Ok(Negotiated::Closed);
+            }
+            Some(Err(ReadError::HardError(e))) => {
+                if cs.too_large.load(Ordering::Acquire) {
+                    close_with(
+                        &mut stream,
+                        Some(stream_error(StreamCondition::PolicyViolation, "too large")),
+                    )
+                    .await;
+                    return Ok(Negotiated::Closed);
+                }
+                return Err(e);
+            }
+            Some(Err(ReadError::StreamFooterReceived)) | None => {
+                close_with(&mut stream, None).await;
+                return Ok(Negotiated::Closed);
+            }
+        };
+        cs.since_mark.store(0, Ordering::Release);
+        let Some(mut mech) = make_mechanism(shared, &auth.mechanism, &auth.data) else {
+            sasl_failure(&mut stream, SaslCondition::InvalidMechanism).await?;
+            continue;
+        };
+        let mut payload = auth.data;
+        loop {
+            match mech.respond(&payload) {
+                Ok(SaslResponse::Success(Identity::Username(u), data)) => break 'auth (u, data),
+                Ok(SaslResponse::Success(Identity::None, _)) | Err(_) => {
+                    failures += 1;
+                    sasl_failure(&mut stream, SaslCondition::NotAuthorized).await?;
+                    if failures >= 3 {
+                        close_with(
+                            &mut stream,
+                            Some(stream_error(
+                                StreamCondition::PolicyViolation,
+                                "auth failed",
+                            )),
+                        )
+                        .await;
+                        return Ok(Negotiated::Closed);
+                    }
+                    continue 'auth;
+                }
+                Ok(SaslResponse::Proceed(challenge)) => {
+                    stream
+                        .send(&XmppStreamElement::Sasl(Nonza::Challenge(
+                            tokio_xmpp::parsers::sasl::Challenge { data: challenge },
+                        )))
+                        .await?;
+                    loop {
+                        match stream.next().await {
+                            Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::Sasl(
+                                Nonza::Response(r),
+                            )))) => {
+                                payload = r.data;
+                                break;
+                            }
+                            Some(Err(ReadError::SoftTimeout)) => continue,
+                            Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::Sasl(
+                                Nonza::Abort(_),
+                            )))) => {
+                                sasl_failure(&mut stream, SaslCondition::Aborted).await?;
+                                continue 'auth;
+                            }
+                            _ => {
+                                close_with(
+                                    &mut stream,
+                                    Some(stream_error(StreamCondition::NotAuthorized, "sasl")),
+                                )
+                                .await;
+                                return Ok(Negotiated::Closed);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let mut accepted = stream
+        .accept_reset(&XmppStreamElement::Sasl(Nonza::Success(Success {
+            data: success_data,
+        })))
+        .await?;
+    let _ = accepted.take_header();
+    let stream_id = format!("{:016x}", shared.random());
+    let pending = accepted
+        .send_header(header(&domain, Some(stream_id)))
+        .await?;
+    let features = StreamFeatures {
+        bind: Some(BindFeature { required: true }),
+        ..Default::default()
+    };
+    let mut stream: Xs = pending.send_features(&features).await?;
+
+    // Resource binding
+    loop {
+        let el = match stream.next().await {
+            Some(Ok(FallibleStreamElement::Ok(el))) => el,
+            Some(Err(ReadError::SoftTimeout)) => continue,
+            Some(Ok(FallibleStreamElement::Err(_))) | Some(Err(ReadError::ParseError(_))) => {
+                close_with(
+                    &mut stream,
+                    Some(stream_error(StreamCondition::NotAuthorized, "bind first")),
+                )
+                .await;
+                return Ok(Negotiated::Closed);
+            }
+            Some(Err(ReadError::HardError(e))) => return Err(e),
+            Some(Err(ReadError::StreamFooterReceived)) | None => {
+                close_with(&mut stream, None).await;
+                return Ok(Negotiated::Closed);
+            }
+        };
+        cs.since_mark.store(0, Ordering::Release);
+        let XmppStreamElement::Stanza(Stanza::Iq(Iq::Set { id, payload, .. })) = el else {
+            close_with(
+                &mut stream,
+                Some(stream_error(StreamCondition::NotAuthorized, "bind first")),
+            )
+            .await;
+            return Ok(Negotiated::Closed);
+        };
+        let query = match BindQuery::try_from(payload) {
+            Ok(q) => q,
+            Err(_) => {
+                send_iq_error(&mut stream, id, DefinedCondition::BadRequest).await?;
+                continue;
+            }
+        };
+        let generated = format!("res-{:012x}", shared.random() & 0xFFFF_FFFF_FFFF);
+        let outcome = {
+            let mut st = shared.router.lock().expect("router");
+            let o = st.router.bind(
+                &user,
+                query.resource.as_deref(),
+                &generated,
+                cs.id,
+                shared.config.conflict,
+            );
+            if let BindOutcome::Bound {
+                kicked: Some((old, _)),
+                ..
+            } = &o
+            {
+                if let Some(c) = st.conns.get(old) {
+                    c.kill.kill(KillReason::Conflict);
+                }
+            }
+            o
+        };
+        match outcome {
+            BindOutcome::Bound { jid, kicked } => {
+                if let Some((_, deliveries)) = kicked {
+                    shared.dispatch(None, deliveries);
+                }
+                let _ = cs.bound.set(jid.clone().into());
+                let reply = Iq::Result {
+                    from: None,
+                    to: Some(jid.clone().into()),
+                    id,
+                    payload: Some(BindResponse { jid: jid.clone() }.into()),
+                };
+                stream.send(&Stanza::from(reply)).await?;
+                return Ok(Negotiated::Bound(Box::new(stream), jid));
+            }
+            BindOutcome::Conflict => {
+                send_iq_error(&mut stream, id, DefinedCondition::Conflict).await?
+            }
+            BindOutcome::BadResource => {
+                send_iq_error(&mut stream, id, DefinedCondition::BadRequest).await?
+            }
+        }
+    }
+}
+
+async fn sasl_failure(stream: &mut Xs, c: SaslCondition) -> io::Result<()> {
+    stream
+        .send(&XmppStreamElement::Sasl(Nonza::Failure(Failure {
+            defined_condition: c,
+            texts: Default::default(),
+        })))
+        .await
+}
+
+async fn send_iq_error(stream: &mut Xs, id: String, c: DefinedCondition) -> io::Result<()> {
+    let iq = Iq::Error {
+        from: None,
+        to: None,
+        id,
+        error: StanzaError {
+            type_: if c == DefinedCondition::Conflict {
+                ErrorType::Cancel
+            } else {
+                ErrorType::Modify
+            },
+            by: None,
+            defined_condition: c,
+            texts: Default::default(),
+            other: None,
+        },
+        payload: None,
+    };
+    stream.send(&Stanza::from(iq)).await
+}
+
+enum Event {
+    Kill,
+    Shutdown,
+    Command(Option<Command>),
+    In(Option<Result<FallibleStreamElement, ReadError>>),
+}
+
+async fn connection(shared: Arc<Shared>, tcp: TcpStream, id: ConnId) {
+    let (io, cs) = conn_io(&shared, tcp, id);
+    let (tx, mut rx) = mpsc::channel(shared.config.outbound_queue.max(1));
+    let kill = Arc::new(Kill::new());
+    shared.router.lock().expect("router").conns.insert(
+        id,
+        ConnHandle {
+            tx,
+            kill: kill.clone(),
+        },
+    );
+    let negotiated =
+        tokio::time::timeout(shared.config.handshake_timeout, negotiate(&shared, io, &cs)).await;
+    let (mut stream, jid) = match negotiated {
+        Ok(Ok(Negotiated::Bound(s, j))) => (s, j),
+        _ => {
+            shared.router.lock().expect("router").conns.remove(&id);
+            return;
+        }
+    };
+    shared.bump_sessions();
+    let jid_any: Jid = jid.clone().into();
+    let mut stop = shared.shutdown.subscribe();
+    let mut close_error: Option<StreamError> = None;
+    let mut graceful = true;
+    loop {
+        if *stop.borrow() {
+            close_error = Some(stream_error(StreamCondition::SystemShutdown, "shutdown"));
+            break;
+        }
+        let ev = tokio::select! {
+            biased;
+            _ = kill.notify.notified() => Event::Kill,
+            _ = stop.changed() => Event::Shutdown,
+            c = rx.recv() => Event::Command(c),
+            i = stream.next() => Event::In(i),
+        };
+        match ev {
+            Event::Kill => {
+                match kill.reason() {
+                    KillReason::Conflict => {
+                        close_error = Some(stream_error(
+                            StreamCondition::Conflict,
+                            "replaced by a new session",
+                        ))
+                    }
+                    KillReason::SlowReader => {
+                        close_error = Some(stream_error(
+                            StreamCondition::PolicyViolation,
+                            "slow reader: outbound queue full",
+                        ));
+                        graceful = false;
+                    }
+                    _ => graceful = false,
+                }
+                break;
+            }
+            Event::Shutdown => {
+                close_error = Some(stream_error(StreamCondition::SystemShutdown, "shutdown"));
+                break;
+            }
+            Event::Command(None) => break,
+            Event::Command(Some(first)) => {
+                let write = write_batch(&shared, &mut stream, &mut rx, first, id, &jid_any);
+                let outcome = tokio::select! {
+                    r = write => r,
+                    _ = kill.notify.notified() => WriteOutcome::Failed,
+                    _ = tokio::time::sleep(shared.config.write_timeout) => {
+                        log::warn!("embedded server: {jid} stalled writes; closing (slow reader)");
+                        WriteOutcome::Failed
+                    }
+                };
+                match outcome {
+                    WriteOutcome::Ok => {}
+                    WriteOutcome::Close(e) => {
+                        close_error = e;
+                        break;
+                    }
+                    WriteOutcome::Failed => {
+                        graceful = false;
+                        break;
+                    }
+                }
+            }
+            Event::In(None) | Event::In(Some(Err(ReadError::StreamFooterReceived))) => break,
+            Event::In(Some(Err(ReadError::SoftTimeout))) => {}
+            Event::In(Some(Err(ReadError::ParseError(_)))) => {
+                close_error = Some(stream_error(
+                    StreamCondition::UnsupportedStanzaType,
+                    "unknown top-level element",
+                ));
+                break;
+            }
+            Event::In(Some(Err(ReadError::HardError(e)))) => {
+                if cs.too_large.load(Ordering::Acquire) {
+                    close_error = Some(stream_error(
+                        StreamCondition::PolicyViolation,
+                        "stanza too large",
+                    ));
+                } else if e.kind() == io::ErrorKind::InvalidData {
+                    close_error = Some(stream_error(StreamCondition::NotWellFormed, "bad XML"));
+                } else {
+                    graceful = false;
+                }
+                break;
+            }
+            Event::In(Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::Stanza(stanza))))) => {
+                cs.since_mark.store(0, Ordering::Release);
+                shared.trace.record(
+                    Direction::In,
+                    id,
+                    Some(&jid_any),
+                    || serialize(&Outgoing::Stanza(crate::router::clone_stanza(&stanza))),
+                    None,
+                );
+                let deliveries = shared
+                    .router
+                    .lock()
+                    .expect("router")
+                    .router
+                    .route(&jid, stanza);
+                shared.dispatch(Some(id), deliveries);
+            }
+            Event::In(Some(Ok(FallibleStreamElement::Ok(_nonza)))) => {
+                cs.since_mark.store(0, Ordering::Release);
+                close_error = Some(stream_error(
+                    StreamCondition::UnsupportedStanzaType,
+                    "unexpected stream element",
+                ));
+                break;
+            }
+            Event::In(Some(Ok(FallibleStreamElement::Err(e)))) => {
+                cs.since_mark.store(0, Ordering::Release);
+                if let StreamElementError::InvalidStanza { name, header, .. } = &e {
+                    let is_request = matches!(header.type_.as_deref(), Some("get" | "set"));
+                    if name.to_string() == "iq" && is_request {
+                        if let Some(id_) = header.id.clone() {
+                            let reply = Iq::Error {
+                                from: Some(shared.domain.clone().into()),
+                                to: Some(jid.clone().into()),
+                                id: id_,
+                                error: StanzaError {
+                                    type_: ErrorType::Modify,
+                                    by: None,
+                                    defined_condition: DefinedCondition::BadRequest,
+                                    texts: Default::default(),
+                                    other: None,
+                                },
+                                payload: None,
+                            };
+                            shared.dispatch(
+                                Some(id),
+                                vec![Delivery {
+                                    to: jid.clone(),
+                                    stanza: reply.into(),
+                                }],
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Leave the routing table first, so nothing more is queued for us.
+    let deliveries = {
+        let mut st = shared.router.lock().expect("router");
+        st.conns.remove(&id);
+        st.router.unbind(&jid, id)
+    };
+    shared.bump_sessions();
+    shared.dispatch(None, deliveries);
+    if graceful {
+        close_with(&mut stream, close_error).await;
+    }
+}
+
+enum WriteOutcome {
+    Ok,
+    Close(Option<StreamError>),
+    Failed,
+}
+
+async fn write_batch(
+    shared: &Arc<Shared>,
+    stream: &mut Xs,
+    rx: &mut mpsc::Receiver<Command>,
+    first: Command,
+    id: ConnId,
+    jid: &Jid,
+) -> WriteOutcome {
+    let mut next = Some(first);
+    let mut n = 0;
+    while let Some(cmd) = next.take() {
+        match cmd {
+            Command::Close(e) => {
+                if SinkExt::<&Stanza>::flush(stream).await.is_err() {
+                    return WriteOutcome::Failed;
+                }
+                return WriteOutcome::Close(e);
+            }
+            Command::Write { item, note } => {
+                shared
+                    .trace
+                    .record(Direction::Out, id, Some(jid), || serialize(&item), note);
+                let r = match &item {
+                    Outgoing::Stanza(s) => stream.feed(s).await,
+                    Outgoing::Element(e) => stream.feed(e).await,
+                };
+                if r.is_err() {
+                    return WriteOutcome::Failed;
+                }
+            }
+        }
+        n += 1;
+        if n < WRITE_BATCH {
+            next = rx.try_recv().ok();
+        }
+    }
+    match SinkExt::<&Stanza>::flush(stream).await {
+        Ok(()) => WriteOutcome::Ok,
+        Err(_) => WriteOutcome::Failed,
+    }
+}

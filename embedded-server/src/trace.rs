@@ -1,0 +1,181 @@
+//! Wire trace: every stanza in and out of the embedded server.
+//!
+//! Memory is bounded: the snapshot buffer keeps the most recent
+//! [`ServerConfig::trace_capacity`](crate::ServerConfig::trace_capacity) events (default
+//! [`DEFAULT_TRACE_CAPACITY`]); older events are discarded and counted in
+//! [`Trace::dropped`]. Live subscribers ([`Trace::subscribe`]) get a bounded broadcast channel
+//! of the same capacity; a subscriber that falls behind loses the oldest events and is told so
+//! by `RecvError::Lagged`.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::broadcast;
+use tokio_xmpp::jid::Jid;
+
+use crate::router::ConnId;
+
+/// Default number of events kept by the trace.
+pub const DEFAULT_TRACE_CAPACITY: usize = 10_000;
+
+/// Which way a stanza crossed the server's edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Read from a client connection.
+    In,
+    /// Written to a client connection.
+    Out,
+    /// Would have been written, but a fault rule dropped it (the XML is what was dropped).
+    Dropped,
+}
+
+/// One traced stanza.
+#[derive(Debug, Clone)]
+pub struct TraceEvent {
+    /// Sequence number (0, 1, 2, … in the order events were recorded).
+    pub seq: u64,
+    /// Wall-clock time.
+    pub at: SystemTime,
+    /// Time since the server started (monotonic).
+    pub elapsed: Duration,
+    /// Direction.
+    pub direction: Direction,
+    /// Connection the stanza was read from or written to.
+    pub conn: ConnId,
+    /// The connection's bound JID, if it had bound one.
+    pub jid: Option<Jid>,
+    /// The serialised stanza.
+    pub xml: String,
+    /// Set when a fault rule acted on this stanza (e.g. `"delay 50ms"`, `"duplicate"`,
+    /// `"rewrite"`, `"reorder"`, `"drop"`, `"inject"`).
+    pub note: Option<String>,
+}
+
+/// Shared handle to the server's wire trace. Cheap to clone.
+#[derive(Clone)]
+pub struct Trace {
+    inner: Arc<TraceInner>,
+}
+
+struct TraceInner {
+    enabled: AtomicBool,
+    capacity: usize,
+    start: Instant,
+    seq: AtomicU64,
+    dropped: AtomicU64,
+    buf: Mutex<VecDeque<TraceEvent>>,
+    tx: broadcast::Sender<TraceEvent>,
+}
+
+impl std::fmt::Debug for Trace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trace")
+            .field("capacity", &self.inner.capacity)
+            .field("recorded", &self.inner.seq.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Trace {
+    pub(crate) fn new(enabled: bool, capacity: usize) -> Self {
+        let capacity = capacity.max(1);
+        let (tx, _) = broadcast::channel(capacity);
+        Trace {
+            inner: Arc::new(TraceInner {
+                enabled: AtomicBool::new(enabled),
+                capacity,
+                start: Instant::now(),
+                seq: AtomicU64::new(0),
+                dropped: AtomicU64::new(0),
+                buf: Mutex::new(VecDeque::with_capacity(capacity.min(1024))),
+                tx,
+            }),
+        }
+    }
+
+    /// Whether events are being recorded.
+    pub fn is_enabled(&self) -> bool {
+        self.inner.enabled.load(Ordering::Relaxed)
+    }
+
+    /// Turns recording on or off (on by default unless the config says otherwise).
+    pub fn set_enabled(&self, on: bool) {
+        self.inner.enabled.store(on, Ordering::Relaxed);
+    }
+
+    /// The maximum number of events kept.
+    pub fn capacity(&self) -> usize {
+        self.inner.capacity
+    }
+
+    /// Number of events discarded from the snapshot buffer because it was full.
+    pub fn dropped(&self) -> u64 {
+        self.inner.dropped.load(Ordering::Relaxed)
+    }
+
+    /// A copy of the buffered events, oldest first.
+    pub fn snapshot(&self) -> Vec<TraceEvent> {
+        self.inner
+            .buf
+            .lock()
+            .expect("trace lock")
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Removes and returns the buffered events.
+    pub fn drain(&self) -> Vec<TraceEvent> {
+        self.inner
+            .buf
+            .lock()
+            .expect("trace lock")
+            .drain(..)
+            .collect()
+    }
+
+    /// Clears the buffer.
+    pub fn clear(&self) {
+        self.inner.buf.lock().expect("trace lock").clear();
+    }
+
+    /// Live events from now on (bounded; see the module docs).
+    pub fn subscribe(&self) -> broadcast::Receiver<TraceEvent> {
+        self.inner.tx.subscribe()
+    }
+
+    pub(crate) fn record(
+        &self,
+        direction: Direction,
+        conn: ConnId,
+        jid: Option<&Jid>,
+        xml: impl FnOnce() -> String,
+        note: Option<String>,
+    ) {
+        if !self.is_enabled() {
+            return;
+        }
+        let xml = xml();
+        let mut buf = self.inner.buf.lock().expect("trace lock");
+        let ev = TraceEvent {
+            seq: self.inner.seq.fetch_add(1, Ordering::Relaxed),
+            at: SystemTime::now(),
+            elapsed: self.inner.start.elapsed(),
+            direction,
+            conn,
+            jid: jid.cloned(),
+            xml,
+            note,
+        };
+        if self.inner.tx.receiver_count() > 0 {
+            let _ = self.inner.tx.send(ev.clone());
+        }
+        if buf.len() >= self.inner.capacity {
+            buf.pop_front();
+            self.inner.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        buf.push_back(ev);
+    }
+}
