@@ -171,3 +171,65 @@ fn every_invalid_fixture_fails_validation() {
         unexpected.join("\n")
     );
 }
+
+/// The enumeration values of one named simple type of vertebra.xsd, read with xmllint's XPath.
+fn xsd_enumeration(type_name: &str) -> std::collections::BTreeSet<String> {
+    let xsd = root().join("spec").join("schema").join("vertebra.xsd");
+    let xpath = format!(
+        "//*[local-name()='simpleType'][@name='{type_name}']//*[local-name()='enumeration']/@value"
+    );
+    let out = Command::new("xmllint")
+        .arg("--xpath")
+        .arg(&xpath)
+        .arg(&xsd)
+        .output()
+        .expect("run xmllint (install libxml2-utils)");
+    assert!(
+        out.status.success(),
+        "xmllint --xpath failed for {type_name}"
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect()
+}
+
+/// (how it travels, condition) for each row of the table in spec/10-errors.md.
+fn error_table() -> Vec<(String, String)> {
+    let text =
+        std::fs::read_to_string(root().join("spec").join("10-errors.md")).expect("errors page");
+    let mut rows = Vec::new();
+    for line in text.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        // | # | failure | detected by | how it travels | type | condition | reference |
+        if cells.len() >= 8 && cells[1].parse::<u32>().is_ok() {
+            rows.push((cells[4].to_string(), cells[6].trim_matches('`').to_string()));
+        }
+    }
+    assert!(rows.len() >= 20, "errors table not found");
+    rows
+}
+
+#[test]
+fn xsd_conditions_match_the_errors_table() {
+    let table = error_table();
+    let of = |how: &str| -> std::collections::BTreeSet<String> {
+        table
+            .iter()
+            .filter(|(h, _)| h == how)
+            .map(|(_, c)| c.clone())
+            .collect()
+    };
+    assert_eq!(
+        xsd_enumeration("ErrorCondition"),
+        of("error"),
+        "<error condition> values"
+    );
+    assert_eq!(
+        xsd_enumeration("NackReason"),
+        of("nack"),
+        "<nack reason> values"
+    );
+}
