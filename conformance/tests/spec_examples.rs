@@ -26,6 +26,11 @@ fn examples_in_spec() -> BTreeMap<String, String> {
         let mut n = 0;
         let mut block: Option<Vec<&str>> = None;
         for line in text.lines() {
+            assert!(
+                line == "```xml" || !line.trim_start().starts_with("```xml"),
+                "{}: an ```xml fence must start at column 0 with nothing after `xml`",
+                path.display()
+            );
             match &mut block {
                 None if line == "```xml" => block = Some(Vec::new()),
                 None => {}
