@@ -483,3 +483,24 @@ async def test_advertise_payload():
     assert "/gem/list" in args["operations"] and "/vertebra/test/echo" in args["operations"]
     assert args["resources"] == {"cluster": ["/cluster/rd00"]}
     assert args["ttl"] == 3600
+
+
+@async_test
+async def test_requester_holds_back_a_gap_inside_the_window():
+    bus = Bus()
+    req = bus.core(REQ, authorize=False)
+    scripted_responder(bus, "a@example.net/1", [
+        mk("ack"), mk("data", seq="1", values={"n": 1}), mk("data", seq="0", values={"n": 0}),
+        mk("final", count="2")])
+    r = await req.call("a@example.net/1", "/x")
+    assert r.ok and r.chunks == [{"n": 0}, {"n": 1}]
+    scripted_responder(bus, "a@example.net/2", [mk("ack"), mk("data", seq="0"),
+                                                 mk("data", seq="0"), mk("final", count="2")])
+    assert (await req.call("a@example.net/2", "/x")).outcome == "out-of-order"  # repeat
+    scripted_responder(bus, "a@example.net/3", [mk("ack"), mk("data", seq="2"),
+                                                 mk("final", count="1")])
+    assert (await req.call("a@example.net/3", "/x", window=2)).outcome == "out-of-order"
+    scripted_responder(bus, "a@example.net/4", [mk("ack"), mk("data"), mk("data"),
+                                                 mk("final")])
+    r = await req.call("a@example.net/4", "/x")  # legacy: no seq, no count
+    assert r.ok and len(r.chunks) == 2

@@ -213,6 +213,8 @@ class Agent:
         log.info("online as %s (test profile: %s)", self.client.boundjid.full,
                  self.config.test_profile)
         background = []
+        if self.config.advertise or self.config.report_load:
+            self.core.announce(with_load=self.config.report_load)  # [VAP-LOAD-017]
         if self.config.report_load:
             background.append(loop.create_task(self.core.load_loop()))  # [VAP-LOAD-004]
         if self.config.advertise:

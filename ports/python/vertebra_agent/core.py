@@ -139,6 +139,9 @@ class _Call:
         self.token: str | None = None  # T:S once known
         self.chunks: list[dict[str, Any]] = []
         self.next_seq = 0
+        self.window = DEFAULT_WINDOW
+        self.ahead: dict[int, dict[str, Any]] = {}  # chunks held back behind a gap
+        self.saw_seq = False
         self.acked = False
         self.done: asyncio.Future[CallResult] = loop.create_future()
 
@@ -629,6 +632,8 @@ class AgentCore:
             el.set("window", str(window))
         encode_named(values, el)
         c = _Call(to, t, loop)
+        if window is not None:
+            c.window = window
         self._calls[(to, t)] = c
         try:
             try:
@@ -698,16 +703,30 @@ class AgentCore:
                 reason = "not-authorized"
             c.finish(CallResult(reason, c.chunks))
         elif kind == "data":
-            seq = el.get("seq")
-            if seq is not None and seq.strip() != str(c.next_seq):  # [VAP-OPS-038]
-                c.finish(CallResult("out-of-order", c.chunks, reason=f"seq {seq}"))
-                return Reply.result()
             try:
-                c.chunks.append(decode_named(el))
-            except BadValue as e:
+                values = decode_named(el)
+            except BadValue as e:  # [VAP-ERR-007]
                 c.finish(CallResult("bad-value", c.chunks, reason=str(e)))
                 return Reply.result()
-            c.next_seq += 1
+            raw = el.get("seq")
+            if raw is None and not c.saw_seq:  # legacy responder: arrival order [VAP-VER-013]
+                c.chunks.append(values)
+                c.next_seq += 1
+                return Reply.result()
+            c.saw_seq = True
+            try:
+                seq = int((raw or "").strip())
+            except ValueError:
+                seq = -1
+            # [VAP-OPS-038]: a repeat in a new IQ, or beyond the window, is out-of-order;
+            # a gap inside the window is held back [VAP-OPS-037]
+            if seq < c.next_seq or seq in c.ahead or seq >= c.next_seq + c.window:
+                c.finish(CallResult("out-of-order", c.chunks, reason=f"seq {raw}"))
+                return Reply.result()
+            c.ahead[seq] = values
+            while c.next_seq in c.ahead:
+                c.chunks.append(c.ahead.pop(c.next_seq))
+                c.next_seq += 1
         elif kind == "final":
             try:
                 last = decode_named(el)
@@ -717,7 +736,9 @@ class AgentCore:
             if len(el):
                 c.chunks.append(last)
             count = el.get("count")
-            if count is not None and count.strip() != str(len(c.chunks)):  # [VAP-OPS-044]
+            if c.ahead:  # a chunk never arrived
+                c.finish(CallResult("out-of-order", c.chunks, reason="gap before final"))
+            elif count is not None and count.strip() != str(len(c.chunks)):  # [VAP-OPS-044]
                 c.finish(CallResult("out-of-order", c.chunks, reason=f"count {count}"))
             else:
                 c.finish(CallResult("final", c.chunks))
@@ -795,6 +816,15 @@ class AgentCore:
             self.report_load()
         except Exception:  # noqa: BLE001 - a closed stream must not break an op
             log.debug("load report failed", exc_info=True)
+
+    def announce(self, with_load: bool = True) -> None:
+        """Directed presence to each dispatcher bare JID before the first advertise
+        [VAP-LOAD-017]; with the load element when reporting load."""
+        if with_load:
+            self.report_load(force=True)
+        else:
+            for d in self._dispatcher_bares():
+                self.transport.send_presence(d, None)
 
     async def load_loop(self) -> None:
         while True:
