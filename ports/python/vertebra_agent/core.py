@@ -332,7 +332,7 @@ class AgentCore:
         fast = False
         if foreign:
             problem = _FOREIGN
-        elif reg is not None and not legacy:  # [VAP-OPS-026]
+        elif reg is not None and not legacy and not self._full():  # [VAP-OPS-026]
             fast = self._cached_decision(frm, op_type, scoping) is True
         served.timer = loop.call_at(served.deadline, self._expire, served)
         served.task = loop.create_task(
@@ -379,14 +379,15 @@ class AgentCore:
                     )
                     return
                 if not fast:
+                    # [VAP-OPS-084] step 6: capacity, before authorization and before any ack
+                    if self._full():
+                        await self._terminal(  # [VAP-OPS-082] [VAP-OPS-083]
+                            op, error_element(op.token, "cancel", "overloaded", "at capacity")
+                        )
+                        return
                     allowed, why = await self._authorize(op.requester, op_type, scoping, op)
                     if not allowed:
                         await self._terminal(op, element("nack", op.token, reason=why))
-                        return
-                    if self.reject_when_full and self.inflight() >= self.capacity:
-                        await self._terminal(  # [VAP-OPS-082] only before ack [VAP-OPS-083]
-                            op, error_element(op.token, "cancel", "overloaded", "at capacity")
-                        )
                         return
                     # [VAP-OPS-028] ack, then [VAP-OPS-029] wait for its IQ result before work
                     await self._send_reliably(op, element("ack", op.token))
@@ -759,6 +760,9 @@ class AgentCore:
                 c.finish(CallResult("responder-gone", c.chunks, reason="unavailable presence"))
 
     # -- load --------------------------------------------------------------------------------
+
+    def _full(self) -> bool:
+        return self.reject_when_full and self.inflight() >= self.capacity
 
     def inflight(self) -> int:
         """Ops acked and not yet ended [VAP-LOAD-002]."""
