@@ -14,8 +14,11 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod machine;
 pub mod payloads;
+pub mod requester;
 pub mod resource;
+pub mod responder;
 pub mod stanza;
 pub mod token;
 pub mod value;
