@@ -154,6 +154,7 @@ struct Shared {
     last_error: Mutex<String>,
     next_id: AtomicU64,
     id_prefix: String,
+    auth_failed: std::sync::atomic::AtomicBool,
 }
 
 enum Cmd {
@@ -229,6 +230,7 @@ impl Conn {
             last_error: Mutex::new("still connecting".into()),
             next_id: AtomicU64::new(1),
             id_prefix: random_hex(4),
+            auth_failed: std::sync::atomic::AtomicBool::new(false),
         });
         let connector = TcpServerConnector::from(DnsConfig::addr(&opts.server));
         let sh = shared.clone();
@@ -247,8 +249,14 @@ impl Conn {
                                 return;
                             }
                             Err(e) => {
-                                log::warn!("connect as {} to {} failed: {e}", o.jid, o.server);
-                                *sh.last_error.lock().unwrap() = e.to_string();
+                                let msg = e.to_string();
+                                if *sh.last_error.lock().unwrap() != msg {
+                                    log::warn!("connect as {} to {} failed: {msg}", o.jid, o.server);
+                                }
+                                if matches!(e, tokio_xmpp::Error::Auth(_)) {
+                                    sh.auth_failed.store(true, Ordering::Relaxed);
+                                }
+                                *sh.last_error.lock().unwrap() = msg;
                                 if slot.is_closed() {
                                     return;
                                 }
@@ -276,9 +284,11 @@ impl Conn {
     }
 
     /// Wait until the session is bound, at most `deadline`. Pitfall 1 of the toolchain notes:
-    /// tokio-xmpp never reports a failed login, so this is the only place it surfaces.
+    /// tokio-xmpp never reports a failed login, so this is the only place it surfaces. A
+    /// rejected password ends the wait at once (the connector keeps retrying in the background).
     pub async fn wait_online(&self, deadline: Duration) -> Result<FullJid, ConnError> {
         let mut st = self.state.clone();
+        let started = std::time::Instant::now();
         let fut = async {
             loop {
                 match &*st.borrow_and_update() {
@@ -286,8 +296,15 @@ impl Conn {
                     ConnState::Closed => return Err(ConnError::Closed),
                     ConnState::Connecting => {}
                 }
-                if st.changed().await.is_err() {
-                    return Err(ConnError::Closed);
+                if self.shared.auth_failed.load(Ordering::Relaxed) {
+                    return Err(ConnError::NotOnline {
+                        waited: started.elapsed(),
+                        last_error: self.shared.last_error.lock().unwrap().clone(),
+                    });
+                }
+                tokio::select! {
+                    r = st.changed() => if r.is_err() { return Err(ConnError::Closed) },
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
                 }
             }
         };
@@ -499,6 +516,7 @@ async fn drive(
                         let Ok(full) = bound_jid.clone().try_into_full() else { continue };
                         bound = Some(full.clone());
                         *shared.last_error.lock().unwrap() = String::new();
+                        shared.auth_failed.store(false, Ordering::Relaxed);
                         let _ = state.send(ConnState::Online(full.clone()));
                         let _ = incoming.send(Incoming::Online { bound: full, resumed: false });
                     }

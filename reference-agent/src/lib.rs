@@ -14,3 +14,5 @@ pub mod table;
 
 pub use tokio_xmpp;
 pub use vertebra_protocol as protocol;
+pub mod cli;
+pub mod local;
