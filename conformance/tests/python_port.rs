@@ -81,3 +81,194 @@ fn python_port_pytest_suite_passes() {
     assert!(status.success(), "pytest failed ({status}); output above");
     assert!(out.contains(" passed"), "pytest ran no tests; output above");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Interop: the Rust dispatcher and the Rust requester against the Python agent, spawned as
+// `python -m vertebra_agent` with the spawn-contract variables, on both server kinds.
+
+mod interop {
+    use super::repo_root;
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use vertebra_embedded_server::testing::{ServerKind, TestServer};
+    use vertebra_reference_agent::conn::ConnectOptions;
+    use vertebra_reference_agent::dispatcher::{Dispatcher, DispatcherConfig};
+    use vertebra_reference_agent::node::{wait_advertised, Node, NodeConfig};
+    use vertebra_reference_agent::policy::Policy;
+    use vertebra_reference_agent::protocol::payloads::test_ops;
+    use vertebra_reference_agent::protocol::{Args, Value};
+    use vertebra_reference_agent::requester::{call_direct, call_single};
+    use vertebra_reference_agent::tokio_xmpp::parsers::jid::{FullJid, Jid};
+
+    const ONLINE: Duration = Duration::from_secs(15);
+
+    /// Kills the agent if the test fails before the orderly SIGTERM.
+    struct AgentProcess(Child);
+
+    impl Drop for AgentProcess {
+        fn drop(&mut self) {
+            if let Ok(None) = self.0.try_wait() {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+    }
+
+    fn python() -> Option<std::path::PathBuf> {
+        let p = repo_root().join("ports/python/.venv/bin/python");
+        if p.exists() {
+            return Some(p);
+        }
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("ports/python/.venv is missing (CI=true)");
+        }
+        eprintln!("SKIPPED python interop: ports/python/.venv is missing");
+        None
+    }
+
+    async fn scenario(kind: ServerKind) {
+        let Some(python) = python() else { return };
+        let Some(server) = TestServer::start_or_skip(kind, "localhost")
+            .await
+            .expect("server starts")
+        else {
+            return;
+        };
+        let addr = server.addr().to_string();
+        let domain = server.domain().to_string();
+        for (user, pw) in [("dispatcher", "dpw"), ("py", "pypw"), ("req", "reqpw")] {
+            server.add_account(user, pw).await.expect("account");
+        }
+        let djid: FullJid = format!("dispatcher@{domain}/dispatcher").parse().unwrap();
+        let mut cfg = DispatcherConfig::new(ConnectOptions::new(
+            addr.clone(),
+            Jid::from(djid.clone()),
+            "dpw",
+        ));
+        cfg.policy = Policy::allow_all();
+        let dispatcher = Dispatcher::start(cfg).expect("dispatcher");
+        dispatcher
+            .wait_online(ONLINE)
+            .await
+            .expect("dispatcher online");
+
+        let py_jid: FullJid = format!("py@{domain}/agent").parse().unwrap();
+        let mut agent = AgentProcess(
+            Command::new(python)
+                .args(["-m", "vertebra_agent"])
+                .current_dir(repo_root().join("ports/python"))
+                .env("PYTHONDONTWRITEBYTECODE", "1")
+                .env("VERTEBRA_SERVER", &addr)
+                .env("VERTEBRA_JID", py_jid.to_string())
+                .env("VERTEBRA_PASSWORD", "pypw")
+                .env("VERTEBRA_DISPATCHER", djid.to_string())
+                .env("VERTEBRA_TEST_PROFILE", "1")
+                .env("VERTEBRA_LOAD_INTERVAL_MS", "200")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("spawn the Python agent"),
+        );
+
+        let mut rcfg = NodeConfig::new(ConnectOptions::new(
+            addr.clone(),
+            Jid::from(format!("req@{domain}/cli").parse::<FullJid>().unwrap()),
+            "reqpw",
+        ));
+        rcfg.serve = false;
+        rcfg.iq_timeout = Duration::from_secs(5);
+        let req = Node::start(rcfg);
+        req.wait_online(ONLINE).await.expect("requester online");
+        let d = Jid::from(djid.clone());
+        assert!(
+            wait_advertised(&req, &d, test_ops::ECHO, &py_jid, Duration::from_secs(20)).await,
+            "the Python agent never got listed by the Rust dispatcher"
+        );
+
+        // single: discover through the Rust dispatcher, call the Python agent
+        let args = Args::new()
+            .with("x", Value::I4(-7))
+            .with("d", Value::Double(0.25))
+            .with("s", Value::String("  spaced  ".into()))
+            .with("b", Value::Boolean(true))
+            .with("bytes", Value::Base64(vec![0, 1, 255]))
+            .with("l", Value::List(vec![Value::Nil, Value::I4(1)]));
+        let (who, chunks) = call_single(
+            &req,
+            &d,
+            test_ops::ECHO,
+            args.clone(),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("single echo to the Python agent");
+        assert_eq!(who, Jid::from(py_jid.clone()));
+        assert_eq!(chunks, vec![args]);
+
+        // direct: streaming in order
+        let chunks = call_direct(
+            &req,
+            Jid::from(py_jid.clone()),
+            test_ops::STREAM,
+            Args::new()
+                .with("count", Value::I4(25))
+                .with("size", Value::I4(10)),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("stream from the Python agent");
+        let idx: Vec<i32> = chunks.iter().map(|c| c.get_i4("index").unwrap()).collect();
+        assert_eq!(idx, (0..25).collect::<Vec<_>>());
+
+        // failures travel with their conditions
+        let e = call_direct(
+            &req,
+            Jid::from(py_jid.clone()),
+            "/no/such/op",
+            Args::new(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.condition, "no-handler");
+        let e = call_direct(
+            &req,
+            Jid::from(py_jid.clone()),
+            test_ops::SLEEP,
+            Args::new().with("ms", Value::I4(10_000)),
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.condition, "deadline-expired");
+
+        // SIGTERM: exit status 0 within 5 s
+        let pid = agent.0.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let t0 = Instant::now();
+        let status = loop {
+            if let Some(s) = agent.0.try_wait().expect("wait") {
+                break s;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "agent ignored SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(status.success(), "agent exited with {status}");
+        req.shutdown().await;
+        dispatcher.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rust_requester_calls_python_agent_via_rust_dispatcher_embedded() {
+        scenario(ServerKind::Embedded).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rust_requester_calls_python_agent_via_rust_dispatcher_prosody() {
+        scenario(ServerKind::Prosody).await;
+    }
+}
