@@ -155,6 +155,7 @@ struct Shared {
     next_id: AtomicU64,
     id_prefix: String,
     auth_failed: std::sync::atomic::AtomicBool,
+    no_reconnect: std::sync::atomic::AtomicBool,
 }
 
 enum Cmd {
@@ -231,18 +232,25 @@ impl Conn {
             next_id: AtomicU64::new(1),
             id_prefix: random_hex(4),
             auth_failed: std::sync::atomic::AtomicBool::new(false),
+            no_reconnect: std::sync::atomic::AtomicBool::new(false),
         });
         let connector = TcpServerConnector::from(DnsConfig::addr(&opts.server));
         let sh = shared.clone();
         let o = opts.clone();
         let reconnector = Box::new(
-            move |_loc: Option<String>, slot: oneshot::Sender<Connection>| {
+            move |_loc: Option<String>, mut slot: oneshot::Sender<Connection>| {
                 let connector = connector.clone();
                 let o = o.clone();
                 let sh = sh.clone();
                 tokio::spawn(async move {
                     let mut delay = o.backoff_initial;
                     loop {
+                        if sh.no_reconnect.load(Ordering::Relaxed) {
+                            // Stay down (a "crashed" node); dropping the slot would make
+                            // tokio-xmpp's worker panic, so hold it until the stream ends.
+                            slot.closed().await;
+                            return;
+                        }
                         match login_once(&connector, &o.jid, &o.password, o.timeouts).await {
                             Ok(conn) => {
                                 let _ = slot.send(conn);
@@ -470,6 +478,12 @@ impl Conn {
         if self.tx.send(Cmd::Close(tx)).is_ok() {
             let _ = tokio::time::timeout(deadline, rx).await;
         }
+    }
+
+    /// Never reconnect again after the current connection ends (used to simulate a crashed
+    /// process together with a server-side cut).
+    pub fn stop_reconnecting(&self) {
+        self.shared.no_reconnect.store(true, Ordering::Relaxed);
     }
 
     /// Number of IQs awaiting an answer (diagnostics, tests).

@@ -113,3 +113,14 @@ impl Bus {
 
 /// Both server kinds.
 pub const KINDS: [ServerKind; 2] = [ServerKind::Embedded, ServerKind::Prosody];
+
+/// Make a node vanish: no ttl-0 withdrawal, no reconnect. On the embedded server the TCP
+/// connection is cut abruptly; on Prosody the stream ends.
+pub async fn crash(bus: &Bus, node: &Node) {
+    node.conn().stop_reconnecting();
+    let jid = node.jid().expect("online");
+    match bus.server.embedded() {
+        Some(s) => s.disconnect(&jid).unwrap(),
+        None => node.conn().close(Duration::from_secs(2)).await,
+    }
+}
