@@ -377,6 +377,8 @@ pub(crate) struct FaultsInner {
     state: Mutex<FaultState>,
     /// Stanzas released by `remove`/`release_held`, waiting to be written by the server.
     released: Mutex<Vec<Planned>>,
+    /// Wakes the server's flusher when `released` gets stanzas.
+    released_notify: tokio::sync::Notify,
 }
 
 impl fmt::Debug for Faults {
@@ -400,6 +402,7 @@ impl Faults {
                     splits: Vec::new(),
                 }),
                 released: Mutex::new(Vec::new()),
+                released_notify: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -497,6 +500,11 @@ impl Faults {
                 delay: None,
                 note: Some("reorder (released)".into()),
             });
+        self.inner.released_notify.notify_one();
+    }
+
+    pub(crate) async fn released_ready(&self) {
+        self.inner.released_notify.notified().await
     }
 
     pub(crate) fn seed(&self) -> u64 {

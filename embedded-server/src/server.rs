@@ -89,7 +89,8 @@ impl EmbeddedServer {
         for (user, pw) in shared.config.accounts.clone() {
             shared.add_account(&user, &pw)?;
         }
-        let accept = tokio::spawn(accept_loop(shared.clone(), listener, shutdown_rx));
+        let accept = tokio::spawn(accept_loop(shared.clone(), listener, shutdown_rx.clone()));
+        tokio::spawn(flush_released(Arc::downgrade(&shared), shutdown_rx));
         Ok(ServerHandle {
             shared,
             addr,
@@ -283,6 +284,16 @@ impl ServerHandle {
         Ok(())
     }
 
+    /// Number of successful socket writes made to a session's connection so far (shows
+    /// [`Faults::split_writes`] at work).
+    pub fn socket_writes(&self, jid: &FullJid) -> Option<u64> {
+        let st = self.shared.router.lock().expect("router");
+        let conn = st.router.conn_of(jid)?;
+        st.conns
+            .get(&conn)
+            .map(|c| c.io.socket_writes.load(Ordering::Relaxed))
+    }
+
     /// Stops accepting, closes every connection (stream error `system-shutdown`) and waits
     /// (at most 5 s) until they are gone.
     pub async fn shutdown(mut self) {
@@ -335,6 +346,7 @@ struct RouterState {
 struct ConnHandle {
     tx: mpsc::Sender<Command>,
     kill: Arc<Kill>,
+    io: Arc<ConnShared>,
 }
 
 // Stanzas are moved, not boxed: one allocation fewer per routed stanza.
@@ -604,6 +616,7 @@ struct ConnShared {
     since_mark: AtomicUsize,
     too_large: AtomicBool,
     bound: OnceLock<Jid>,
+    socket_writes: AtomicU64,
 }
 
 struct ConnIo {
@@ -661,7 +674,11 @@ impl AsyncWrite for ConnIo {
             Some(SplitSpec::Fixed(k)) => k.max(1).min(buf.len()),
             Some(SplitSpec::Random { max }) => (1 + self.rng.below(max.max(1))).min(buf.len()),
         };
-        Pin::new(&mut self.tcp).poll_write(cx, &buf[..n])
+        let r = ready!(Pin::new(&mut self.tcp).poll_write(cx, &buf[..n]));
+        if r.is_ok() {
+            self.shared.socket_writes.fetch_add(1, Ordering::Relaxed);
+        }
+        Poll::Ready(r)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.tcp).poll_flush(cx)
@@ -704,6 +721,24 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, mut stop: watch
     }
 }
 
+/// Writes stanzas released by fault rules outside of routing (rule removal, release_held).
+async fn flush_released(shared: std::sync::Weak<Shared>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let faults = match shared.upgrade() {
+            Some(s) => s.faults.clone(),
+            None => return,
+        };
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = faults.released_ready() => {}
+        }
+        match shared.upgrade() {
+            Some(s) => s.dispatch(None, Vec::new()),
+            None => return,
+        }
+    }
+}
+
 fn conn_io(shared: &Arc<Shared>, tcp: TcpStream, id: ConnId) -> (Io, Arc<ConnShared>) {
     let cs = Arc::new(ConnShared {
         id,
@@ -711,6 +746,7 @@ fn conn_io(shared: &Arc<Shared>, tcp: TcpStream, id: ConnId) -> (Io, Arc<ConnSha
         since_mark: AtomicUsize::new(0),
         too_large: AtomicBool::new(false),
         bound: OnceLock::new(),
+        socket_writes: AtomicU64::new(0),
     });
     let io = ConnIo {
         tcp,
@@ -1044,6 +1080,7 @@ async fn connection(shared: Arc<Shared>, tcp: TcpStream, id: ConnId) {
         ConnHandle {
             tx,
             kill: kill.clone(),
+            io: cs.clone(),
         },
     );
     let negotiated =
@@ -1133,6 +1170,15 @@ async fn connection(shared: Arc<Shared>, tcp: TcpStream, id: ConnId) {
                     close_error = Some(stream_error(
                         StreamCondition::PolicyViolation,
                         "stanza too large",
+                    ));
+                } else if e
+                    .get_ref()
+                    .is_some_and(|i| i.is::<xso::error::FromEventsError>())
+                {
+                    // Well-formed, but not a stanza or known nonza.
+                    close_error = Some(stream_error(
+                        StreamCondition::UnsupportedStanzaType,
+                        "unknown top-level element",
                     ));
                 } else if e.kind() == io::ErrorKind::InvalidData {
                     close_error = Some(stream_error(StreamCondition::NotWellFormed, "bad XML"));
