@@ -120,6 +120,7 @@ class CallResult:
     chunks: list[dict[str, Any]] = field(default_factory=list)
     error_type: str | None = None
     reason: str = ""
+    acked: bool = False  # the responder acked (so work may have started)
 
     @property
     def ok(self) -> bool:
@@ -147,6 +148,7 @@ class _Call:
 
     def finish(self, result: CallResult) -> None:
         if not self.done.done():
+            result.acked = self.acked
             self.done.set_result(result)
 
 
