@@ -78,6 +78,11 @@ impl Bus {
 
     /// A requester node (no handlers, no adverts).
     pub async fn requester(&self, user: &str) -> Node {
+        self.requester_with(user, Duration::from_secs(5)).await
+    }
+
+    /// A requester node with a given per-IQ timeout.
+    pub async fn requester_with(&self, user: &str, iq_timeout: Duration) -> Node {
         self.account(user).await;
         let mut cfg = NodeConfig::new(ConnectOptions::new(
             self.addr.clone(),
@@ -85,7 +90,7 @@ impl Bus {
             "pw",
         ));
         cfg.serve = false;
-        cfg.iq_timeout = Duration::from_secs(5);
+        cfg.iq_timeout = iq_timeout;
         let n = Node::start(cfg);
         n.wait_online(ONLINE).await.expect("requester online");
         n
