@@ -1,0 +1,217 @@
+//! Reference mode: the reference agent and reference dispatcher (in-process) on the embedded
+//! server (or on a real Prosody for `selftest --prosody`), optionally with one mutant.
+
+use crate::attach::{
+    connect_session, full, read_features, wait_ready, Attached, EmbeddedInjector, Guard, Plan,
+    TargetArgs,
+};
+use crate::peer::random_hex;
+use crate::session::{Injector, Mode, TargetControl};
+use crate::trace::Trace;
+use futures::future::BoxFuture;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use vertebra_reference_agent::agent::{Agent, AgentBuilder};
+use vertebra_reference_agent::config::Misbehaviour;
+use vertebra_reference_agent::conn::ConnectOptions;
+use vertebra_reference_agent::dispatcher::{Dispatcher, DispatcherConfig};
+use vertebra_reference_agent::policy::{Decision, Policy, Rule};
+
+pub const ACCOUNTS: &[&str] = &[
+    "dispatcher",
+    "requester",
+    "stranger",
+    "agent",
+    "agent1",
+    "agent2",
+    "agent3",
+    "refdispatcher",
+];
+
+/// Advertisement TTL the reference agent uses in reference mode (short, so re-advertising
+/// is observable within a case's budget).
+pub const REFERENCE_ADVERTISE_TTL: u32 = 1;
+
+/// Where the reference runs.
+pub enum Server {
+    Embedded,
+    Prosody,
+}
+
+/// Control over the in-process reference agent (restart, kill).
+pub struct ReferenceControl {
+    make: Box<dyn Fn() -> Agent + Send + Sync>,
+    agent: Mutex<Option<Agent>>,
+    agent_jid: String,
+    pinger: Mutex<Option<crate::peer::Peer>>,
+    ready: Duration,
+}
+
+impl TargetControl for ReferenceControl {
+    fn restart(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let old = self.agent.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(a) = old {
+                a.shutdown().await;
+            }
+            let a = (self.make)();
+            a.wait_online(self.ready).await.map_err(|e| e.to_string())?;
+            *self.agent.lock().unwrap_or_else(|e| e.into_inner()) = Some(a);
+            let p = self
+                .pinger
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            match p {
+                Some(p) => wait_ready(&p, &self.agent_jid, self.ready).await,
+                None => Ok(()),
+            }
+        })
+    }
+
+    fn kill(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let old = self.agent.lock().unwrap_or_else(|e| e.into_inner()).take();
+            match old {
+                Some(a) => {
+                    a.shutdown().await;
+                    Ok(())
+                }
+                None => Err("agent not running".into()),
+            }
+        })
+    }
+}
+
+/// The policy the reference dispatcher runs with in reference mode: the harness requester may
+/// call `/allowed`, nothing else is allowed (default deny).
+pub fn reference_policy(domain: &str) -> Policy {
+    Policy {
+        default: Decision::Deny,
+        ttl: 0,
+        rules: vec![Rule {
+            from: format!("requester@{domain}"),
+            to: "*".into(),
+            operation: "/allowed".into(),
+            resources: None,
+            decision: Decision::Allow,
+            ttl: None,
+        }],
+    }
+}
+
+pub async fn attach_reference(
+    args: &TargetArgs,
+    scale: f64,
+    trace: &Trace,
+    server: Option<Server>,
+) -> Result<Attached, String> {
+    let mutant = match args.mutant.as_deref() {
+        None => Misbehaviour::None,
+        Some(m) => Misbehaviour::parse(m).ok_or_else(|| format!("unknown mutant {m:?}"))?,
+    };
+    let ready = Duration::from_secs_f64(args.ready_timeout * scale);
+    let domain = "localhost";
+    let mut guards: Vec<Guard> = Vec::new();
+    let (addr, pw, inject): (String, String, Option<Arc<dyn Injector>>) =
+        match server.unwrap_or(Server::Embedded) {
+            Server::Embedded => {
+                let (srv, pw) = crate::attach::start_embedded(domain).await?;
+                let addr = srv.addr().to_string();
+                let inj: Arc<dyn Injector> = Arc::new(EmbeddedInjector {
+                    server: srv.clone(),
+                });
+                guards.push(Box::new(srv));
+                (addr, pw, Some(inj))
+            }
+            Server::Prosody => {
+                let pw = random_hex();
+                let accts: Vec<(&str, &str)> = ACCOUNTS.iter().map(|a| (*a, pw.as_str())).collect();
+                let p = vertebra_embedded_server::prosody::Prosody::start(domain, &accts)
+                    .await
+                    .map_err(|e| format!("Prosody: {e}"))?;
+                let addr = p.addr().to_string();
+                guards.push(Box::new(p));
+                (addr, pw, None)
+            }
+        };
+    let agent_jid = full(&format!("agent@{domain}/agent"))?;
+    let dsp_jid = full(&format!("dispatcher@{domain}/dispatcher"))?;
+    let refd_jid = full(&format!("refdispatcher@{domain}/dispatcher"))?;
+    let interval = Duration::from_millis(args.load_interval_ms);
+    let make = {
+        let (addr, pw, aj, dj) = (addr.clone(), pw.clone(), agent_jid.clone(), dsp_jid.clone());
+        move || {
+            AgentBuilder::new(addr.clone(), aj.clone(), pw.clone())
+                .dispatcher(dj.clone())
+                .test_profile(true)
+                .load_interval(interval)
+                .advertise_ttl(REFERENCE_ADVERTISE_TTL)
+                .misbehave(mutant)
+                .start()
+        }
+    };
+    let control = Arc::new(ReferenceControl {
+        make: Box::new(make),
+        agent: Mutex::new(None),
+        agent_jid: agent_jid.to_string(),
+        pinger: Mutex::new(None),
+        ready,
+    });
+    let plan = Plan {
+        mode: Mode::Reference,
+        addr: addr.clone(),
+        domain: domain.to_string(),
+        password: pw.clone(),
+        dsp_jid: Some(dsp_jid.clone()),
+        req_jid: full(&format!("requester@{domain}/harness"))?,
+        stranger_jid: full(&format!("stranger@{domain}/harness"))?,
+        agent: Some(agent_jid.to_string()),
+        dispatcher: Some((
+            refd_jid.to_string(),
+            vec![
+                full(&format!("agent1@{domain}/agent"))?,
+                full(&format!("agent2@{domain}/agent"))?,
+                full(&format!("agent3@{domain}/agent"))?,
+            ],
+        )),
+        inject,
+        control: Some(control.clone()),
+        load_interval_ms: Some(args.load_interval_ms),
+    };
+    // Harness identities first (the agent advertises to the harness dispatcher on start).
+    let session = connect_session(plan, trace).await?;
+    *control.pinger.lock().unwrap_or_else(|e| e.into_inner()) = Some(session.req.clone());
+    let mut dcfg = DispatcherConfig::new(ConnectOptions::new(
+        addr.clone(),
+        jid::Jid::from(refd_jid.clone()),
+        pw.clone(),
+    ));
+    dcfg.policy = reference_policy(domain);
+    dcfg.misbehave = mutant;
+    dcfg.sweep_every = Duration::from_millis(50);
+    let dispatcher = Dispatcher::start(dcfg).map_err(|e| e.to_string())?;
+    control.restart().await?;
+    dispatcher
+        .wait_online(ready)
+        .await
+        .map_err(|e| format!("reference dispatcher: {e}"))?;
+    wait_ready(&session.req, &refd_jid.to_string(), ready).await?;
+    read_features(&session, ready).await?;
+    guards.push(Box::new(DispatcherGuard(dispatcher)));
+    guards.push(Box::new(control));
+    let target = match mutant {
+        Misbehaviour::None => "reference agent + dispatcher".to_string(),
+        m => format!("reference agent + dispatcher, mutant {}", m.name()),
+    };
+    Ok(Attached {
+        session: Arc::new(session),
+        guards,
+        target,
+        mode: Mode::Reference,
+    })
+}
+
+/// Keeps the reference dispatcher running for the session.
+#[allow(dead_code)]
+struct DispatcherGuard(Dispatcher);

@@ -1,0 +1,372 @@
+//! Runs selected cases against a session and writes the reports as it goes.
+
+use crate::baseline::{glob_match, rfc3339, today, Baseline};
+use crate::case::{Abort, CaseDef, Ctx, LevelLookup, Subject};
+use crate::report::{self, jsonl::JsonlWriter, CaseRecord, RunHeader, Summary};
+use crate::session::Session;
+use crate::trace::Trace;
+use crate::verdict::{aggregate, Disposition, Outcome};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+/// Which cases run.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    /// Run only cases matching one of these (case ID, area or requirement ID; `*` globs).
+    pub only: Vec<String>,
+    /// Skip cases matching one of these.
+    pub skip: Vec<String>,
+}
+
+impl Selection {
+    fn matches(p: &str, c: &CaseDef) -> bool {
+        glob_match(p, c.id)
+            || glob_match(p, c.area.as_str())
+            || c.requirements.iter().any(|r| glob_match(p, r))
+    }
+
+    pub fn selected(&self, c: &CaseDef) -> bool {
+        (self.only.is_empty() || self.only.iter().any(|p| Self::matches(p, c)))
+            && !self.skip.iter().any(|p| Self::matches(p, c))
+    }
+}
+
+pub struct RunConfig {
+    pub time_scale: f64,
+    pub selection: Selection,
+    pub baseline: Baseline,
+    pub out: Option<PathBuf>,
+    pub quiet: bool,
+    pub target: String,
+    pub mode: String,
+    pub argv: Vec<String>,
+}
+
+pub struct RunOutput {
+    pub cases: Vec<CaseRecord>,
+    pub summary: Summary,
+}
+
+fn say(cfg: &RunConfig, line: &str) {
+    if !cfg.quiet {
+        println!("{line}");
+    }
+}
+
+fn record_for(c: &CaseDef, outcome: Outcome, reason: Option<String>, budget_ms: u64) -> CaseRecord {
+    CaseRecord {
+        record: "case".into(),
+        id: c.id.into(),
+        title: c.title.into(),
+        area: c.area.as_str().into(),
+        subject: match c.subject {
+            Subject::Agent => "agent".into(),
+            Subject::Dispatcher => "dispatcher".into(),
+        },
+        requirements: c.requirements.iter().map(|s| s.to_string()).collect(),
+        feature: c.feature.map(str::to_string),
+        outcome,
+        disposition: Disposition::New,
+        baseline_reason: None,
+        reason,
+        started_at: rfc3339(SystemTime::now()),
+        duration_ms: 0.0,
+        budget_ms,
+        checks: Vec::new(),
+        trace: Vec::new(),
+        trace_dropped: 0,
+        stdout: None,
+        stderr: None,
+        fix: c.fix.into(),
+    }
+}
+
+/// Run one case with its watchdog; returns the finished record (before the baseline).
+async fn run_case(
+    c: &'static CaseDef,
+    session: &Arc<Session>,
+    trace: &Trace,
+    scale: f64,
+    levels: &Arc<dyn LevelLookup>,
+) -> CaseRecord {
+    let budget_ms = (c.budget_ms as f64 * scale).ceil() as u64;
+    let mut rec = record_for(c, Outcome::Error, None, budget_ms);
+    trace.reset();
+    let started = Instant::now();
+    // Applicability.
+    match c.subject {
+        Subject::Agent if session.agent.is_none() => {
+            rec.outcome = Outcome::Skipped;
+            rec.reason = Some("no agent attached (this run tests a dispatcher)".into());
+            return rec;
+        }
+        Subject::Dispatcher if session.dispatcher.is_none() => {
+            rec.outcome = Outcome::Skipped;
+            rec.reason = Some("no dispatcher attached (this run tests an agent)".into());
+            return rec;
+        }
+        _ => {}
+    }
+    // Readiness: the implementation must answer a ping before each case; restart once.
+    let ready_budget = std::time::Duration::from_secs_f64(3.0 * scale);
+    if c.subject == Subject::Agent && !session.agent_alive(ready_budget).await {
+        trace.note("agent did not answer a ping before the case; restarting it");
+        let restarted = match &session.control {
+            Some(ctl) => ctl.restart().await.is_ok() && session.agent_alive(ready_budget * 3).await,
+            None => false,
+        };
+        if !restarted {
+            rec.outcome = Outcome::Error;
+            rec.reason = Some(format!(
+                "the agent did not answer XEP-0199 ping within {:?} before the case (not ready or crashed); not blamed on this case",
+                ready_budget
+            ));
+            let (ev, dropped) = trace.snapshot();
+            rec.trace = ev;
+            rec.trace_dropped = dropped;
+            return rec;
+        }
+    }
+    if let Some(f) = c.feature {
+        if !session.has_feature(f) {
+            rec.outcome = Outcome::Unsupported;
+            rec.reason = Some(format!(
+                "the implementation does not claim the disco feature {f}"
+            ));
+            return rec;
+        }
+    }
+    let cx = Ctx::new(session.clone(), trace.clone(), c.id, scale, levels.clone());
+    // Each case runs in its own task: a harness panic becomes ERROR, not a dead run.
+    let mut task = tokio::spawn((c.run)(cx.clone()));
+    let watchdog = std::time::Duration::from_millis(budget_ms.max(1));
+    let res: Result<(), Abort> = match tokio::time::timeout(watchdog, &mut task).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Err(Abort::error(format!("harness fault in the case: {e}"))),
+        Err(_) => {
+            task.abort();
+            Err(Abort::error(format!(
+                "case watchdog: did not finish within its budget of {budget_ms} ms (raise --time-scale if the machine is slow)"
+            )))
+        }
+    };
+    rec.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    rec.checks = cx.take_checks();
+    let from_checks = aggregate(rec.checks.iter().map(|k| k.outcome));
+    rec.outcome = match (&res, from_checks) {
+        (Ok(()), Some(o)) => o,
+        (Ok(()), None) => {
+            rec.reason = Some("harness bug: the case recorded no check".into());
+            Outcome::Error
+        }
+        (Err(a), o) => {
+            rec.reason = Some(a.reason.clone());
+            let base = if a.outcome == Outcome::Pass {
+                o.unwrap_or(Outcome::Error)
+            } else {
+                a.outcome
+            };
+            aggregate([base, o.unwrap_or(base)]).unwrap_or(base)
+        }
+    };
+    if let Some(ctl) = &session.control {
+        let (out, err) = ctl.take_output();
+        rec.stdout = Some(out).filter(|s| !s.is_empty());
+        rec.stderr = Some(err).filter(|s| !s.is_empty());
+        if let Some(st) = ctl.exited() {
+            trace.note(format!("agent process exited: {st}"));
+        }
+    }
+    let (ev, dropped) = trace.snapshot();
+    rec.trace = ev;
+    rec.trace_dropped = dropped;
+    rec
+}
+
+/// Run the cases. `session` is `Err` when attaching failed: every selected case is ERROR.
+pub async fn run(
+    cases: &'static [CaseDef],
+    session: Result<Arc<Session>, String>,
+    trace: Trace,
+    levels: Arc<dyn LevelLookup>,
+    cfg: &RunConfig,
+) -> std::io::Result<RunOutput> {
+    let run_start = Instant::now();
+    let selected: Vec<&'static CaseDef> =
+        cases.iter().filter(|c| cfg.selection.selected(c)).collect();
+    let header = RunHeader {
+        record: "run".into(),
+        schema_version: report::RESULTS_SCHEMA_VERSION,
+        harness: "vertebra-conformance".into(),
+        harness_version: env!("CARGO_PKG_VERSION").into(),
+        mode: cfg.mode.clone(),
+        target: cfg.target.clone(),
+        time_scale: cfg.time_scale,
+        started_at: rfc3339(SystemTime::now()),
+        argv: cfg.argv.clone(),
+        selected: selected.len(),
+    };
+    let mut jsonl = match &cfg.out {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            Some(JsonlWriter::create(&dir.join("results.jsonl"))?)
+        }
+        None => None,
+    };
+    if let Some(w) = jsonl.as_mut() {
+        w.write(&header)?;
+    }
+    say(
+        cfg,
+        &format!(
+            "vertebra-conformance {} — {} mode, target {}, {} of {} cases selected, time scale {}",
+            header.harness_version,
+            cfg.mode,
+            cfg.target,
+            selected.len(),
+            cases.len(),
+            cfg.time_scale
+        ),
+    );
+    if let Err(e) = &session {
+        say(cfg, &format!("ERROR attaching the implementation: {e}"));
+    }
+    let today = today();
+    let mut records = Vec::new();
+    let mut last_area = "";
+    for c in cases {
+        let mut rec = if !cfg.selection.selected(c) {
+            let mut r = record_for(
+                c,
+                Outcome::Skipped,
+                Some("deselected by --only/--skip".into()),
+                0,
+            );
+            r.duration_ms = 0.0;
+            r
+        } else {
+            match &session {
+                Ok(s) => run_case(c, s, &trace, cfg.time_scale, &levels).await,
+                Err(e) => record_for(
+                    c,
+                    Outcome::Error,
+                    Some(format!(
+                        "environment: could not attach the implementation: {e}"
+                    )),
+                    0,
+                ),
+            }
+        };
+        let (d, reason) = cfg.baseline.disposition(&rec.id, rec.outcome, &today);
+        rec.disposition = d;
+        rec.baseline_reason = reason;
+        if rec.area != last_area {
+            say(cfg, &format!("{}:", rec.area));
+            last_area = c.area.as_str();
+        }
+        let disp = match rec.disposition {
+            Disposition::ExpectedFailure => " (expected failure: baseline)",
+            Disposition::Stale => " (STALE baseline entry: now passes)",
+            Disposition::ToleratedFlaky => " (tolerated flaky: baseline)",
+            Disposition::Expired => " (baseline entry expired)",
+            Disposition::New => "",
+        };
+        say(
+            cfg,
+            &format!(
+                "  [{}] {:<11} {:<22} {}{} ({:.0} ms)",
+                rec.outcome.glyph(),
+                rec.outcome.as_str(),
+                rec.id,
+                rec.title,
+                disp,
+                rec.duration_ms
+            ),
+        );
+        if let Some(w) = jsonl.as_mut() {
+            w.write(&rec)?;
+        }
+        records.push(rec);
+    }
+    let summary = report::summarize(
+        &records,
+        run_start.elapsed().as_secs_f64() * 1000.0,
+        rfc3339(SystemTime::now()),
+    );
+    // Failure details.
+    let details: Vec<&CaseRecord> = records
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.outcome,
+                Outcome::Fail | Outcome::Untestable | Outcome::Error | Outcome::NonStrict
+            )
+        })
+        .collect();
+    if !details.is_empty() {
+        say(cfg, "");
+        say(cfg, "Details:");
+    }
+    for r in details {
+        say(
+            cfg,
+            &format!("- {} {}: {}", r.outcome.as_str(), r.id, r.title),
+        );
+        if let Some(reason) = &r.reason {
+            say(cfg, &format!("    {reason}"));
+        }
+        for k in r.checks.iter().filter(|k| k.outcome != Outcome::Pass) {
+            say(
+                cfg,
+                &format!(
+                    "    [{}] {} {}\n      expected: {}\n      observed: {}",
+                    k.requirement,
+                    k.level.as_str(),
+                    k.outcome.as_str(),
+                    k.expected,
+                    k.observed
+                ),
+            );
+        }
+        if r.outcome != Outcome::Error && !r.fix.is_empty() {
+            say(cfg, &format!("    fix: {}", r.fix));
+        }
+        say(
+            cfg,
+            &format!(
+                "    explain: vertebra-conformance explain {}   rerun: … run --only {}",
+                r.id, r.id
+            ),
+        );
+    }
+    if let Some(w) = jsonl.as_mut() {
+        w.write(&summary)?;
+    }
+    if let Some(dir) = &cfg.out {
+        let junit = report::junit::build("vertebra-conformance", &records);
+        let xml = junit
+            .to_string()
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        std::fs::write(dir.join("junit.xml"), xml)?;
+        std::fs::write(
+            dir.join("report.html"),
+            report::html::render(&header, &records, &summary),
+        )?;
+        say(
+            cfg,
+            &format!(
+                "reports: {}/results.jsonl, junit.xml, report.html",
+                dir.display()
+            ),
+        );
+    }
+    let (other, last) = report::closing_lines(&summary);
+    // The closing lines are always printed (also with --quiet).
+    println!("{other}");
+    println!("{last}");
+    Ok(RunOutput {
+        cases: records,
+        summary,
+    })
+}

@@ -1,0 +1,109 @@
+//! The attached implementation(s) and the harness identities a run uses.
+
+use crate::peer::Peer;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How the implementation under test is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Embedded server + in-process reference agent and dispatcher.
+    Reference,
+    /// A real XMPP server; the implementation is already running.
+    Server,
+    /// The harness spawned the implementation (on the embedded server or a real one).
+    Spawn,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Reference => "reference",
+            Mode::Server => "server",
+            Mode::Spawn => "spawn",
+        }
+    }
+}
+
+/// Control over the implementation's process or in-process instance.
+pub trait TargetControl: Send + Sync {
+    /// Restart the implementation (spawn mode / reference). Returns `Err` when not possible.
+    fn restart(&self) -> futures::future::BoxFuture<'_, Result<(), String>>;
+    /// Stop the implementation abruptly (to observe death detection). `Err` when not possible.
+    fn kill(&self) -> futures::future::BoxFuture<'_, Result<(), String>>;
+    /// Captured output since the last call (stdout, stderr), if any.
+    fn take_output(&self) -> (String, String) {
+        (String::new(), String::new())
+    }
+    /// Exit status if the process has exited.
+    fn exited(&self) -> Option<String> {
+        None
+    }
+}
+
+/// Raw injection into the agent's stream (embedded server only): any `from`, any bytes.
+pub trait Injector: Send + Sync {
+    /// Deliver `xml` (a whole stanza, possibly not well-formed) to the session of `to`
+    /// exactly as written, claiming to be from `from` when the stanza has no from.
+    fn inject(&self, to: &str, xml: &str) -> Result<(), String>;
+}
+
+/// A third-party (or reference) dispatcher under test and the harness's agent identities.
+pub struct DispatcherTarget {
+    pub jid: String,
+    /// Harness identities that act as agents towards the dispatcher.
+    pub agents: Vec<Peer>,
+    /// Harness identity in another XMPP domain, if the server has one.
+    pub foreign: Option<Peer>,
+}
+
+/// Everything a case can use.
+pub struct Session {
+    pub mode: Mode,
+    pub domain: String,
+    /// Full JID of the agent under test (agent cases).
+    pub agent: Option<String>,
+    /// The harness playing the dispatcher the agent was given (agent cases).
+    pub dsp: Option<Peer>,
+    /// An authorized requester identity.
+    pub req: Peer,
+    /// A requester the harness's dispatcher denies.
+    pub stranger: Peer,
+    /// A dispatcher under test (dispatcher cases).
+    pub dispatcher: Option<DispatcherTarget>,
+    /// Raw stream injection (embedded mode only).
+    pub inject: Option<Arc<dyn Injector>>,
+    /// Process control of the agent under test.
+    pub control: Option<Arc<dyn TargetControl>>,
+    /// The agent's disco#info features (read once at attach).
+    pub features: Mutex<Vec<String>>,
+    /// The dispatcher's disco#info features.
+    pub dispatcher_features: Mutex<Vec<String>>,
+    /// Load interval the agent was configured with (ms), when the harness set it.
+    pub load_interval_ms: Option<u64>,
+}
+
+impl Session {
+    pub fn has_feature(&self, var: &str) -> bool {
+        self.features
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|f| f == var)
+            || self
+                .dispatcher_features
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .any(|f| f == var)
+    }
+
+    /// Is the agent under test answering pings?
+    pub async fn agent_alive(&self, budget: Duration) -> bool {
+        match &self.agent {
+            Some(a) => matches!(self.req.ping(a, budget).await, Ok(true)),
+            None => true,
+        }
+    }
+}

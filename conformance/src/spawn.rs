@@ -1,0 +1,184 @@
+//! Spawn mode: start the implementation as a child process with the spawn-contract
+//! environment, capture its stdout/stderr, restart it after a crash.
+
+use crate::attach::wait_ready;
+use crate::peer::Peer;
+use crate::session::TargetControl;
+use futures::future::BoxFuture;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Captured output is capped per stream (older text is dropped first).
+const OUTPUT_CAP: usize = 256 * 1024;
+
+pub struct SpawnControl {
+    pub command: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// JID to ping for readiness.
+    pub ready_jid: String,
+    pub ready_budget: Duration,
+    child: tokio::sync::Mutex<Option<Child>>,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+    exit: Arc<Mutex<Option<String>>>,
+    /// The harness identity used to ping (set after the session is connected).
+    pub pinger: Mutex<Option<Peer>>,
+}
+
+fn push_capped(buf: &Mutex<String>, line: &str) {
+    let mut b = buf.lock().unwrap_or_else(|e| e.into_inner());
+    b.push_str(line);
+    b.push('\n');
+    if b.len() > OUTPUT_CAP {
+        let mut cut = b.len() - OUTPUT_CAP;
+        while !b.is_char_boundary(cut) {
+            cut += 1;
+        }
+        b.drain(..cut);
+    }
+}
+
+impl SpawnControl {
+    pub fn new(
+        command: Vec<String>,
+        env: Vec<(String, String)>,
+        ready_jid: String,
+        ready_budget: Duration,
+    ) -> SpawnControl {
+        SpawnControl {
+            command,
+            env,
+            ready_jid,
+            ready_budget,
+            child: tokio::sync::Mutex::new(None),
+            stdout: Arc::new(Mutex::new(String::new())),
+            stderr: Arc::new(Mutex::new(String::new())),
+            exit: Arc::new(Mutex::new(None)),
+            pinger: Mutex::new(None),
+        }
+    }
+
+    /// Start the process (no readiness wait).
+    pub async fn start(&self) -> Result<(), String> {
+        let (prog, args) = self
+            .command
+            .split_first()
+            .ok_or_else(|| "spawn mode needs a command after --".to_string())?;
+        let mut cmd = Command::new(prog);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {prog:?}: {e}"))?;
+        *self.exit.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        if let Some(out) = child.stdout.take() {
+            let buf = self.stdout.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(out).lines();
+                while let Ok(Some(l)) = lines.next_line().await {
+                    push_capped(&buf, &l);
+                }
+            });
+        }
+        if let Some(err) = child.stderr.take() {
+            let buf = self.stderr.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(err).lines();
+                while let Ok(Some(l)) = lines.next_line().await {
+                    push_capped(&buf, &l);
+                }
+            });
+        }
+        *self.child.lock().await = Some(child);
+        Ok(())
+    }
+
+    fn poll_exit(&self) {
+        if let Ok(mut g) = self.child.try_lock() {
+            if let Some(c) = g.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    *self.exit.lock().unwrap_or_else(|e| e.into_inner()) = Some(st.to_string());
+                    *g = None;
+                }
+            }
+        }
+    }
+
+    /// Send SIGTERM (via `kill`) and wait up to `budget` for the exit status.
+    pub async fn terminate(&self, budget: Duration) -> Result<Option<i32>, String> {
+        let mut g = self.child.lock().await;
+        let Some(child) = g.as_mut() else {
+            return Err("process not running".into());
+        };
+        let pid = child.id().ok_or("process already gone")?;
+        let st = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .map_err(|e| format!("cannot run kill: {e}"))?;
+        if !st.success() {
+            return Err("kill -TERM failed".into());
+        }
+        match tokio::time::timeout(budget, child.wait()).await {
+            Ok(Ok(st)) => {
+                *g = None;
+                Ok(st.code())
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Ok(None),
+        }
+    }
+}
+
+impl TargetControl for SpawnControl {
+    fn restart(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            {
+                let mut g = self.child.lock().await;
+                if let Some(mut c) = g.take() {
+                    let _ = c.kill().await;
+                }
+            }
+            self.start().await?;
+            let pinger = self
+                .pinger
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            match pinger {
+                Some(p) => wait_ready(&p, &self.ready_jid, self.ready_budget).await,
+                None => Ok(()),
+            }
+        })
+    }
+
+    fn kill(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let mut g = self.child.lock().await;
+            match g.take() {
+                Some(mut c) => c.kill().await.map_err(|e| e.to_string()),
+                None => Err("process not running".into()),
+            }
+        })
+    }
+
+    fn take_output(&self) -> (String, String) {
+        self.poll_exit();
+        let o = std::mem::take(&mut *self.stdout.lock().unwrap_or_else(|e| e.into_inner()));
+        let e = std::mem::take(&mut *self.stderr.lock().unwrap_or_else(|e| e.into_inner()));
+        (o, e)
+    }
+
+    fn exited(&self) -> Option<String> {
+        self.poll_exit();
+        self.exit.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
