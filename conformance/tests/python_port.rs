@@ -83,8 +83,9 @@ fn python_port_pytest_suite_passes() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Interop: the Rust dispatcher and the Rust requester against the Python agent, spawned as
-// `python -m vertebra_agent` with the spawn-contract variables, on both server kinds.
+// Interop through the Rust dispatcher: the Rust requester calls the Python agent (spawned as
+// `python -m vertebra_agent` with the spawn-contract variables) and the Python requester CLI
+// calls the Rust reference agent, on both server kinds.
 
 mod interop {
     use super::repo_root;
@@ -92,13 +93,14 @@ mod interop {
     use std::time::{Duration, Instant};
 
     use vertebra_embedded_server::testing::{ServerKind, TestServer};
+    use vertebra_reference_agent::agent::AgentBuilder;
     use vertebra_reference_agent::conn::ConnectOptions;
     use vertebra_reference_agent::dispatcher::{Dispatcher, DispatcherConfig};
     use vertebra_reference_agent::node::{wait_advertised, Node, NodeConfig};
     use vertebra_reference_agent::policy::Policy;
     use vertebra_reference_agent::protocol::payloads::test_ops;
     use vertebra_reference_agent::protocol::{Args, Value};
-    use vertebra_reference_agent::requester::{call_direct, call_single};
+    use vertebra_reference_agent::requester::{call_all, call_direct};
     use vertebra_reference_agent::tokio_xmpp::parsers::jid::{FullJid, Jid};
 
     const ONLINE: Duration = Duration::from_secs(15);
@@ -137,7 +139,13 @@ mod interop {
         };
         let addr = server.addr().to_string();
         let domain = server.domain().to_string();
-        for (user, pw) in [("dispatcher", "dpw"), ("py", "pypw"), ("req", "reqpw")] {
+        for (user, pw) in [
+            ("dispatcher", "dpw"),
+            ("py", "pypw"),
+            ("req", "reqpw"),
+            ("rs", "rspw"),
+            ("pyreq", "pyreqpw"),
+        ] {
             server.add_account(user, pw).await.expect("account");
         }
         let djid: FullJid = format!("dispatcher@{domain}/dispatcher").parse().unwrap();
@@ -153,9 +161,20 @@ mod interop {
             .await
             .expect("dispatcher online");
 
+        let rs_jid: FullJid = format!("rs@{domain}/agent").parse().unwrap();
+        let rust_agent = AgentBuilder::new(addr.clone(), rs_jid.clone(), "rspw")
+            .dispatcher(djid.clone())
+            .load_interval(Duration::from_millis(200))
+            .test_profile(true)
+            .start();
+        rust_agent
+            .wait_online(ONLINE)
+            .await
+            .expect("Rust agent online");
+
         let py_jid: FullJid = format!("py@{domain}/agent").parse().unwrap();
         let mut agent = AgentProcess(
-            Command::new(python)
+            Command::new(&python)
                 .args(["-m", "vertebra_agent"])
                 .current_dir(repo_root().join("ports/python"))
                 .env("PYTHONDONTWRITEBYTECODE", "1")
@@ -181,12 +200,14 @@ mod interop {
         let req = Node::start(rcfg);
         req.wait_online(ONLINE).await.expect("requester online");
         let d = Jid::from(djid.clone());
-        assert!(
-            wait_advertised(&req, &d, test_ops::ECHO, &py_jid, Duration::from_secs(20)).await,
-            "the Python agent never got listed by the Rust dispatcher"
-        );
+        for j in [&py_jid, &rs_jid] {
+            assert!(
+                wait_advertised(&req, &d, test_ops::ECHO, j, Duration::from_secs(20)).await,
+                "{j} never got listed by the Rust dispatcher"
+            );
+        }
 
-        // single: discover through the Rust dispatcher, call the Python agent
+        // all: the Rust requester fans out through the Rust dispatcher to both agents
         let args = Args::new()
             .with("x", Value::I4(-7))
             .with("d", Value::Double(0.25))
@@ -194,17 +215,65 @@ mod interop {
             .with("b", Value::Boolean(true))
             .with("bytes", Value::Base64(vec![0, 1, 255]))
             .with("l", Value::List(vec![Value::Nil, Value::I4(1)]));
-        let (who, chunks) = call_single(
+        let g = call_all(
             &req,
             &d,
             test_ops::ECHO,
             args.clone(),
             Duration::from_secs(10),
+            None,
         )
         .await
-        .expect("single echo to the Python agent");
-        assert_eq!(who, Jid::from(py_jid.clone()));
-        assert_eq!(chunks, vec![args]);
+        .expect("fan-out");
+        assert_eq!(g.outcomes.len(), 2);
+        for o in &g.outcomes {
+            assert_eq!(
+                o.result.as_ref().expect("echo"),
+                &vec![args.clone()],
+                "{}",
+                o.jid
+            );
+        }
+        assert!(g
+            .outcomes
+            .iter()
+            .any(|o| o.jid == Jid::from(py_jid.clone())));
+
+        // the Python requester (CLI) fans out through the Rust dispatcher to both agents
+        let out = Command::new(&python)
+            .args([
+                "-m",
+                "vertebra_agent.call",
+                "/vertebra/test/echo",
+                "x=i4:5",
+                "s=string: a b ",
+                "--all",
+                "--json",
+            ])
+            .current_dir(repo_root().join("ports/python"))
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env("VERTEBRA_SERVER", &addr)
+            .env("VERTEBRA_JID", format!("pyreq@{domain}/cli"))
+            .env("VERTEBRA_PASSWORD", "pyreqpw")
+            .env("VERTEBRA_DISPATCHER", djid.to_string())
+            .output()
+            .expect("run the Python requester");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "python requester failed: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_str(&stdout).expect("JSON output");
+        let outcomes = v["outcomes"].as_array().expect("outcomes");
+        assert_eq!(outcomes.len(), 2, "{stdout}");
+        let want = serde_json::json!([{"x": {"i4": 5}, "s": {"string": " a b "}}]);
+        for o in outcomes {
+            assert_eq!(o["status"], "final", "{stdout}");
+            assert_eq!(o["chunks"], want, "{stdout}");
+        }
+        let jids: Vec<&str> = outcomes.iter().filter_map(|o| o["jid"].as_str()).collect();
+        assert!(jids.contains(&rs_jid.to_string().as_str()), "{stdout}");
 
         // direct: streaming in order
         let chunks = call_direct(
@@ -259,16 +328,17 @@ mod interop {
         };
         assert!(status.success(), "agent exited with {status}");
         req.shutdown().await;
+        rust_agent.node().shutdown().await;
         dispatcher.shutdown().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn rust_requester_calls_python_agent_via_rust_dispatcher_embedded() {
+    async fn python_and_rust_interop_via_rust_dispatcher_embedded() {
         scenario(ServerKind::Embedded).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn rust_requester_calls_python_agent_via_rust_dispatcher_prosody() {
+    async fn python_and_rust_interop_via_rust_dispatcher_prosody() {
         scenario(ServerKind::Prosody).await;
     }
 }
