@@ -13,7 +13,9 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod dispatch;
 pub mod error;
+pub mod fuzzing;
 pub mod machine;
 pub mod payloads;
 pub mod requester;

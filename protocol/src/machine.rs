@@ -132,6 +132,7 @@ pub(crate) struct Pending {
 }
 
 impl Pending {
+    /// `limit`: no single wait goes past it.
     pub fn new(iq: OutIq, now: Millis, limit: Millis) -> Self {
         Pending {
             iq,
@@ -155,7 +156,8 @@ impl Pending {
         true
     }
 
-    /// Fire a due retry: returns the IQ to resend (same id, `[VAP-OPS-068]`).
+    /// Fire a due retry: returns the IQ to resend (same id, `[VAP-OPS-068]`); `limit` bounds the
+    /// new wait.
     pub fn fire(&mut self, now: Millis, limit: Millis) -> OutIq {
         self.retry_at = None;
         self.attempts += 1;

@@ -27,6 +27,7 @@ use crate::value::Args;
 
 /// What a machine asks its caller to do.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)]
 pub enum Output<E> {
     /// Send this IQ.
     Send(OutIq),
@@ -166,7 +167,11 @@ impl Requester {
             request_token: op.token.clone(),
             legacy_op: op.is_legacy(),
             token: None,
-            op_iq: Some(Pending::new(iq.clone(), now, op_deadline)),
+            op_iq: Some(Pending::new(
+                iq.clone(),
+                now,
+                op_deadline + DEADLINE_GRACE_MS,
+            )),
             cancel_iq: None,
             cancel_requested: false,
             cancel_iq_id: None,
@@ -262,7 +267,7 @@ impl Requester {
             id,
             body: IqBody::Set(Cancel { token }.to_element()),
         };
-        self.cancel_iq = Some(Pending::new(iq.clone(), now, self.op_deadline));
+        self.cancel_iq = Some(Pending::new(iq.clone(), now, self.hard_deadline));
         Some(Output::Send(iq))
     }
 
@@ -301,7 +306,7 @@ impl Requester {
             self.cancel_iq = None;
             return Vec::new();
         }
-        if !self.op_iq.as_ref().is_some_and(|p| p.iq.id == id) {
+        if self.op_iq.as_ref().is_none_or(|p| p.iq.id != id) {
             return Vec::new();
         }
         self.op_iq = None;
@@ -311,7 +316,10 @@ impl Requester {
             Some(Ok(r)) => {
                 return vec![self.end_local(
                     Condition::BadResponse,
-                    format!("op result token {} is not a rotation of {}", r.token, self.request_token),
+                    format!(
+                        "op result token {} is not a rotation of {}",
+                        r.token, self.request_token
+                    ),
                 )]
             }
             Some(Err(e)) => {
@@ -404,18 +412,24 @@ impl Requester {
             return vec![if self.cancel_requested {
                 self.end_local(Condition::Cancelled, "cancelled; deadline passed")
             } else {
-                self.end_local(Condition::DeadlineExpired, "no terminal stanza by deadline + 2 s")
+                self.end_local(
+                    Condition::DeadlineExpired,
+                    "no terminal stanza by deadline + 2 s",
+                )
             }];
         }
         let mut out = Vec::new();
+        // Retries never after the op deadline ([VAP-OPS-075]); per-IQ waits never past
+        // deadline + grace ([VAP-OPS-063]).
         let limit = self.op_deadline;
+        let wait_limit = self.hard_deadline;
         if let Some(p) = self.op_iq.as_mut() {
             if p.retry_at.is_some_and(|t| now >= t) {
-                out.push(Output::Send(p.fire(now, limit)));
+                out.push(Output::Send(p.fire(now, wait_limit)));
             } else if p.retry_at.is_none() && now >= p.timeout_at {
                 if p.schedule_retry(now, limit) {
                     // Already waited longer than the back-off: send at once.
-                    out.push(Output::Send(p.fire(now, limit)));
+                    out.push(Output::Send(p.fire(now, wait_limit)));
                 } else {
                     out.push(self.end_local(
                         Condition::ResponderGone,
@@ -427,10 +441,10 @@ impl Requester {
         }
         if let Some(p) = self.cancel_iq.as_mut() {
             if p.retry_at.is_some_and(|t| now >= t) {
-                out.push(Output::Send(p.fire(now, limit)));
+                out.push(Output::Send(p.fire(now, wait_limit)));
             } else if p.retry_at.is_none() && now >= p.timeout_at {
                 if p.schedule_retry(now, limit) {
-                    out.push(Output::Send(p.fire(now, limit)));
+                    out.push(Output::Send(p.fire(now, wait_limit)));
                 } else {
                     self.cancel_iq = None;
                 }
@@ -451,7 +465,13 @@ impl Requester {
     /// An IQ set from the responder (ack, nack, data, final, error). The first output is always
     /// the IQ answer (`[VAP-OPS-031]`); a repeated IQ id is answered again and not processed
     /// (`[VAP-OPS-066]`, `[VAP-OPS-067]`).
-    pub fn handle_iq_set(&mut self, from: &Jid, id: &str, payload: &Element, now: Millis) -> Vec<Out> {
+    pub fn handle_iq_set(
+        &mut self,
+        from: &Jid,
+        id: &str,
+        payload: &Element,
+        now: Millis,
+    ) -> Vec<Out> {
         let _ = now;
         let answer = OutIq::result(from.clone(), id);
         let mut out = vec![Output::Send(answer.clone())];

@@ -178,7 +178,9 @@ impl Responder {
             r.op_result = iq_error(&from, iq_id, cond, detail);
             r.end_condition = Some(Condition::BadRequest);
             out.push(Output::Send(r.op_result.clone()));
-            out.push(Output::Event(ResponderEvent::Ended(r.end_condition.clone())));
+            out.push(Output::Event(ResponderEvent::Ended(
+                r.end_condition.clone(),
+            )));
             return (r, out);
         };
         let op_token = request_token.rotate(s); // [VAP-OPS-003]
@@ -192,7 +194,9 @@ impl Responder {
             r.op_result = iq_error(&from, iq_id, Condition::BadRequest, "1.0 ops go in IQ set");
             r.end_condition = Some(Condition::BadRequest);
             out.push(Output::Send(r.op_result.clone()));
-            out.push(Output::Event(ResponderEvent::Ended(r.end_condition.clone())));
+            out.push(Output::Event(ResponderEvent::Ended(
+                r.end_condition.clone(),
+            )));
             return (r, out);
         }
         let op = match decoded {
@@ -220,11 +224,21 @@ impl Responder {
         match decision {
             Route::NoHandler => {
                 r.send_op_result(false, &mut out);
-                r.close_with_error(Condition::NoHandler, "no handler for this operation", now, &mut out);
+                r.close_with_error(
+                    Condition::NoHandler,
+                    "no handler for this operation",
+                    now,
+                    &mut out,
+                );
             }
             Route::Overloaded => {
                 r.send_op_result(false, &mut out);
-                r.close_with_error(Condition::Overloaded, "responder at capacity", now, &mut out);
+                r.close_with_error(
+                    Condition::Overloaded,
+                    "responder at capacity",
+                    now,
+                    &mut out,
+                );
             }
             Route::Handler { cached: Some(true) } if !r.legacy => {
                 // Fast path ([VAP-OPS-024], [VAP-OPS-025]): work starts now ([VAP-OPS-029]).
@@ -236,7 +250,9 @@ impl Responder {
                 r.send_op_result(false, &mut out);
                 r.send_ack(now, &mut out);
             }
-            Route::Handler { cached: Some(false) } => {
+            Route::Handler {
+                cached: Some(false),
+            } => {
                 r.send_op_result(false, &mut out);
                 r.close_with_nack(Condition::NotAuthorized, now, &mut out);
             }
@@ -438,7 +454,9 @@ impl Responder {
             self.data_out.clear();
             self.control = None;
             self.queue.clear();
-            out.push(Output::Event(ResponderEvent::Ended(self.end_condition.clone())));
+            out.push(Output::Event(ResponderEvent::Ended(
+                self.end_condition.clone(),
+            )));
         }
     }
 
@@ -463,12 +481,16 @@ impl Responder {
         match self.phase {
             Phase::Running => Ok(()),
             // After cancel/deadline the handler may still emit: ignored, not an error.
-            Phase::Closing | Phase::Done if self.end_condition.is_some() => Err(ProtocolError::new(
-                crate::error::Fault::CallerMisuse,
-                Condition::Cancelled,
-                format!("{what} after the op ended"),
-            )),
-            _ => Err(ProtocolError::misuse(format!("{what} before the handler was started"))),
+            Phase::Closing | Phase::Done if self.end_condition.is_some() => {
+                Err(ProtocolError::new(
+                    crate::error::Fault::CallerMisuse,
+                    Condition::Cancelled,
+                    format!("{what} after the op ended"),
+                ))
+            }
+            _ => Err(ProtocolError::misuse(format!(
+                "{what} before the handler was started"
+            ))),
         }
     }
 
@@ -498,9 +520,7 @@ impl Responder {
                 self.queue.push_back(args);
             }
         }
-        let count = self.next_seq
-            + self.queue.len() as u64
-            + u64::from(!on_final.is_empty()); // [VAP-OPS-042]
+        let count = self.next_seq + self.queue.len() as u64 + u64::from(!on_final.is_empty()); // [VAP-OPS-042]
         self.phase = Phase::Closing;
         self.terminal = Some(
             Final {
@@ -545,7 +565,7 @@ impl Responder {
             self.flush(now, &mut out);
             return out;
         }
-        if !self.control.as_ref().is_some_and(|p| p.iq.id == id) {
+        if self.control.as_ref().is_none_or(|p| p.iq.id != id) {
             return out;
         }
         self.control = None;
@@ -564,7 +584,13 @@ impl Responder {
 
     /// An IQ error arrived for one of our IQ sets: retry if allowed, else the requester is
     /// gone and the op ends silently.
-    pub fn handle_iq_error(&mut self, from: &Jid, id: &str, error: &StanzaError, now: Millis) -> Vec<Out> {
+    pub fn handle_iq_error(
+        &mut self,
+        from: &Jid,
+        id: &str,
+        error: &StanzaError,
+        now: Millis,
+    ) -> Vec<Out> {
         let mut out = Vec::new();
         if from != &self.requester || self.is_done() {
             return out;
@@ -587,7 +613,10 @@ impl Responder {
     }
 
     fn gone(&mut self, out: &mut Vec<Out>) {
-        let was_running = matches!(self.phase, Phase::Running | Phase::AckSent | Phase::Authorizing);
+        let was_running = matches!(
+            self.phase,
+            Phase::Running | Phase::AckSent | Phase::Authorizing
+        );
         if self.end_condition.is_none() && !self.terminal_sent {
             self.end_condition = Some(Condition::Other("requester-gone".into()));
         }
@@ -601,24 +630,41 @@ impl Responder {
 
     /// An IQ set from the requester: a cancel (or anything else for this op). The first output
     /// is the IQ answer (`[VAP-OPS-054]`).
-    pub fn handle_iq_set(&mut self, from: &Jid, id: &str, payload: &Element, now: Millis) -> Vec<Out> {
+    pub fn handle_iq_set(
+        &mut self,
+        from: &Jid,
+        id: &str,
+        payload: &Element,
+        now: Millis,
+    ) -> Vec<Out> {
         let mut out = vec![Output::Send(OutIq::result(from.clone(), id))];
         // [VAP-OPS-057], [VAP-SEC-005]: only the requester may cancel.
         if from != &self.requester || self.is_done() || !self.processed.insert(id.to_string()) {
             return out;
         }
         if let Ok(VertebraPayload::Cancel(c)) = VertebraPayload::from_element(payload) {
-            if Some(&c.token) != self.token.as_ref() || self.terminal_sent || self.terminal.is_some() {
+            if Some(&c.token) != self.token.as_ref()
+                || self.terminal_sent
+                || self.terminal.is_some()
+            {
                 return out;
             }
             // [VAP-OPS-055]
-            let running = matches!(self.phase, Phase::Running | Phase::AckSent | Phase::Authorizing);
+            let running = matches!(
+                self.phase,
+                Phase::Running | Phase::AckSent | Phase::Authorizing
+            );
             self.auth_deadline = None;
             if running {
                 out.push(Output::Event(ResponderEvent::Stop(Condition::Cancelled)));
             }
             self.control = None;
-            self.close_with_error(Condition::Cancelled, "cancelled by requester", now, &mut out);
+            self.close_with_error(
+                Condition::Cancelled,
+                "cancelled by requester",
+                now,
+                &mut out,
+            );
         }
         out
     }
@@ -632,12 +678,22 @@ impl Responder {
         if now >= self.deadline {
             // [VAP-OPS-061]; never wait past the deadline ([VAP-OPS-064]).
             if !self.terminal_sent {
-                let running = matches!(self.phase, Phase::Running | Phase::AckSent | Phase::Authorizing);
+                let running = matches!(
+                    self.phase,
+                    Phase::Running | Phase::AckSent | Phase::Authorizing
+                );
                 if running {
-                    out.push(Output::Event(ResponderEvent::Stop(Condition::DeadlineExpired)));
+                    out.push(Output::Event(ResponderEvent::Stop(
+                        Condition::DeadlineExpired,
+                    )));
                 }
                 self.control = None;
-                self.close_with_error(Condition::DeadlineExpired, "deadline expired", now, &mut out);
+                self.close_with_error(
+                    Condition::DeadlineExpired,
+                    "deadline expired",
+                    now,
+                    &mut out,
+                );
             }
             self.finish_done(&mut out);
             return out;
