@@ -234,10 +234,7 @@ mod interop {
                 o.jid
             );
         }
-        assert!(g
-            .outcomes
-            .iter()
-            .any(|o| o.jid == Jid::from(py_jid.clone())));
+        assert!(g.outcomes.iter().any(|o| o.jid == py_jid.clone()));
 
         // the Python requester (CLI) fans out through the Rust dispatcher to both agents
         let out = Command::new(&python)
