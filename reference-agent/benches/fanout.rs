@@ -1,0 +1,51 @@
+//! One op fanned out to 1 000 agents on the embedded server and gathered (`all`).
+//!
+//! `cargo bench -p vertebra-reference-agent --bench fanout`
+
+use std::time::{Duration, Instant};
+
+use vertebra_reference_agent::local::LocalBus;
+use vertebra_reference_agent::node::Call;
+use vertebra_reference_agent::policy::Policy;
+use vertebra_reference_agent::protocol::{Args, ResourceScope, Value};
+use vertebra_reference_agent::requester::{call_all, discover};
+
+fn main() {
+    let n: usize = std::env::var("FANOUT_AGENTS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let bus = LocalBus::start(Policy::allow_all()).await.unwrap();
+        let t0 = Instant::now();
+        let mut agents = Vec::with_capacity(n);
+        for i in 0..n {
+            let a = bus
+                .agent(&format!("worker{i:04}"))
+                .unwrap()
+                .advertise_ttl(3600)
+                .handle("/bench/fan", |c: Call| async move { Ok(Args::new().with("one", c.args.get("x").cloned().unwrap_or(Value::I4(1)))) })
+                .start();
+            agents.push(a);
+        }
+        for a in &agents {
+            a.wait_online(Duration::from_secs(120)).await.unwrap();
+        }
+        let req = bus.requester("req").await.unwrap();
+        loop {
+            let l = discover(&req, &bus.djid(), "/bench/fan", &ResourceScope::new(), None, Duration::from_secs(10)).await.unwrap();
+            if l.len() == n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        println!("{n} agents online and advertised in {:.1?}", t0.elapsed());
+        for round in 0..3 {
+            let t = Instant::now();
+            let g = call_all(&req, &bus.djid(), "/bench/fan", Args::new().with("x", Value::I4(1)), Duration::from_secs(30), None)
+                .await
+                .unwrap();
+            let el = t.elapsed();
+            let ok = g.outcomes.iter().filter(|o| o.result.is_ok()).count();
+            println!("round {round}: fan-out to {} agents gathered in {el:.1?} ({ok} ok) (target <= 1 s)", g.outcomes.len());
+        }
+    });
+}
