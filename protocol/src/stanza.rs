@@ -449,7 +449,7 @@ pub struct Final {
 pub struct OpError {
     /// Op token.
     pub token: OpToken,
-    /// `type` (default `error` when absent, as legacy peers did).
+    /// `type` (`error` when absent, as legacy peers did, or unknown, `[VAP-ERR-004]`).
     pub error_type: ErrorType,
     /// `condition` (absent from legacy peers).
     pub condition: Option<Condition>,
@@ -648,15 +648,11 @@ impl OpError {
     pub fn from_element(el: &Element) -> Result<Self, DecodeError> {
         expect(el, "error")?;
         let token = op_token(el)?;
-        let error_type = match el.attr("type") {
-            None => ErrorType::Error,
-            Some(t) => ErrorType::parse(t).ok_or_else(|| {
-                DecodeError::new(
-                    Rule::BadAttribute,
-                    format!("error type {t:?} is not error|fatal|cancel"),
-                )
-            })?,
-        };
+        // Unknown types are a terminal failure all the same ([VAP-ERR-004]): read as `error`.
+        let error_type = el
+            .attr("type")
+            .and_then(ErrorType::parse)
+            .unwrap_or(ErrorType::Error);
         let condition = el.attr("condition").map(Condition::parse);
         let mut reason = None;
         for c in element_children(el)? {
