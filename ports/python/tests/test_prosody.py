@@ -137,9 +137,9 @@ async def scenario(server, proc):
         assert r.merged() == values
         assert any(k == "authorize" and v["from"] == OPS and v["to"] == AGENT
                    for k, v in dispatcher_actor.log)
-        # a top-level res is a scoping resource; test ops provide none [VAP-RES-014]
-        r = await req.call(AGENT, "/vertebra/test/echo", {"where": Resource("/cluster/rd00")})
-        assert r.outcome == "no-handler"
+        # a top-level res is echoed too (test ops serve any scope; SPEC-FINDINGS.md A3)
+        r = await req.call(AGENT, "/vertebra/test/echo", {"where": Resource("/cluster/rd00/")})
+        assert r.ok and r.merged() == {"where": Resource("/cluster/rd00")}
 
         r = await req.call(AGENT, "/vertebra/test/stream", {"count": 20, "size": 100}, window=4)
         assert r.ok and [c["index"] for c in r.chunks] == list(range(20))

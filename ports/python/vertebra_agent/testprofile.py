@@ -50,9 +50,15 @@ def _ranged(ctx: Context, name: str, lo: int, hi: int | None) -> int:
 
 
 class TestProfile(Actor):
-    """Operations under ``/vertebra/test/`` (no scoping resources [VAP-TPF-005])."""
+    """Operations under ``/vertebra/test/`` (advertised without scoping resources [VAP-TPF-005]).
+
+    ``scoped = False``: a test op carrying top-level ``res`` values is still served, because
+    ``echo`` must return every named value [VAP-TPF-006]; read literally, VAP-RES-014/016 would
+    make it ``no-handler`` instead (SPEC-FINDINGS.md A3).
+    """
 
     __test__ = False  # not a pytest test class
+    scoped = False
 
     def __init__(self) -> None:
         self.counter = 0
