@@ -16,6 +16,7 @@
 pub mod dispatch;
 pub mod error;
 pub mod fuzzing;
+pub mod json;
 pub mod machine;
 pub mod payloads;
 pub mod requester;
