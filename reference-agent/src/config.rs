@@ -51,6 +51,15 @@ pub enum Misbehaviour {
     NoTenantIsolation,
     /// Dispatcher: authorizes everything (ignores the policy).
     AllowAll,
+    /// Fuzzer-planted bug (not in [`Misbehaviour::ALL`]): the agent's stanza router panics on
+    /// an op carrying the `i4` value -2147483648 (ping still answered, ops never again).
+    CrashOnOddInput,
+    /// Fuzzer-planted bug: every `/vertebra/test/stream` op with `count` >= 32 leaks 128 KiB
+    /// per chunk (visible as resident-memory growth of the agent process).
+    LeakOnLongStream,
+    /// Fuzzer-planted bug: duplicate suppression only remembers each sender's latest op IQ, so a
+    /// retransmitted op arriving after another op (reordered) is executed again.
+    ReexecuteReorderedDuplicate,
 }
 
 impl Misbehaviour {
@@ -94,6 +103,9 @@ impl Misbehaviour {
             Misbehaviour::AcceptForeignAdvert => "accept-foreign-advert",
             Misbehaviour::NoTenantIsolation => "no-tenant-isolation",
             Misbehaviour::AllowAll => "allow-all",
+            Misbehaviour::CrashOnOddInput => "crash-on-odd-input",
+            Misbehaviour::LeakOnLongStream => "leak-on-long-stream",
+            Misbehaviour::ReexecuteReorderedDuplicate => "reexecute-reordered-duplicate",
         }
     }
 
@@ -102,7 +114,65 @@ impl Misbehaviour {
         if s == "none" || s.is_empty() {
             return Some(Misbehaviour::None);
         }
-        Self::ALL.iter().copied().find(|m| m.name() == s)
+        Self::ALL
+            .iter()
+            .chain(Self::PLANTED)
+            .copied()
+            .find(|m| m.name() == s)
+    }
+
+    /// Bugs planted for the protocol-aware fuzzer's own tests (`vertebra-conformance fuzz`);
+    /// kept out of [`Misbehaviour::ALL`] because the conformance suite is not meant to find them.
+    pub const PLANTED: &'static [Misbehaviour] = &[
+        Misbehaviour::CrashOnOddInput,
+        Misbehaviour::LeakOnLongStream,
+        Misbehaviour::ReexecuteReorderedDuplicate,
+    ];
+
+    /// Apply a planted bug to an incoming Vertebra IQ payload. Returns `true` when duplicate
+    /// suppression must be skipped for it. Panics for [`Misbehaviour::CrashOnOddInput`] on its
+    /// trigger (deliberately: that is the planted crash).
+    pub fn planted(self, from: &str, id: &str, payload: &minidom::Element) -> bool {
+        if payload.name() != "op" {
+            return false;
+        }
+        match self {
+            Misbehaviour::CrashOnOddInput => {
+                fn odd(e: &minidom::Element) -> bool {
+                    (matches!(e.name(), "i4" | "int") && e.text().trim() == "-2147483648")
+                        || e.children().any(odd)
+                }
+                if odd(payload) {
+                    panic!("planted bug crash-on-odd-input: i4 -2147483648");
+                }
+                false
+            }
+            Misbehaviour::LeakOnLongStream => {
+                if payload.attr("type").is_some_and(|t| t.ends_with("/vertebra/test/stream")) {
+                    let count = payload
+                        .children()
+                        .find(|c| c.attr("name") == Some("count"))
+                        .and_then(|c| c.text().trim().parse::<i64>().ok())
+                        .unwrap_or(0);
+                    if count >= 32 {
+                        for _ in 0..count.min(256) {
+                            std::mem::forget(vec![0x5au8; 128 * 1024]);
+                        }
+                    }
+                }
+                false
+            }
+            Misbehaviour::ReexecuteReorderedDuplicate => {
+                static LAST: std::sync::Mutex<Option<std::collections::HashMap<String, String>>> =
+                    std::sync::Mutex::new(None);
+                let mut g = LAST.lock().unwrap_or_else(|e| e.into_inner());
+                let last = g
+                    .get_or_insert_with(Default::default)
+                    .insert(from.to_string(), id.to_string());
+                last.as_deref() != Some(id)
+            }
+            _ => false,
+        }
     }
 }
 

@@ -1009,7 +1009,9 @@ fn on_iq(node: &Node, from: Jid, id: String, set: bool, payload: Element) {
         return;
     }
     let is_op = payload.name() == "op";
-    let reexec = node.inner.cfg.misbehave == Misbehaviour::ReexecuteDuplicate && is_op;
+    // Fuzzer-planted bugs (mutants only; no effect when conforming).
+    let planted = node.inner.cfg.misbehave.planted(&from.to_string(), &id, &payload);
+    let reexec = (node.inner.cfg.misbehave == Misbehaviour::ReexecuteDuplicate && is_op) || planted;
     if !reexec {
         // [VAP-OPS-066] / [VAP-OPS-067]: a repeated IQ set gets the same answer, not re-processed.
         if let Some(ans) = node.inner.dedup.lock().unwrap().get(&from, &id) {
