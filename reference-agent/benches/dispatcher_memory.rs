@@ -5,10 +5,10 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
-use std::time::{Duration, Instant};
-
-use vertebra_reference_agent::protocol::{Resource, ResourceScope};
-use vertebra_reference_agent::table::Table;
+use vertebra_reference_agent::protocol::dispatch::Directory;
+use vertebra_reference_agent::protocol::payloads::AdvertiseRequest;
+use vertebra_reference_agent::protocol::{Load, Resource, ResourceScope};
+use vertebra_reference_agent::tokio_xmpp::parsers::jid::Jid;
 
 struct Counting;
 static LIVE: AtomicIsize = AtomicIsize::new(0);
@@ -34,8 +34,8 @@ static A: Counting = Counting;
 fn main() {
     let n = 100_000usize;
     let ops = [Resource::parse("/image/resize").unwrap()];
-    let now = Instant::now();
-    let jids: Vec<String> = (0..n).map(|i| format!("agent{i:06}@bench.example/agent")).collect();
+    let now = 0u64;
+    let jids: Vec<Jid> = (0..n).map(|i| format!("agent{i:06}@bench.example/agent").parse().unwrap()).collect();
     let scopes: Vec<ResourceScope> = (0..n)
         .map(|i| {
             let mut s = ResourceScope::new();
@@ -44,10 +44,12 @@ fn main() {
         })
         .collect();
     let before = LIVE.load(Ordering::Relaxed);
-    let mut t = Table::new();
+    let mut t = Directory::new("bench.example");
     for i in 0..n {
-        t.advertise(&jids[i], &ops, &scopes[i], 3600, now);
-        t.report(&jids[i], (i % 1000) as f64 / 1000.0, Duration::from_secs(1), now);
+        let adv = AdvertiseRequest { operations: ops.to_vec(), resources: scopes[i].clone(), ttl: 3600, advertiser: None };
+        t.advertise(&jids[i], &adv, now).unwrap();
+        let l = Load { value: (i % 1000) as f64 / 1000.0, inflight: Some(0), capacity: Some(8), interval: Some(1000) };
+        t.report_load(&jids[i], &l, now);
     }
     let after = LIVE.load(Ordering::Relaxed);
     let per = (after - before) as f64 / n as f64;

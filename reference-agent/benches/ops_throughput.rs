@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use futures::stream::{FuturesUnordered, StreamExt};
 use vertebra_reference_agent::local::LocalBus;
 use vertebra_reference_agent::node::{Call, CallOptions, Node};
-use vertebra_reference_agent::policy::Policy;
 use vertebra_reference_agent::protocol::{Args, Value};
 use vertebra_reference_agent::tokio_xmpp::parsers::jid::Jid;
 use vertebra_reference_agent::tokio_xmpp::parsers::minidom::Element;
@@ -60,7 +59,7 @@ async fn ops(req: &Node, to: &Jid, op: &str, n: usize) -> f64 {
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
-        let bus = LocalBus::start(Policy::allow_all()).await.unwrap();
+        let bus = LocalBus::start(vertebra_reference_agent::policy::allow_all()).await.unwrap();
         let agent = bus
             .agent("bench")
             .unwrap()

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use vertebra_reference_agent::local::LocalBus;
 use vertebra_reference_agent::node::{Call, Node};
-use vertebra_reference_agent::policy::Policy;
 use vertebra_reference_agent::protocol::{Args, Value};
 use vertebra_reference_agent::requester::call_single;
 use vertebra_reference_agent::tokio_xmpp::parsers::jid::Jid;
@@ -33,7 +32,7 @@ async fn resize(call: Call, backend: String) -> Result<Args, vertebra_reference_
 }
 
 pub async fn run(requests: usize) -> Result<FarmReport, String> {
-    let bus = LocalBus::start(Policy::allow_all()).await?;
+    let bus = LocalBus::start(vertebra_reference_agent::policy::allow_all()).await?;
     let loads = [("render1", 0.30), ("render2", 0.10), ("render3", 0.60)];
     let mut agents = vec![];
     for (name, _) in loads {

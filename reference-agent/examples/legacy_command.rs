@@ -10,7 +10,6 @@ use tokio::io::AsyncWriteExt;
 use vertebra_reference_agent::agent::AgentBuilder;
 use vertebra_reference_agent::local::LocalBus;
 use vertebra_reference_agent::node::{Call, HandlerError};
-use vertebra_reference_agent::policy::Policy;
 use vertebra_reference_agent::protocol::{Args, Value};
 use vertebra_reference_agent::requester::call_single;
 
@@ -28,7 +27,7 @@ pub fn wc_agent(b: AgentBuilder) -> AgentBuilder {
 }
 
 pub async fn run(text: &str) -> Result<(i32, i32), String> {
-    let bus = LocalBus::start(Policy::allow_all()).await?;
+    let bus = LocalBus::start(vertebra_reference_agent::policy::allow_all()).await?;
     let agent = wc_agent(bus.agent("legacy")?).start();
     agent.wait_online(Duration::from_secs(10)).await.map_err(|e| e.to_string())?;
     let req = bus.requester("user").await?;

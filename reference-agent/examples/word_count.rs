@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use vertebra_reference_agent::local::LocalBus;
 use vertebra_reference_agent::node::Call;
-use vertebra_reference_agent::policy::Policy;
 use vertebra_reference_agent::protocol::{Args, Value};
 use vertebra_reference_agent::requester::{call_all, Reducer};
 
@@ -45,7 +44,7 @@ pub fn reducer() -> Reducer {
 }
 
 pub async fn run(n: usize) -> Result<(BTreeMap<String, i32>, usize), String> {
-    let bus = LocalBus::start(Policy::allow_all()).await?;
+    let bus = LocalBus::start(vertebra_reference_agent::policy::allow_all()).await?;
     let words: Vec<&str> = CORPUS.split_whitespace().collect();
     let per = words.len().div_ceil(n.max(1));
     let mut agents = vec![];

@@ -31,7 +31,7 @@ use vertebra_protocol::{Args, Condition, ErrorType, Resource, ResourceScope, Val
 use crate::config::{ConfigError, Misbehaviour, SpawnEnv};
 use crate::conn::{ConnError, ConnectOptions};
 use crate::node::{Authorizer, Call, Handler, HandlerError, Node, NodeConfig};
-use crate::policy::Policy;
+use vertebra_protocol::dispatch::Policy;
 
 /// Builder for an [`Agent`].
 pub struct AgentBuilder {

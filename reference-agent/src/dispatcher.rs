@@ -23,18 +23,18 @@ use tokio_xmpp::parsers::{
     presence::{Presence, Type as PresenceType},
     stanza_error::{DefinedCondition, ErrorType as XmppErrorType, StanzaError},
 };
+use vertebra_protocol::dispatch::{Directory, Policy, Refusal};
 use vertebra_protocol::payloads::{
-    AdvertiseRequest, AdvertiseResponse, AuthorizeRequest, AuthorizeResponse, DiscoverRequest,
+    AdvertiseRequest, AuthorizeRequest, AuthorizeResponse, DiscoverRequest, DiscoverResponse,
     OP_ADVERTISE, OP_AUTHORIZE, OP_DISCOVER,
 };
 use vertebra_protocol::value::{decode_named, NamedMode};
-use vertebra_protocol::{Args, Load, Value, NS};
+use vertebra_protocol::{ErrorType, Load, NS};
 
 use crate::config::Misbehaviour;
 use crate::conn::ConnectOptions;
 use crate::node::{Authorizer, Call, HandlerError, HandlerResult, Node, NodeConfig};
-use crate::policy::{AuthzRequest, Decision, Policy, PolicySource};
-use crate::table::Table;
+use crate::policy::PolicySource;
 
 /// Namespace of the replica-to-replica advert forwarding.
 pub const NS_REPLICA: &str = "urn:vertebra:1.0:replica";
@@ -68,9 +68,12 @@ impl DispatcherConfig {
 }
 
 struct State {
-    table: Table,
+    dir: Directory,
+    /// Last accepted advertisement per agent with its receipt time (snapshots for replicas).
+    adverts: std::collections::HashMap<String, (AdvertiseRequest, std::time::Instant)>,
     policy: PolicySource,
     siblings: Vec<Jid>,
+    no_death: bool,
 }
 
 /// A running dispatcher.
@@ -82,6 +85,19 @@ pub struct Dispatcher {
 
 fn now() -> std::time::Instant {
     std::time::Instant::now()
+}
+
+/// Milliseconds on a process-wide monotonic clock (the protocol crate's time unit).
+fn now_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64
+}
+
+fn refusal(r: Refusal) -> HandlerError {
+    match r {
+        Refusal::BadValue(m) => bad(m),
+        Refusal::Nack(c) => HandlerError::with(ErrorType::Fatal, c, "refused"),
+    }
 }
 
 fn bad(msg: impl Into<String>) -> HandlerError {
@@ -101,14 +117,15 @@ impl Dispatcher {
         ncfg.features = vec![vertebra_protocol::FEATURE_DISPATCHER.to_string()];
         ncfg.serve = false;
         let node = Node::start(ncfg);
-        let mut table = Table::new();
-        table.no_death = cfg.misbehave == Misbehaviour::SlowDeathDetection;
+        let domain = cfg.connect.jid.domain().as_str().to_string();
         let d = Dispatcher {
             node: node.clone(),
             state: Arc::new(Mutex::new(State {
-                table,
+                dir: Directory::new(domain),
+                adverts: Default::default(),
                 policy,
                 siblings: vec![],
+                no_death: cfg.misbehave == Misbehaviour::SlowDeathDetection,
             })),
         };
         let m = cfg.misbehave;
@@ -158,7 +175,9 @@ impl Dispatcher {
                     }
                 }
                 let mut st = dd.state.lock().unwrap();
-                st.table.sweep(now());
+                st.dir.tick(now_ms());
+                let t = now();
+                st.adverts.retain(|_, (r, at)| t.duration_since(*at).as_secs() < r.ttl as u64);
                 st.policy.reload_if_changed();
             }
         });
@@ -177,7 +196,7 @@ impl Dispatcher {
 
     /// Number of tracked agents.
     pub fn agent_count(&self) -> usize {
-        self.state.lock().unwrap().table.len()
+        self.state.lock().unwrap().dir.len()
     }
 
     /// Replace the policy (in-memory).
@@ -199,21 +218,24 @@ impl Dispatcher {
 
     fn advertise(&self, c: &Call) -> HandlerResult {
         let req = AdvertiseRequest::from_args(&c.args).map_err(|e| bad(e.detail))?; // [VAP-DSC-009]
-        if req.ttl > vertebra_protocol::payloads::MAX_ADVERTISE_TTL {
-            return Err(bad("ttl must be 0..=86400"));
-        }
-        let from = c.from.to_string();
-        // [VAP-DSC-003] registered under the sender's full JID only.
-        self.state.lock().unwrap().table.advertise(
-            &from,
-            &req.operations,
-            &req.resources,
-            req.ttl,
-            now(),
-        );
-        log::debug!("advert from {from}: {} ops ttl {}", req.operations.len(), req.ttl);
-        self.replicate(&from, &req);
-        Ok(AdvertiseResponse { ok: true }.to_args())
+        let resp = {
+            let mut st = self.state.lock().unwrap();
+            // [VAP-DSC-003]: registered under the sender's full JID only.
+            let resp = st.dir.advertise(&c.from, &req, now_ms()).map_err(refusal)?;
+            let key = c.from.to_string();
+            if req.ttl == 0 {
+                st.adverts.remove(&key);
+            } else if !req.operations.is_empty() {
+                st.adverts.insert(key, (req.clone(), now()));
+            } else if let Some(e) = st.adverts.get_mut(&key) {
+                e.0.ttl = req.ttl;
+                e.1 = now();
+            }
+            resp
+        };
+        log::debug!("advert from {}: {} ops ttl {}", c.from, req.operations.len(), req.ttl);
+        self.replicate(&c.from.to_string(), &req);
+        Ok(resp.to_args())
     }
 
     fn replicate(&self, agent: &str, req: &AdvertiseRequest) {
@@ -240,91 +262,71 @@ impl Dispatcher {
         let Ok(args) = decode_named(el, 0, NamedMode::Strict).map(|(a, _)| a) else {
             return refuse(DefinedCondition::BadRequest);
         };
-        let Ok(req) = AdvertiseRequest::from_args(&args) else {
+        let (Ok(req), Ok(agent_jid)) = (AdvertiseRequest::from_args(&args), agent.parse::<Jid>())
+        else {
             return refuse(DefinedCondition::BadRequest);
         };
-        self.state
-            .lock()
-            .unwrap()
-            .table
-            .advertise(agent, &req.operations, &req.resources, req.ttl, now());
+        let mut st = self.state.lock().unwrap();
+        if st.dir.advertise(&agent_jid, &req, now_ms()).is_ok() && req.ttl > 0 {
+            st.adverts.insert(agent.to_string(), (req, now()));
+        }
         Ok(None)
     }
 
     fn discover(&self, c: &Call, m: Misbehaviour) -> HandlerResult {
         let req = DiscoverRequest::from_args(&c.args).map_err(|e| bad(e.detail))?; // [VAP-DSC-021]
-        let from = c.from.to_string();
-        let st = self.state.lock().unwrap();
-        let limit = req.limit.map(|l| l as usize);
-        let mut list = if m == Misbehaviour::NoTenantIsolation {
-            let mut all = vec![];
-            for d in st.table.domains() {
-                all.extend(st.table.discover_in(&d, &from, &req.operation, &req.resources, limit, now()));
+        let mut st = self.state.lock().unwrap();
+        let mut resp = if m == Misbehaviour::NoTenantIsolation {
+            // Mutant: answers any domain with the own tenant's agents.
+            let own = st.dir.own_domain().to_string();
+            st.dir.tick(now_ms());
+            let me = c.from.to_string();
+            let limit = req.limit.map_or(usize::MAX, |l| l as usize);
+            let picked = st.dir.pick(&own, &req.operation, &req.resources, limit, |j| j != me);
+            let mut r = DiscoverResponse { jids: vec![], loads: vec![] };
+            for (lk, j) in picked {
+                if let Ok(j) = j.parse::<Jid>() {
+                    r.jids.push(j);
+                    r.loads.push(if lk == u64::MAX { f64::INFINITY } else { f64::from_bits(lk) });
+                }
             }
-            all
+            r
         } else {
-            st.table.discover(&from, &req.operation, &req.resources, limit, now())
+            st.dir.discover(&c.from, &req, now_ms()).map_err(refusal)?
         };
         drop(st);
         if m == Misbehaviour::WrongDiscoverOrder {
-            list.reverse();
+            resp.jids.reverse();
+            resp.loads.reverse();
         }
-        // [VAP-DSC-014] loads: double, or nil for an agent that never reported.
-        Ok(Args::new()
-            .with(
-                "jids",
-                Value::List(list.iter().map(|(j, _)| Value::String(j.to_string())).collect()),
-            )
-            .with(
-                "loads",
-                Value::List(
-                    list.iter()
-                        .map(|(_, l)| l.map(Value::Double).unwrap_or(Value::Nil))
-                        .collect(),
-                ),
-            ))
+        Ok(resp.to_args())
     }
 
     fn authorize(&self, c: &Call, m: Misbehaviour) -> HandlerResult {
         let req = AuthorizeRequest::from_args(&c.args).map_err(|e| bad(e.detail))?;
-        let from_bare = req.from.to_bare().to_string();
-        let to_bare = req.to.to_bare().to_string();
-        let res: Vec<(String, String)> = req
+        let resp = if m == Misbehaviour::AllowAll {
+            AuthorizeResponse { authorized: true, ttl: 0 }
+        } else {
+            // [VAP-SEC-013]…[VAP-SEC-016], [VAP-SEC-020]: the protocol crate decides.
+            self.state.lock().unwrap().policy.policy().decide(&c.from, &req)
+        };
+        let res: Vec<String> = req
             .resources
             .iter()
-            .map(|e| (e.key.clone().unwrap_or_default(), e.resource.as_str().to_string()))
+            .map(|e| format!("{}={}", e.key.clone().unwrap_or_default(), e.resource.as_str()))
             .collect();
-        let (decision, ttl, rule) = if c.from != req.to {
-            // [VAP-SEC-015]
-            (Decision::Deny, 0, None)
-        } else if m == Misbehaviour::AllowAll {
-            (Decision::Allow, 0, None)
-        } else {
-            // [VAP-SEC-013], [VAP-SEC-014], [VAP-SEC-020] (cross-domain denied in decide()).
-            let st = self.state.lock().unwrap();
-            let v = st.policy.policy().decide(&AuthzRequest {
-                from_bare: &from_bare,
-                to_bare: &to_bare,
-                operation: req.operation.as_str(),
-                resources: &res,
-            });
-            (v.decision, v.ttl, v.rule)
-        };
+        // The decision log.
         log::info!(
-            "authorize from={} to={} op={} resources={:?} -> {:?} (rule {}) asked-by={}",
+            "authorize from={} to={} op={} resources=[{}] -> {} ttl={} asked-by={}",
             req.from,
             req.to,
             req.operation,
-            res,
-            decision,
-            rule.map(|r| r.to_string()).unwrap_or_else(|| "default".into()),
+            res.join(","),
+            if resp.authorized { "authorized" } else { "notauthorized" },
+            resp.ttl,
             c.from
         );
-        Ok(AuthorizeResponse {
-            authorized: decision == Decision::Allow,
-            ttl: if decision == Decision::Allow { ttl } else { 0 },
-        }
-        .to_args())
+        Ok(resp.to_args())
     }
 
     fn presence(&self, n: &Node, p: &Presence) {
@@ -347,20 +349,14 @@ impl Dispatcher {
                     // Snapshot for the newcomer; answer its presence so it learns of us too.
                     let t = now();
                     let snapshot: Vec<(String, AdvertiseRequest)> = st
-                        .table
-                        .jids()
-                        .into_iter()
-                        .filter_map(|j| {
-                            st.table.advert_of(&j, t).map(|(ops, res, ttl)| {
-                                (
-                                    j,
-                                    AdvertiseRequest {
-                                        operations: ops,
-                                        resources: res,
-                                        ttl,
-                                        advertiser: None,
-                                    },
-                                )
+                        .adverts
+                        .iter()
+                        .filter_map(|(j, (r, at))| {
+                            let left = (r.ttl as u64).saturating_sub(t.duration_since(*at).as_secs());
+                            (left > 0).then(|| {
+                                let mut r = r.clone();
+                                r.ttl = left as u32;
+                                (j.clone(), r)
                             })
                         })
                         .collect();
@@ -383,7 +379,11 @@ impl Dispatcher {
         }
         if p.type_ == PresenceType::Unavailable {
             // [VAP-DSC-013] / [VAP-LOAD-012]: immediately.
-            self.state.lock().unwrap().table.remove(&from.to_string());
+            let mut st = self.state.lock().unwrap();
+            if !st.no_death {
+                st.dir.unavailable(&from, now_ms());
+                st.adverts.remove(&from.to_string());
+            }
             return;
         }
         if p.type_ != PresenceType::None || from.domain().as_str() != my_domain {
@@ -392,12 +392,7 @@ impl Dispatcher {
         for el in &p.payloads {
             if el.is("load", NS) {
                 if let Ok(l) = Load::from_element(el) {
-                    let iv = Duration::from_millis(l.interval_ms() as u64);
-                    self.state
-                        .lock()
-                        .unwrap()
-                        .table
-                        .report(&from.to_string(), l.value, iv, now());
+                    self.state.lock().unwrap().dir.report_load(&from, &l, now_ms());
                 }
             }
         }

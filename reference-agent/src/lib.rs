@@ -10,7 +10,6 @@ pub mod node;
 pub mod requester;
 pub mod agent;
 pub mod dispatcher;
-pub mod table;
 
 pub use tokio_xmpp;
 pub use vertebra_protocol as protocol;

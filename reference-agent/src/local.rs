@@ -12,7 +12,7 @@ use crate::agent::AgentBuilder;
 use crate::conn::ConnectOptions;
 use crate::dispatcher::{Dispatcher, DispatcherConfig};
 use crate::node::{Node, NodeConfig};
-use crate::policy::Policy;
+use vertebra_protocol::dispatch::Policy;
 
 /// Deadline for coming online in local setups.
 pub const ONLINE: Duration = Duration::from_secs(10);

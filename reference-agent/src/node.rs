@@ -30,7 +30,7 @@ use vertebra_protocol::{
 
 use crate::config::Misbehaviour;
 use crate::conn::{Conn, ConnError, ConnectOptions, Incoming, IqReply};
-use crate::policy::{AuthzRequest, Decision, Policy};
+use vertebra_protocol::dispatch::Policy;
 
 /// How long a receiver remembers answered IQ sets ([VAP-OPS-065]).
 pub const DEDUP_WINDOW: Duration = Duration::from_secs(300);
@@ -1135,24 +1135,14 @@ fn authorize_now(node: &Node, from: &Jid, op: &str, scope: &ResourceScope) -> Op
         Authorizer::DenyAll => Some(false),
         Authorizer::SameDomain => Some(domain(from) == me.domain().as_str()),
         Authorizer::Local(p) => {
-            let res: Vec<(String, String)> = scope
-                .iter()
-                .map(|e| {
-                    (
-                        e.key.clone().unwrap_or_default(),
-                        e.resource.as_str().to_string(),
-                    )
-                })
-                .collect();
-            let from_bare = from.to_bare().to_string();
-            let to_bare = me.to_bare().to_string();
-            let v = p.decide(&AuthzRequest {
-                from_bare: &from_bare,
-                to_bare: &to_bare,
-                operation: op,
-                resources: &res,
-            });
-            Some(v.decision == Decision::Allow)
+            let me = Jid::from(me);
+            let req = AuthorizeRequest {
+                from: from.clone(),
+                to: me.clone(),
+                operation: Resource::parse(op).ok()?,
+                resources: scope.clone(),
+            };
+            Some(p.decide(&me, &req).authorized)
         }
         Authorizer::Dispatcher(_) => {
             let key = authz_key(from, op, scope);
@@ -1583,7 +1573,7 @@ async fn advertiser(node: Node) {
                 vertebra_protocol::payloads::OP_ADVERTISE,
                 req.to_args(),
                 CallOptions {
-                    timeout: Duration::from_secs(5),
+                    timeout: Duration::from_secs(2),
                     ..Default::default()
                 },
             )
@@ -1592,8 +1582,8 @@ async fn advertiser(node: Node) {
         let next = match &r {
             Ok(_) => Duration::from_millis(ttl as u64 * 900),
             Err(e) => {
-                log::warn!("advertise to {d} failed: {e}");
-                Duration::from_millis(500)
+                log::warn!("advertise to {d} failed: {e}; retrying");
+                Duration::from_millis(200)
             }
         };
         tokio::select! {

@@ -1,57 +1,56 @@
-//! The dispatcher's policy file: JSON, reloadable, default deny ([VAP-SEC] authorization).
+//! The dispatcher's policy file: JSON, reloadable, default deny ([VAP-SEC-013]…[VAP-SEC-020]).
+//! This module only reads the file; the decision is `vertebra_protocol::dispatch::Policy`
+//! (deny overrides allow, nothing matching = deny, cross-domain = deny).
 //!
 //! ```json
 //! {
-//!   "default": "deny",
 //!   "ttl": 60,
 //!   "rules": [
 //!     { "from": "ops@example.com", "operation": "/gem", "decision": "allow" },
 //!     { "from": "example.com", "operation": "/gem/list",
 //!       "resources": { "cluster": ["/cluster/rd00"] }, "decision": "allow", "ttl": 0 },
-//!     { "from": "*", "operation": "/vertebra/test", "decision": "allow" }
+//!     { "from": "intern@example.com", "operation": "/gem/delete", "decision": "deny" }
 //!   ]
 //! }
 //! ```
 //!
 //! - `from`: a bare JID (`user@domain`), a domain (`domain`), or `*` (any requester of the
-//!   dispatcher's tenant: the dispatcher never authorizes across domains, see [VAP-SEC]).
-//! - `operation`: an operation path; matches when it is a segment-prefix of the requested
-//!   operation (`/gem` covers `/gem/list`).
-//! - `resources` (optional): keyed resource lists; when present, every requested keyed resource
-//!   must lie under one listed for its key (segment prefix), and a requested key with no entry
-//!   here does not match.
-//! - `to` (optional): restrict the responder, by bare JID or domain.
-//! - First matching rule wins. No match: `default` (which itself defaults to deny).
-//!
-//! The file is parsed here; the decision logic is a pure function of (policy, request), kept
-//! free of I/O so it can be tested exhaustively and evaluated identically by every replica.
+//!   dispatcher's own domain).
+//! - `operation`: the rule covers this path and everything below it (`/gem` covers `/gem/list`).
+//! - `resources` (optional): per key, the request's resources under that key must all lie at or
+//!   below one listed here; keys not listed are unconstrained.
+//! - `to` (optional): only for this responder (bare or full JID).
+//! - `decision`: `allow` or `deny`; a matching deny wins over any allow.
+//! - `ttl`: seconds the responder may cache an allow (rule value, else the file's, else 0).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
+use tokio_xmpp::parsers::jid::{BareJid, Jid};
+use vertebra_protocol::dispatch::{Effect, Policy, PolicyRule, Subject};
+use vertebra_protocol::{Resource, ResourceScope};
 
 /// allow / deny.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Decision {
     /// Authorized.
     Allow,
     /// Not authorized.
-    #[default]
     Deny,
 }
 
 /// One rule of the policy file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Rule {
+pub struct RuleFile {
     /// Requester: bare JID, domain, or `*`.
     pub from: String,
-    /// Responder restriction: bare JID, domain, or `*` (default `*`).
-    #[serde(default = "star")]
-    pub to: String,
+    /// Responder restriction: bare or full JID.
+    #[serde(default)]
+    pub to: Option<String>,
     /// Operation path prefix.
     pub operation: String,
     /// Keyed resource prefixes (optional).
@@ -59,28 +58,21 @@ pub struct Rule {
     pub resources: Option<BTreeMap<String, Vec<String>>>,
     /// Decision when the rule matches.
     pub decision: Decision,
-    /// Cache time in seconds handed to the responder (overrides the file's `ttl`).
+    /// Cache time in seconds (overrides the file's `ttl`).
     #[serde(default)]
     pub ttl: Option<u32>,
-}
-
-fn star() -> String {
-    "*".into()
 }
 
 /// A policy file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct Policy {
-    /// Decision when no rule matches (deny unless stated).
-    #[serde(default)]
-    pub default: Decision,
-    /// Default cache seconds for answers (0 = do not cache).
+pub struct PolicyFile {
+    /// Default cache seconds for allows (0 = do not cache).
     #[serde(default)]
     pub ttl: u32,
-    /// Rules, first match wins.
+    /// Rules (order does not matter; deny wins).
     #[serde(default)]
-    pub rules: Vec<Rule>,
+    pub rules: Vec<RuleFile>,
 }
 
 /// Errors reading a policy file.
@@ -104,122 +96,90 @@ pub enum PolicyError {
     },
 }
 
-/// What is being authorized.
-#[derive(Debug, Clone)]
-pub struct AuthzRequest<'a> {
-    /// Requester bare JID (`user@domain`).
-    pub from_bare: &'a str,
-    /// Responder bare JID.
-    pub to_bare: &'a str,
-    /// Operation path.
-    pub operation: &'a str,
-    /// Keyed resources of the call (key, path).
-    pub resources: &'a [(String, String)],
-}
-
-/// The answer with the rule that produced it (for the decision log).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Verdict {
-    /// allow / deny.
-    pub decision: Decision,
-    /// Cache seconds.
-    pub ttl: u32,
-    /// Index of the matching rule, None = default.
-    pub rule: Option<usize>,
-}
-
-fn domain_of(bare: &str) -> &str {
-    bare.rsplit_once('@').map(|(_, d)| d).unwrap_or(bare)
-}
-
-fn principal_matches(pattern: &str, bare: &str) -> bool {
-    pattern == "*" || pattern == bare || (!pattern.contains('@') && pattern == domain_of(bare))
-}
-
-/// Segment-prefix test on resource paths ("/a" covers "/a/b", not "/ab").
-pub fn path_covers(prefix: &str, path: &str) -> bool {
-    let p = prefix.trim_end_matches('/');
-    if p.is_empty() {
-        return path.starts_with('/');
+fn perr(path: &str, err: impl Into<String>) -> PolicyError {
+    PolicyError::Parse {
+        path: path.into(),
+        err: err.into(),
     }
-    path == p || (path.starts_with(p) && path[p.len()..].starts_with('/'))
 }
 
-impl Policy {
-    /// Parse policy JSON text.
-    pub fn from_json(text: &str, path: &str) -> Result<Policy, PolicyError> {
-        let p: Policy = serde_json::from_str(text).map_err(|e| PolicyError::Parse {
-            path: path.into(),
-            err: e.to_string(),
-        })?;
-        for (i, r) in p.rules.iter().enumerate() {
-            if !r.operation.starts_with('/') {
-                return Err(PolicyError::Parse {
-                    path: path.into(),
-                    err: format!("rule {i}: operation must start with '/'"),
-                });
-            }
-        }
+impl PolicyFile {
+    /// Parse JSON text.
+    pub fn from_json(text: &str, path: &str) -> Result<PolicyFile, PolicyError> {
+        let p: PolicyFile = serde_json::from_str(text).map_err(|e| perr(path, e.to_string()))?;
+        p.to_policy(path)?;
         Ok(p)
+    }
+
+    /// The decision table.
+    pub fn to_policy(&self, path: &str) -> Result<Policy, PolicyError> {
+        let mut rules = vec![];
+        for (i, r) in self.rules.iter().enumerate() {
+            let subject = if r.from == "*" {
+                Subject::Any
+            } else if r.from.contains('@') {
+                Subject::Bare(
+                    r.from
+                        .parse::<BareJid>()
+                        .map_err(|e| perr(path, format!("rule {i}: from {:?}: {e}", r.from)))?,
+                )
+            } else {
+                Subject::Domain(r.from.clone())
+            };
+            let operation = Resource::parse(&r.operation)
+                .map_err(|e| perr(path, format!("rule {i}: operation: {}", e.detail)))?;
+            let mut resources = ResourceScope::new();
+            for (k, list) in r.resources.iter().flatten() {
+                for p in list {
+                    let res = Resource::parse(p)
+                        .map_err(|e| perr(path, format!("rule {i}: resource {k}: {}", e.detail)))?;
+                    resources.push(Some(k), res);
+                }
+            }
+            let responder = match &r.to {
+                None => None,
+                Some(t) => Some(
+                    t.parse::<Jid>()
+                        .map_err(|e| perr(path, format!("rule {i}: to {t:?}: {e}")))?,
+                ),
+            };
+            rules.push(PolicyRule {
+                subject,
+                operation,
+                resources,
+                responder,
+                effect: match r.decision {
+                    Decision::Allow => Effect::Allow,
+                    Decision::Deny => Effect::Deny,
+                },
+                ttl: r.ttl.unwrap_or(self.ttl),
+            });
+        }
+        Ok(Policy { rules })
     }
 
     /// Read a policy file.
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|err| PolicyError::Io {
-            path: path.display().to_string(),
+            path: shown.clone(),
             err,
         })?;
-        Self::from_json(&text, &path.display().to_string())
+        Self::from_json(&text, &shown)?.to_policy(&shown)
     }
+}
 
-    /// Allow everything within the tenant (handy for demos and tests; never the default).
-    pub fn allow_all() -> Policy {
-        Policy {
-            default: Decision::Allow,
+/// Allow every op within the tenant (demos and tests; never a default), cached 60 s.
+pub fn allow_all() -> Policy {
+    Policy {
+        rules: vec![PolicyRule {
+            subject: Subject::Any,
+            operation: Resource::root(),
+            resources: ResourceScope::new(),
+            responder: None,
+            effect: Effect::Allow,
             ttl: 60,
-            rules: vec![],
-        }
-    }
-
-    /// Decide. Requests across domains (requester and responder in different XMPP domains)
-    /// are always denied: tenants are isolated by domain.
-    pub fn decide(&self, req: &AuthzRequest<'_>) -> Verdict {
-        if domain_of(req.from_bare) != domain_of(req.to_bare) {
-            return Verdict {
-                decision: Decision::Deny,
-                ttl: 0,
-                rule: None,
-            };
-        }
-        for (i, r) in self.rules.iter().enumerate() {
-            if !principal_matches(&r.from, req.from_bare)
-                || !principal_matches(&r.to, req.to_bare)
-                || !path_covers(&r.operation, req.operation)
-            {
-                continue;
-            }
-            if let Some(allowed) = &r.resources {
-                let ok = req.resources.iter().all(|(k, v)| {
-                    allowed
-                        .get(k)
-                        .map(|list| list.iter().any(|a| path_covers(a, v)))
-                        .unwrap_or(false)
-                });
-                if !ok {
-                    continue;
-                }
-            }
-            return Verdict {
-                decision: r.decision,
-                ttl: r.ttl.unwrap_or(self.ttl),
-                rule: Some(i),
-            };
-        }
-        Verdict {
-            decision: self.default,
-            ttl: self.ttl,
-            rule: None,
-        }
+        }],
     }
 }
 
@@ -244,7 +204,7 @@ impl PolicySource {
 
     /// Load from a file (errors are fatal at start).
     pub fn file(path: PathBuf) -> Result<Self, PolicyError> {
-        let policy = Policy::load(&path)?;
+        let policy = PolicyFile::load(&path)?;
         let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
         Ok(PolicySource {
             path: Some(path),
@@ -266,7 +226,7 @@ impl PolicySource {
             return false;
         }
         self.mtime = mtime;
-        match Policy::load(path) {
+        match PolicyFile::load(path) {
             Ok(p) => {
                 log::info!("policy reloaded from {} ({} rules)", path.display(), p.rules.len());
                 self.policy = p;
@@ -283,81 +243,67 @@ impl PolicySource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vertebra_protocol::payloads::AuthorizeRequest;
 
-    fn req<'a>(from: &'a str, op: &'a str, res: &'a [(String, String)]) -> AuthzRequest<'a> {
-        AuthzRequest {
-            from_bare: from,
-            to_bare: "agent@x.test",
-            operation: op,
-            resources: res,
+    fn ask(p: &Policy, from: &str, op: &str, res: &[(&str, &str)]) -> bool {
+        let mut scope = ResourceScope::new();
+        for (k, v) in res {
+            scope.push(Some(k), Resource::parse(v).unwrap());
         }
+        let to: Jid = "agent@x.test/agent".parse().unwrap();
+        let req = AuthorizeRequest {
+            from: from.parse().unwrap(),
+            to: to.clone(),
+            operation: Resource::parse(op).unwrap(),
+            resources: scope,
+        };
+        p.decide(&to, &req).authorized
     }
 
     #[test]
-    fn default_deny_and_first_match() {
-        let p = Policy::from_json(
-            r#"{"rules":[
+    fn file_rules_map_to_the_protocol_policy() {
+        let f = PolicyFile::from_json(
+            r#"{"ttl": 5, "rules":[
               {"from":"bad@x.test","operation":"/","decision":"deny"},
-              {"from":"x.test","operation":"/gem","resources":{"cluster":["/cluster/rd00"]},"decision":"allow","ttl":5}
+              {"from":"x.test","operation":"/gem","resources":{"cluster":["/cluster/rd00"]},"decision":"allow"}
             ]}"#,
             "t",
         )
         .unwrap();
-        let rd00 = vec![("cluster".to_string(), "/cluster/rd00/n1".to_string())];
-        let rd01 = vec![("cluster".to_string(), "/cluster/rd01".to_string())];
-        let v = p.decide(&req("ops@x.test", "/gem/list", &rd00));
-        assert_eq!(v.decision, Decision::Allow);
-        assert_eq!(v.ttl, 5);
-        assert_eq!(p.decide(&req("ops@x.test", "/gem/list", &rd01)).decision, Decision::Deny);
-        assert_eq!(p.decide(&req("bad@x.test", "/gem/list", &rd00)).decision, Decision::Deny);
-        assert_eq!(p.decide(&req("ops@x.test", "/gemx", &[])).decision, Decision::Deny);
-        assert_eq!(p.decide(&req("ops@y.test", "/gem/list", &rd00)).decision, Decision::Deny);
-        assert_eq!(p.decide(&req("ops@x.test", "/other", &[])).decision, Decision::Deny);
-    }
-
-    #[test]
-    fn cross_domain_is_denied_even_with_allow_default() {
-        let p = Policy::allow_all();
-        let v = p.decide(&AuthzRequest {
-            from_bare: "a@one.test",
-            to_bare: "b@two.test",
-            operation: "/x",
-            resources: &[],
-        });
-        assert_eq!(v.decision, Decision::Deny);
+        let p = f.to_policy("t").unwrap();
+        assert_eq!(p.rules[1].ttl, 5);
+        assert!(ask(&p, "ops@x.test/r", "/gem/list", &[("cluster", "/cluster/rd00/n1")]));
+        assert!(!ask(&p, "ops@x.test/r", "/gem/list", &[("cluster", "/cluster/rd01")]));
+        assert!(!ask(&p, "bad@x.test/r", "/gem/list", &[("cluster", "/cluster/rd00")]));
+        assert!(!ask(&p, "ops@x.test/r", "/other", &[]));
+        assert!(!ask(&p, "ops@y.test/r", "/gem/list", &[("cluster", "/cluster/rd00")]));
+        assert!(!ask(&Policy::default(), "ops@x.test/r", "/gem", &[]));
+        assert!(ask(&allow_all(), "ops@x.test/r", "/gem", &[]));
     }
 
     #[test]
     fn bad_files_are_errors() {
-        assert!(Policy::from_json("{", "t").is_err());
-        assert!(Policy::from_json(r#"{"rules":[{"from":"*","operation":"x","decision":"allow"}]}"#, "t").is_err());
-        assert!(Policy::from_json(r#"{"bogus":1}"#, "t").is_err());
-        assert!(Policy::from_json(r#"{"rules":[{"from":"*","operation":"/x","decision":"maybe"}]}"#, "t").is_err());
+        assert!(PolicyFile::from_json("{", "t").is_err());
+        assert!(PolicyFile::from_json(r#"{"rules":[{"from":"*","operation":"x","decision":"allow"}]}"#, "t").is_err());
+        assert!(PolicyFile::from_json(r#"{"bogus":1}"#, "t").is_err());
+        assert!(PolicyFile::from_json(r#"{"rules":[{"from":"*","operation":"/x","decision":"maybe"}]}"#, "t").is_err());
+        assert!(PolicyFile::from_json(r#"{"rules":[{"from":"a@@b","operation":"/x","decision":"allow"}]}"#, "t").is_err());
     }
 
     #[test]
     fn reload_on_change_keeps_old_on_error() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("p.json");
-        std::fs::write(&f, r#"{"default":"deny"}"#).unwrap();
+        std::fs::write(&f, r#"{"rules":[]}"#).unwrap();
         let mut s = PolicySource::file(f.clone()).unwrap();
-        assert_eq!(s.policy().default, Decision::Deny);
-        std::fs::write(&f, r#"{"default":"allow"}"#).unwrap();
-        // force a different mtime even on coarse file systems
-        s.mtime = None;
+        assert!(s.policy().rules.is_empty());
+        std::fs::write(&f, r#"{"rules":[{"from":"*","operation":"/","decision":"allow"}]}"#).unwrap();
+        s.mtime = None; // force, even on coarse file-system clocks
         assert!(s.reload_if_changed());
-        assert_eq!(s.policy().default, Decision::Allow);
+        assert_eq!(s.policy().rules.len(), 1);
         std::fs::write(&f, "not json").unwrap();
         s.mtime = None;
         assert!(!s.reload_if_changed());
-        assert_eq!(s.policy().default, Decision::Allow);
-    }
-
-    #[test]
-    fn path_cover() {
-        assert!(path_covers("/", "/a"));
-        assert!(path_covers("/a", "/a"));
-        assert!(path_covers("/a", "/a/b"));
-        assert!(!path_covers("/a", "/ab"));
+        assert_eq!(s.policy().rules.len(), 1);
     }
 }

@@ -12,7 +12,6 @@ use vertebra_reference_agent::config::Misbehaviour;
 use vertebra_reference_agent::conn::ConnectOptions;
 use vertebra_reference_agent::dispatcher::{Dispatcher, DispatcherConfig};
 use vertebra_reference_agent::node::{CallOptions, Node};
-use vertebra_reference_agent::policy::Policy;
 use vertebra_reference_agent::protocol::payloads::{test_ops, AdvertiseRequest, OP_ADVERTISE};
 use vertebra_reference_agent::protocol::{Args, Resource, ResourceScope, Value};
 use vertebra_reference_agent::requester::{call_direct, discover};
@@ -44,7 +43,7 @@ async fn set_load(req: &Node, j: &FullJid, v: f64) {
 }
 
 async fn death_and_order(kind: ServerKind) {
-    let Some(bus) = Bus::start(kind, Policy::allow_all()).await else { return };
+    let Some(bus) = Bus::start(kind, vertebra_reference_agent::policy::allow_all()).await else { return };
     let a = bus.start_agent(bus.agent("a").await.test_profile(true)).await;
     let b = bus.start_agent(bus.agent("b").await.test_profile(true)).await;
     let c = bus.start_agent(bus.agent("c").await.test_profile(true).misbehave(Misbehaviour::StaleLoad)).await;
@@ -83,7 +82,7 @@ async fn death_and_order_on_prosody() {
 }
 
 async fn foreign_advert_refused(kind: ServerKind) {
-    let Some(bus) = Bus::start(kind, Policy::allow_all()).await else { return };
+    let Some(bus) = Bus::start(kind, vertebra_reference_agent::policy::allow_all()).await else { return };
     let req = bus.requester("liar").await;
     let adv = AdvertiseRequest {
         operations: vec![Resource::parse("/steal").unwrap()],
@@ -110,11 +109,11 @@ async fn foreign_advert_refused_on_prosody() {
 }
 
 async fn replicas(kind: ServerKind) {
-    let Some(bus) = Bus::start(kind, Policy::allow_all()).await else { return };
+    let Some(bus) = Bus::start(kind, vertebra_reference_agent::policy::allow_all()).await else { return };
     // a second replica on the same account
     let d2_jid: FullJid = format!("dispatcher@{}/replica2", bus.domain).parse().unwrap();
     let mut cfg = DispatcherConfig::new(ConnectOptions::new(bus.addr.clone(), Jid::from(d2_jid.clone()), "dpw"));
-    cfg.policy = Policy::allow_all();
+    cfg.policy = vertebra_reference_agent::policy::allow_all();
     let d2 = Dispatcher::start(cfg).unwrap();
     d2.wait_online(common::ONLINE).await.unwrap();
     let a = bus.start_agent(bus.agent("a").await.test_profile(true)).await;

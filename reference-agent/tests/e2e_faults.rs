@@ -11,7 +11,6 @@ use vertebra_embedded_server::{FaultAction, FaultRule, JidPattern, StanzaKind};
 use vertebra_embedded_server::testing::ServerKind;
 use vertebra_reference_agent::agent::Agent;
 use vertebra_reference_agent::node::{CallOptions, Node};
-use vertebra_reference_agent::policy::Policy;
 use vertebra_reference_agent::protocol::payloads::test_ops;
 use vertebra_reference_agent::protocol::{Args, Value};
 use vertebra_reference_agent::requester::call_direct;
@@ -31,7 +30,7 @@ async fn counter(req: &Node, a: &FullJid) -> i32 {
 }
 
 async fn setup() -> (Bus, Agent, FullJid) {
-    let bus = Bus::start(ServerKind::Embedded, Policy::allow_all()).await.expect("embedded");
+    let bus = Bus::start(ServerKind::Embedded, vertebra_reference_agent::policy::allow_all()).await.expect("embedded");
     let a = bus.start_agent(bus.agent("a").await.test_profile(true)).await;
     let ja = a.node().jid().unwrap();
     (bus, a, ja)

@@ -9,14 +9,15 @@ use std::time::Duration;
 use common::{Bus, KINDS};
 use vertebra_embedded_server::testing::ServerKind;
 use vertebra_reference_agent::node::{CallEvent, CallOptions};
-use vertebra_reference_agent::policy::{Decision, Policy, Rule};
+use vertebra_reference_agent::protocol::dispatch::{Effect, Policy, PolicyRule, Subject};
+use vertebra_reference_agent::protocol::{Resource, ResourceScope};
 use vertebra_reference_agent::protocol::payloads::test_ops;
 use vertebra_reference_agent::protocol::{Args, Value};
 use vertebra_reference_agent::requester::{call_all, call_direct, call_single, discover};
 use vertebra_reference_agent::tokio_xmpp::parsers::jid::Jid;
 
 async fn scenario(kind: ServerKind) {
-    let Some(bus) = Bus::start(kind, Policy::allow_all()).await else { return };
+    let Some(bus) = Bus::start(kind, vertebra_reference_agent::policy::allow_all()).await else { return };
     let a1 = bus.start_agent(bus.agent("a1").await.test_profile(true)).await;
     let a2 = bus.start_agent(bus.agent("a2").await.test_profile(true)).await;
     let req = bus.requester("req").await;
@@ -99,15 +100,13 @@ async fn ops_on_prosody() {
 
 async fn authz(kind: ServerKind) {
     let policy = Policy {
-        default: Decision::Deny,
-        ttl: 0,
-        rules: vec![Rule {
-            from: format!("ops@localhost"),
-            to: "*".into(),
-            operation: "/vertebra/test/echo".into(),
-            resources: None,
-            decision: Decision::Allow,
-            ttl: None,
+        rules: vec![PolicyRule {
+            subject: Subject::Bare("ops@localhost".parse().unwrap()),
+            operation: Resource::parse("/vertebra/test/echo").unwrap(),
+            resources: ResourceScope::new(),
+            responder: None,
+            effect: Effect::Allow,
+            ttl: 0,
         }],
     };
     let Some(bus) = Bus::start(kind, policy).await else { return };

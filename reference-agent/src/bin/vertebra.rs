@@ -297,8 +297,7 @@ async fn list_agents(c: &ConnArgs, op: &str, scope: &ResourceScope, limit: Optio
 async fn demo(serve: bool, n: usize) -> ExitCode {
     use vertebra_reference_agent::local::LocalBus;
     use vertebra_reference_agent::node::Call;
-    use vertebra_reference_agent::policy::Policy;
-    let bus = match LocalBus::start(Policy::allow_all()).await {
+    let bus = match LocalBus::start(vertebra_reference_agent::policy::allow_all()).await {
         Ok(b) => b,
         Err(e) => return fail(exit::CONNECT, format!("demo: {e}")),
     };

@@ -8,7 +8,7 @@ use vertebra_reference_agent::agent::{Agent, AgentBuilder};
 use vertebra_reference_agent::conn::ConnectOptions;
 use vertebra_reference_agent::dispatcher::{Dispatcher, DispatcherConfig};
 use vertebra_reference_agent::node::{Node, NodeConfig};
-use vertebra_reference_agent::policy::Policy;
+use vertebra_reference_agent::protocol::dispatch::Policy;
 use vertebra_reference_agent::tokio_xmpp::parsers::jid::{FullJid, Jid};
 
 pub const ONLINE: Duration = Duration::from_secs(15);
