@@ -623,7 +623,9 @@ impl Router {
         };
         match p.type_ {
             PresenceType::None | PresenceType::Unavailable => {
-                let track = !matches!(self.target(Some(&to)), Target::NoTo);
+                // Tracked for local accounts only: the server, unknown users and other
+                // domains can never be sent the closing unavailable anyway.
+                let track = matches!(self.target(Some(&to)), Target::Bare(_) | Target::Full(_));
                 if let (true, Some(session)) = (track, self.sessions.get_mut(from)) {
                     if p.type_ == PresenceType::None {
                         session.directed.insert(to.clone());

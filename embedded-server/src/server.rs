@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use sasl::common::scram::{Sha1, Sha256};
 use sasl::common::{ChannelBinding, Identity};
 use sasl::secret;
@@ -54,6 +54,7 @@ type Xs = XmlStream<Io, FallibleStreamElement>;
 
 const READ_BUFFER: usize = 8 * 1024;
 const WRITE_BATCH: usize = 64;
+const READ_BATCH: usize = 64;
 
 /// Entry point: `EmbeddedServer::start(config)`.
 pub struct EmbeddedServer;
@@ -1156,90 +1157,27 @@ async fn connection(shared: Arc<Shared>, tcp: TcpStream, id: ConnId) {
                     }
                 }
             }
-            Event::In(None) | Event::In(Some(Err(ReadError::StreamFooterReceived))) => break,
-            Event::In(Some(Err(ReadError::SoftTimeout))) => {}
-            Event::In(Some(Err(ReadError::ParseError(_)))) => {
-                close_error = Some(stream_error(
-                    StreamCondition::UnsupportedStanzaType,
-                    "unknown top-level element",
-                ));
-                break;
-            }
-            Event::In(Some(Err(ReadError::HardError(e)))) => {
-                if cs.too_large.load(Ordering::Acquire) {
-                    close_error = Some(stream_error(
-                        StreamCondition::PolicyViolation,
-                        "stanza too large",
-                    ));
-                } else if e
-                    .get_ref()
-                    .is_some_and(|i| i.is::<xso::error::FromEventsError>())
+            Event::In(item) => {
+                let mut flow = handle_inbound(&shared, &cs, id, &jid, &jid_any, item);
+                // Drain stanzas that are already buffered before going back to select!, so
+                // that their replies are written in one batch.
+                let mut n = 0;
+                while matches!(flow, InFlow::Continue)
+                    && n < READ_BATCH
+                    && kill.reason() == KillReason::None
                 {
-                    // Well-formed, but not a stanza or known nonza.
-                    close_error = Some(stream_error(
-                        StreamCondition::UnsupportedStanzaType,
-                        "unknown top-level element",
-                    ));
-                } else if e.kind() == io::ErrorKind::InvalidData {
-                    close_error = Some(stream_error(StreamCondition::NotWellFormed, "bad XML"));
-                } else {
-                    graceful = false;
-                }
-                break;
-            }
-            Event::In(Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::Stanza(stanza))))) => {
-                cs.since_mark.store(0, Ordering::Release);
-                shared.trace.record(
-                    Direction::In,
-                    id,
-                    Some(&jid_any),
-                    || serialize(&Outgoing::Stanza(crate::router::clone_stanza(&stanza))),
-                    None,
-                );
-                let deliveries = shared
-                    .router
-                    .lock()
-                    .expect("router")
-                    .router
-                    .route(&jid, stanza);
-                shared.dispatch(Some(id), deliveries);
-            }
-            Event::In(Some(Ok(FallibleStreamElement::Ok(_nonza)))) => {
-                cs.since_mark.store(0, Ordering::Release);
-                close_error = Some(stream_error(
-                    StreamCondition::UnsupportedStanzaType,
-                    "unexpected stream element",
-                ));
-                break;
-            }
-            Event::In(Some(Ok(FallibleStreamElement::Err(e)))) => {
-                cs.since_mark.store(0, Ordering::Release);
-                if let StreamElementError::InvalidStanza { name, header, .. } = &e {
-                    let is_request = matches!(header.type_.as_deref(), Some("get" | "set"));
-                    if name.to_string() == "iq" && is_request {
-                        if let Some(id_) = header.id.clone() {
-                            let reply = Iq::Error {
-                                from: Some(shared.domain.clone().into()),
-                                to: Some(jid.clone().into()),
-                                id: id_,
-                                error: StanzaError {
-                                    type_: ErrorType::Modify,
-                                    by: None,
-                                    defined_condition: DefinedCondition::BadRequest,
-                                    texts: Default::default(),
-                                    other: None,
-                                },
-                                payload: None,
-                            };
-                            shared.dispatch(
-                                Some(id),
-                                vec![Delivery {
-                                    to: jid.clone(),
-                                    stanza: reply.into(),
-                                }],
-                            );
+                    match stream.next().now_or_never() {
+                        Some(item) => {
+                            flow = handle_inbound(&shared, &cs, id, &jid, &jid_any, item);
+                            n += 1;
                         }
+                        None => break,
                     }
+                }
+                if let InFlow::Stop { error, graceful: g } = flow {
+                    close_error = error;
+                    graceful = g;
+                    break;
                 }
             }
         }
@@ -1254,6 +1192,120 @@ async fn connection(shared: Arc<Shared>, tcp: TcpStream, id: ConnId) {
     shared.dispatch(None, deliveries);
     if graceful {
         close_with(&mut stream, close_error).await;
+    }
+}
+
+enum InFlow {
+    Continue,
+    Stop {
+        error: Option<StreamError>,
+        graceful: bool,
+    },
+}
+
+fn stop(error: Option<StreamError>) -> InFlow {
+    InFlow::Stop {
+        error,
+        graceful: true,
+    }
+}
+
+/// Handles one item read from a bound session's stream.
+fn handle_inbound(
+    shared: &Arc<Shared>,
+    cs: &ConnShared,
+    id: ConnId,
+    jid: &FullJid,
+    jid_any: &Jid,
+    item: Option<Result<FallibleStreamElement, ReadError>>,
+) -> InFlow {
+    match item {
+        None | Some(Err(ReadError::StreamFooterReceived)) => stop(None),
+        Some(Err(ReadError::SoftTimeout)) => InFlow::Continue,
+        Some(Err(ReadError::ParseError(_))) => stop(Some(stream_error(
+            StreamCondition::UnsupportedStanzaType,
+            "unknown top-level element",
+        ))),
+        Some(Err(ReadError::HardError(e))) => {
+            if cs.too_large.load(Ordering::Acquire) {
+                stop(Some(stream_error(
+                    StreamCondition::PolicyViolation,
+                    "stanza too large",
+                )))
+            } else if e
+                .get_ref()
+                .is_some_and(|i| i.is::<xso::error::FromEventsError>())
+            {
+                // Well-formed, but not a stanza or known nonza.
+                stop(Some(stream_error(
+                    StreamCondition::UnsupportedStanzaType,
+                    "unknown top-level element",
+                )))
+            } else if e.kind() == io::ErrorKind::InvalidData {
+                stop(Some(stream_error(
+                    StreamCondition::NotWellFormed,
+                    "bad XML",
+                )))
+            } else {
+                InFlow::Stop {
+                    error: None,
+                    graceful: false,
+                }
+            }
+        }
+        Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::Stanza(stanza)))) => {
+            cs.since_mark.store(0, Ordering::Release);
+            shared.trace.record(
+                Direction::In,
+                id,
+                Some(jid_any),
+                || serialize(&Outgoing::Stanza(crate::router::clone_stanza(&stanza))),
+                None,
+            );
+            let deliveries = shared
+                .router
+                .lock()
+                .expect("router")
+                .router
+                .route(jid, stanza);
+            shared.dispatch(Some(id), deliveries);
+            InFlow::Continue
+        }
+        Some(Ok(FallibleStreamElement::Ok(_nonza))) => stop(Some(stream_error(
+            StreamCondition::UnsupportedStanzaType,
+            "unexpected stream element",
+        ))),
+        Some(Ok(FallibleStreamElement::Err(e))) => {
+            cs.since_mark.store(0, Ordering::Release);
+            if let StreamElementError::InvalidStanza { name, header, .. } = &e {
+                let is_request = matches!(header.type_.as_deref(), Some("get" | "set"));
+                if name.to_string() == "iq" && is_request {
+                    if let Some(id_) = header.id.clone() {
+                        let reply = Iq::Error {
+                            from: Some(shared.domain.clone().into()),
+                            to: Some(jid.clone().into()),
+                            id: id_,
+                            error: StanzaError {
+                                type_: ErrorType::Modify,
+                                by: None,
+                                defined_condition: DefinedCondition::BadRequest,
+                                texts: Default::default(),
+                                other: None,
+                            },
+                            payload: None,
+                        };
+                        shared.dispatch(
+                            Some(id),
+                            vec![Delivery {
+                                to: jid.clone(),
+                                stanza: reply.into(),
+                            }],
+                        );
+                    }
+                }
+            }
+            InFlow::Continue
+        }
     }
 }
 

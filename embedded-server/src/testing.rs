@@ -278,6 +278,43 @@ impl RawClient {
         Ok(())
     }
 
+    /// Sends several stanzas with one flush at the end.
+    pub async fn send_stanzas(&mut self, stanzas: &[tokio_xmpp::Stanza]) -> Result<()> {
+        use futures::SinkExt;
+        for s in stanzas {
+            self.stream.feed(s).await?;
+        }
+        SinkExt::<&tokio_xmpp::Stanza>::flush(&mut self.stream).await?;
+        Ok(())
+    }
+
+    /// Waits (at most `timeout`) for the next stanza, then also takes those already received
+    /// and buffered, up to `max` in all. An empty result means the stream ended.
+    pub async fn recv_batch(
+        &mut self,
+        max: usize,
+        timeout: Duration,
+    ) -> Result<Vec<tokio_xmpp::Stanza>> {
+        use futures::FutureExt;
+        use tokio_xmpp::xmlstream::{FallibleStreamElement, XmppStreamElement};
+        let mut out = Vec::new();
+        match self.recv(timeout).await? {
+            Some(s) => out.push(s),
+            None => return Ok(out),
+        }
+        while out.len() < max {
+            match self.stream.next().now_or_never() {
+                Some(Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::Stanza(s))))) => {
+                    out.push(s)
+                }
+                Some(Some(Ok(_))) => continue,
+                Some(Some(Err(tokio_xmpp::xmlstream::ReadError::SoftTimeout))) => continue,
+                Some(_) | None => break,
+            }
+        }
+        Ok(out)
+    }
+
     /// Receives the next stanza within `timeout`. `Ok(None)` means the stream ended.
     pub async fn recv(&mut self, timeout: Duration) -> Result<Option<tokio_xmpp::Stanza>> {
         use tokio_xmpp::xmlstream::{FallibleStreamElement, ReadError, XmppStreamElement};
