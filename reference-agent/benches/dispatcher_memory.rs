@@ -35,24 +35,42 @@ fn main() {
     let n = 100_000usize;
     let ops = [Resource::parse("/image/resize").unwrap()];
     let now = 0u64;
-    let jids: Vec<Jid> = (0..n).map(|i| format!("agent{i:06}@bench.example/agent").parse().unwrap()).collect();
+    let jids: Vec<Jid> = (0..n)
+        .map(|i| format!("agent{i:06}@bench.example/agent").parse().unwrap())
+        .collect();
     let scopes: Vec<ResourceScope> = (0..n)
         .map(|i| {
             let mut s = ResourceScope::new();
-            s.push(Some("cluster"), Resource::parse(&format!("/cluster/rd{:02}", i % 100)).unwrap());
+            s.push(
+                Some("cluster"),
+                Resource::parse(&format!("/cluster/rd{:02}", i % 100)).unwrap(),
+            );
             s
         })
         .collect();
     let before = LIVE.load(Ordering::Relaxed);
     let mut t = Directory::new("bench.example");
     for i in 0..n {
-        let adv = AdvertiseRequest { operations: ops.to_vec(), resources: scopes[i].clone(), ttl: 3600, advertiser: None };
+        let adv = AdvertiseRequest {
+            operations: ops.to_vec(),
+            resources: scopes[i].clone(),
+            ttl: 3600,
+            advertiser: None,
+        };
         t.advertise(&jids[i], &adv, now).unwrap();
-        let l = Load { value: (i % 1000) as f64 / 1000.0, inflight: Some(0), capacity: Some(8), interval: Some(1000) };
+        let l = Load {
+            value: (i % 1000) as f64 / 1000.0,
+            inflight: Some(0),
+            capacity: Some(8),
+            interval: Some(1000),
+        };
         t.report_load(&jids[i], &l, now);
     }
     let after = LIVE.load(Ordering::Relaxed);
     let per = (after - before) as f64 / n as f64;
-    println!("agents: {n}, table bytes: {}, per agent: {per:.0} B (target <= 1024 B)", after - before);
+    println!(
+        "agents: {n}, table bytes: {}, per agent: {per:.0} B (target <= 1024 B)",
+        after - before
+    );
     assert_eq!(t.len(), n);
 }

@@ -10,8 +10,15 @@ use vertebra_reference_agent::protocol::{Args, ResourceScope, Value};
 use vertebra_reference_agent::requester::{call_all, discover};
 
 fn main() {
-    let n: usize = std::env::var("FANOUT_AGENTS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let n: usize = std::env::var("FANOUT_AGENTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let bus = LocalBus::start(vertebra_reference_agent::policy::allow_all()).await.unwrap();
         let t0 = Instant::now();

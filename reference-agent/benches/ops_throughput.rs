@@ -45,7 +45,13 @@ async fn ops(req: &Node, to: &Jid, op: &str, n: usize) -> f64 {
             let to = to.clone();
             let op = op.to_string();
             inflight.push(async move {
-                r.call_collect(to, &op, Args::new().with("x", Value::I4(1)), CallOptions::default()).await
+                r.call_collect(
+                    to,
+                    &op,
+                    Args::new().with("x", Value::I4(1)),
+                    CallOptions::default(),
+                )
+                .await
             });
             sent += 1;
         }
@@ -57,9 +63,15 @@ async fn ops(req: &Node, to: &Jid, op: &str, n: usize) -> f64 {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
-        let bus = LocalBus::start(vertebra_reference_agent::policy::allow_all()).await.unwrap();
+        let bus = LocalBus::start(vertebra_reference_agent::policy::allow_all())
+            .await
+            .unwrap();
         let agent = bus
             .agent("bench")
             .unwrap()
@@ -72,7 +84,15 @@ fn main() {
         agent.wait_online(Duration::from_secs(10)).await.unwrap();
         let req = bus.requester("req").await.unwrap();
         let to = Jid::from(agent.node().jid().unwrap());
-        assert!(bus.wait_listed(&req, "/bench/echo", &agent.node().jid().unwrap(), Duration::from_secs(10)).await);
+        assert!(
+            bus.wait_listed(
+                &req,
+                "/bench/echo",
+                &agent.node().jid().unwrap(),
+                Duration::from_secs(10)
+            )
+            .await
+        );
         // warm-up (fills the authorization cache, so the fast path applies)
         ops(&req, &to, "/bench/echo", 200).await;
         pings(&req, &to, 200).await;
@@ -84,7 +104,13 @@ fn main() {
         let iq = (iq + iq2) / 2.0;
         println!("concurrency {CONCURRENCY}, {n} calls each");
         println!("raw IQ round trips: {iq:>9.0} /s");
-        println!("ops (fast path, op+final with values): {fast:>9.0} /s  ratio {:.2} (target >= 0.35)", fast / iq);
-        println!("ops (op, ack, data, final; 4 round trips): {slow:>9.0} /s  ratio {:.2}", slow / iq);
+        println!(
+            "ops (fast path, op+final with values): {fast:>9.0} /s  ratio {:.2} (target >= 0.35)",
+            fast / iq
+        );
+        println!(
+            "ops (op, ack, data, final; 4 round trips): {slow:>9.0} /s  ratio {:.2}",
+            slow / iq
+        );
     });
 }

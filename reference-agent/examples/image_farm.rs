@@ -23,7 +23,10 @@ pub struct FarmReport {
 
 /// A "resize" that a real backend would do with an image library: here it derives the
 /// thumbnail's name and size from the request.
-async fn resize(call: Call, backend: String) -> Result<Args, vertebra_reference_agent::node::HandlerError> {
+async fn resize(
+    call: Call,
+    backend: String,
+) -> Result<Args, vertebra_reference_agent::node::HandlerError> {
     let image = call.string("image")?.to_string();
     let width = call.i4("width")?;
     Ok(Args::new()
@@ -40,9 +43,13 @@ pub async fn run(requests: usize) -> Result<FarmReport, String> {
         let a = bus
             .agent(name)?
             .load_interval(Duration::from_millis(200))
-            .handle("/image/resize", move |call: Call| resize(call, backend.clone()))
+            .handle("/image/resize", move |call: Call| {
+                resize(call, backend.clone())
+            })
             .start();
-        a.wait_online(Duration::from_secs(10)).await.map_err(|e| e.to_string())?;
+        a.wait_online(Duration::from_secs(10))
+            .await
+            .map_err(|e| e.to_string())?;
         agents.push(a);
     }
     // different loads (a real backend would report its queue length)
@@ -52,7 +59,10 @@ pub async fn run(requests: usize) -> Result<FarmReport, String> {
     let web = bus.requester("webapp").await?;
     for a in &agents {
         let j = a.node().jid().ok_or("agent offline")?;
-        if !bus.wait_listed(&web, "/image/resize", &j, Duration::from_secs(10)).await {
+        if !bus
+            .wait_listed(&web, "/image/resize", &j, Duration::from_secs(10))
+            .await
+        {
             return Err(format!("{j} not listed"));
         }
     }
@@ -80,10 +90,18 @@ pub async fn run(requests: usize) -> Result<FarmReport, String> {
 
 async fn wait_order(web: &Node, d: &Jid, first: &str) -> Result<(), String> {
     for _ in 0..500 {
-        let l = vertebra_reference_agent::requester::discover(web, d, "/image/resize", &Default::default(), None, Duration::from_secs(2))
-            .await
-            .map_err(|e| e.to_string())?;
-        if l.len() == 3 && l[0].0.to_string().starts_with(first) && l.iter().all(|(_, x)| *x > 0.0) {
+        let l = vertebra_reference_agent::requester::discover(
+            web,
+            d,
+            "/image/resize",
+            &Default::default(),
+            None,
+            Duration::from_secs(2),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        if l.len() == 3 && l[0].0.to_string().starts_with(first) && l.iter().all(|(_, x)| *x > 0.0)
+        {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

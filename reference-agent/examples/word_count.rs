@@ -23,7 +23,9 @@ fn count(text: &str) -> Args {
     for w in text.split_whitespace() {
         *m.entry(w).or_default() += 1;
     }
-    m.into_iter().map(|(k, v)| (k.to_string(), Value::I4(v))).collect()
+    m.into_iter()
+        .map(|(k, v)| (k.to_string(), Value::I4(v)))
+        .collect()
 }
 
 /// The reduce step: add up the per-shard counts.
@@ -57,26 +59,46 @@ pub async fn run(n: usize) -> Result<(BTreeMap<String, i32>, usize), String> {
                 async move { Ok(Args::new().with("counts", Value::Struct(count(&shard)))) }
             })
             .start();
-        a.wait_online(Duration::from_secs(10)).await.map_err(|e| e.to_string())?;
+        a.wait_online(Duration::from_secs(10))
+            .await
+            .map_err(|e| e.to_string())?;
         agents.push(a);
     }
     let req = bus.requester("reducer").await?;
     for a in &agents {
         let j = a.node().jid().ok_or("offline")?;
-        if !bus.wait_listed(&req, "/text/wordcount", &j, Duration::from_secs(10)).await {
+        if !bus
+            .wait_listed(&req, "/text/wordcount", &j, Duration::from_secs(10))
+            .await
+        {
             return Err(format!("{j} not listed"));
         }
     }
-    let g = call_all(&req, &bus.djid(), "/text/wordcount", Args::new(), Duration::from_secs(10), Some(reducer()))
-        .await
-        .map_err(|e| e.to_string())?;
+    let g = call_all(
+        &req,
+        &bus.djid(),
+        "/text/wordcount",
+        Args::new(),
+        Duration::from_secs(10),
+        Some(reducer()),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     if let Some((j, e)) = g.failures().next() {
         return Err(format!("{j} failed: {e}"));
     }
-    let Some(Value::Struct(total)) = g.reduced else { return Err("no reduced value".into()) };
+    let Some(Value::Struct(total)) = g.reduced else {
+        return Err("no reduced value".into());
+    };
     let map = total
         .iter()
-        .filter_map(|(k, v)| if let Value::I4(n) = v { Some((k.to_string(), *n)) } else { None })
+        .filter_map(|(k, v)| {
+            if let Value::I4(n) = v {
+                Some((k.to_string(), *n))
+            } else {
+                None
+            }
+        })
         .collect();
     Ok((map, g.outcomes.len()))
 }

@@ -33,10 +33,12 @@ use crate::conn::{ConnError, ConnectOptions};
 use crate::node::{Authorizer, Call, Handler, HandlerError, Node, NodeConfig};
 use vertebra_protocol::dispatch::Policy;
 
+type Registration = Box<dyn FnOnce(&Node) + Send>;
+
 /// Builder for an [`Agent`].
 pub struct AgentBuilder {
     cfg: NodeConfig,
-    handlers: Vec<(String, Box<dyn FnOnce(&Node) + Send>)>,
+    handlers: Vec<(String, Registration)>,
     test_profile: bool,
 }
 
@@ -53,10 +55,15 @@ impl AgentBuilder {
     /// From the spawn-contract environment ([`SpawnEnv`]); the dispatcher defaults to
     /// `dispatcher@<domain>/dispatcher` ([VAP-TRN-018]).
     pub fn from_env(env: &SpawnEnv) -> Result<Self, ConfigError> {
-        let server = env.server.clone().ok_or(ConfigError::Missing("VERTEBRA_SERVER"))?;
+        let server = env
+            .server
+            .clone()
+            .ok_or(ConfigError::Missing("VERTEBRA_SERVER"))?;
         let jid = crate::config::parse_full_jid(
             "VERTEBRA_JID",
-            env.jid.as_deref().ok_or(ConfigError::Missing("VERTEBRA_JID"))?,
+            env.jid
+                .as_deref()
+                .ok_or(ConfigError::Missing("VERTEBRA_JID"))?,
         )?;
         let password = env
             .password

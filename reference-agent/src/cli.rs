@@ -158,8 +158,17 @@ mod tests {
 
     #[test]
     fn exit_codes() {
-        assert_eq!(exit_code_for(&CallError::local("no-capable-agent", "")), exit::NO_AGENT);
-        assert_eq!(exit_code_for(&CallError::local("responder-gone", "")), exit::TIMEOUT);
-        assert_eq!(exit_code_for(&CallError::local("handler-failed", "")), exit::CALL_FAILED);
+        assert_eq!(
+            exit_code_for(&CallError::local("no-capable-agent", "")),
+            exit::NO_AGENT
+        );
+        assert_eq!(
+            exit_code_for(&CallError::local("responder-gone", "")),
+            exit::TIMEOUT
+        );
+        assert_eq!(
+            exit_code_for(&CallError::local("handler-failed", "")),
+            exit::CALL_FAILED
+        );
     }
 }

@@ -148,7 +148,10 @@ impl Misbehaviour {
                 false
             }
             Misbehaviour::LeakOnLongStream => {
-                if payload.attr("type").is_some_and(|t| t.ends_with("/vertebra/test/stream")) {
+                if payload
+                    .attr("type")
+                    .is_some_and(|t| t.ends_with("/vertebra/test/stream"))
+                {
                     let count = payload
                         .children()
                         .find(|c| c.attr("name") == Some("count"))
@@ -190,7 +193,11 @@ pub struct Endpoint {
 impl Endpoint {
     /// Connection options for this endpoint.
     pub fn connect_options(&self) -> ConnectOptions {
-        ConnectOptions::new(self.server.clone(), Jid::from(self.jid.clone()), self.password.clone())
+        ConnectOptions::new(
+            self.server.clone(),
+            Jid::from(self.jid.clone()),
+            self.password.clone(),
+        )
     }
 }
 
@@ -304,7 +311,8 @@ mod tests {
         assert_eq!(e.server.as_deref(), Some("127.0.0.1:5222"));
         let bad = SpawnEnv::from_lookup(|k| (k == "VERTEBRA_LOAD_INTERVAL_MS").then(|| "5".into()));
         assert!(bad.is_err());
-        let off = SpawnEnv::from_lookup(|k| (k == "VERTEBRA_TEST_PROFILE").then(|| "0".into())).unwrap();
+        let off =
+            SpawnEnv::from_lookup(|k| (k == "VERTEBRA_TEST_PROFILE").then(|| "0".into())).unwrap();
         assert!(!off.test_profile);
     }
 

@@ -159,7 +159,7 @@ struct Shared {
 }
 
 enum Cmd {
-    Send(Stanza),
+    Send(Box<Stanza>),
     Close(oneshot::Sender<()>),
 }
 
@@ -173,7 +173,9 @@ pub struct Conn {
 
 impl std::fmt::Debug for Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Conn").field("state", &*self.state.borrow()).finish()
+        f.debug_struct("Conn")
+            .field("state", &*self.state.borrow())
+            .finish()
     }
 }
 
@@ -259,7 +261,11 @@ impl Conn {
                             Err(e) => {
                                 let msg = e.to_string();
                                 if *sh.last_error.lock().unwrap() != msg {
-                                    log::warn!("connect as {} to {} failed: {msg}", o.jid, o.server);
+                                    log::warn!(
+                                        "connect as {} to {} failed: {msg}",
+                                        o.jid,
+                                        o.server
+                                    );
                                 }
                                 if matches!(e, tokio_xmpp::Error::Auth(_)) {
                                     sh.auth_failed.store(true, Ordering::Relaxed);
@@ -351,7 +357,7 @@ impl Conn {
     /// Queue a stanza for sending (never blocks).
     pub fn send(&self, stanza: impl Into<Stanza>) -> Result<(), ConnError> {
         self.tx
-            .send(Cmd::Send(stanza.into()))
+            .send(Cmd::Send(Box::new(stanza.into())))
             .map_err(|_| ConnError::Closed)
     }
 
@@ -428,19 +434,13 @@ impl Conn {
         self.await_iq(rx, to, id, timeout).await
     }
 
-    fn register_iq(
-        &self,
-        to: &Jid,
-        id: &str,
-    ) -> oneshot::Receiver<Result<IqReply, ConnError>> {
+    fn register_iq(&self, to: &Jid, id: &str) -> oneshot::Receiver<Result<IqReply, ConnError>> {
         let (tx, rx) = oneshot::channel();
-        self.shared.pending.lock().unwrap().insert(
-            id.to_owned(),
-            PendingIq {
-                to: to.clone(),
-                tx,
-            },
-        );
+        self.shared
+            .pending
+            .lock()
+            .unwrap()
+            .insert(id.to_owned(), PendingIq { to: to.clone(), tx });
         rx
     }
 
@@ -550,7 +550,7 @@ async fn drive(
             }
             cmd = cmds.recv() => {
                 match cmd {
-                    Some(Cmd::Send(st)) => { let _ = stream.send(Box::new(st)).await; }
+                    Some(Cmd::Send(st)) => { let _ = stream.send(st).await; }
                     Some(Cmd::Close(ack)) => {
                         let _ = state.send(ConnState::Closed);
                         let _ = tokio::time::timeout(Duration::from_secs(2), stream.close()).await;
@@ -677,7 +677,13 @@ async fn reject_unhandled(stream: &mut StanzaStream, inc: Incoming) {
     }
 }
 
-fn deliver(shared: &Shared, from: &Option<Jid>, id: String, reply: IqReply, bound: Option<&FullJid>) {
+fn deliver(
+    shared: &Shared,
+    from: &Option<Jid>,
+    id: String,
+    reply: IqReply,
+    bound: Option<&FullJid>,
+) {
     let mut map = shared.pending.lock().unwrap();
     let ok = match map.get(&id) {
         Some(p) => is_reply_from(&p.to, from, bound),
@@ -704,10 +710,18 @@ mod tests {
         let to: Jid = "a@x/r".parse().unwrap();
         let me: FullJid = "me@x/m".parse().unwrap();
         assert!(is_reply_from(&to, &Some(to.clone()), Some(&me)));
-        assert!(!is_reply_from(&to, &Some("b@x/r".parse().unwrap()), Some(&me)));
+        assert!(!is_reply_from(
+            &to,
+            &Some("b@x/r".parse().unwrap()),
+            Some(&me)
+        ));
         assert!(!is_reply_from(&to, &None, Some(&me)));
         let bare: Jid = "a@x".parse().unwrap();
-        assert!(is_reply_from(&bare, &Some("a@x/other".parse().unwrap()), Some(&me)));
+        assert!(is_reply_from(
+            &bare,
+            &Some("a@x/other".parse().unwrap()),
+            Some(&me)
+        ));
         let own: Jid = "me@x".parse().unwrap();
         assert!(is_reply_from(&own, &None, Some(&me)));
     }

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_xmpp::parsers::{
-    jid::{BareJid, FullJid, Jid},
+    jid::{FullJid, Jid},
     minidom::Element,
     presence::{Presence, Type as PresenceType},
     stanza_error::{DefinedCondition, ErrorType as XmppErrorType, StanzaError},
@@ -90,7 +90,10 @@ fn now() -> std::time::Instant {
 /// Milliseconds on a process-wide monotonic clock (the protocol crate's time unit).
 fn now_ms() -> u64 {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
 }
 
 fn refusal(r: Refusal) -> HandlerError {
@@ -177,7 +180,8 @@ impl Dispatcher {
                 let mut st = dd.state.lock().unwrap();
                 st.dir.tick(now_ms());
                 let t = now();
-                st.adverts.retain(|_, (r, at)| t.duration_since(*at).as_secs() < r.ttl as u64);
+                st.adverts
+                    .retain(|_, (r, at)| t.duration_since(*at).as_secs() < r.ttl as u64);
                 st.policy.reload_if_changed();
             }
         });
@@ -233,7 +237,12 @@ impl Dispatcher {
             }
             resp
         };
-        log::debug!("advert from {}: {} ops ttl {}", c.from, req.operations.len(), req.ttl);
+        log::debug!(
+            "advert from {}: {} ops ttl {}",
+            c.from,
+            req.operations.len(),
+            req.ttl
+        );
         self.replicate(&c.from.to_string(), &req);
         Ok(resp.to_args())
     }
@@ -249,10 +258,17 @@ impl Dispatcher {
         }
     }
 
-    fn replicated(&self, _n: &Node, from: &Jid, el: &Element) -> Result<Option<Element>, StanzaError> {
+    fn replicated(&self, _n: &Node, from: &Jid, el: &Element) -> crate::node::IqHookResult {
         let me = self.node.jid();
         let same_account = me.map(|m| m.to_bare() == from.to_bare()).unwrap_or(false);
-        let refuse = |c| Err(StanzaError::new(XmppErrorType::Cancel, c, "en", ""));
+        let refuse = |c| {
+            Err(Box::new(StanzaError::new(
+                XmppErrorType::Cancel,
+                c,
+                "en",
+                "",
+            )))
+        };
         if !same_account || el.name() != "replicate" {
             return refuse(DefinedCondition::Forbidden);
         }
@@ -282,12 +298,21 @@ impl Dispatcher {
             st.dir.tick(now_ms());
             let me = c.from.to_string();
             let limit = req.limit.map_or(usize::MAX, |l| l as usize);
-            let picked = st.dir.pick(&own, &req.operation, &req.resources, limit, |j| j != me);
-            let mut r = DiscoverResponse { jids: vec![], loads: vec![] };
+            let picked = st
+                .dir
+                .pick(&own, &req.operation, &req.resources, limit, |j| j != me);
+            let mut r = DiscoverResponse {
+                jids: vec![],
+                loads: vec![],
+            };
             for (lk, j) in picked {
                 if let Ok(j) = j.parse::<Jid>() {
                     r.jids.push(j);
-                    r.loads.push(if lk == u64::MAX { f64::INFINITY } else { f64::from_bits(lk) });
+                    r.loads.push(if lk == u64::MAX {
+                        f64::INFINITY
+                    } else {
+                        f64::from_bits(lk)
+                    });
                 }
             }
             r
@@ -305,15 +330,29 @@ impl Dispatcher {
     fn authorize(&self, c: &Call, m: Misbehaviour) -> HandlerResult {
         let req = AuthorizeRequest::from_args(&c.args).map_err(|e| bad(e.detail))?;
         let resp = if m == Misbehaviour::AllowAll {
-            AuthorizeResponse { authorized: true, ttl: 0 }
+            AuthorizeResponse {
+                authorized: true,
+                ttl: 0,
+            }
         } else {
             // [VAP-SEC-013]…[VAP-SEC-016], [VAP-SEC-020]: the protocol crate decides.
-            self.state.lock().unwrap().policy.policy().decide(&c.from, &req)
+            self.state
+                .lock()
+                .unwrap()
+                .policy
+                .policy()
+                .decide(&c.from, &req)
         };
         let res: Vec<String> = req
             .resources
             .iter()
-            .map(|e| format!("{}={}", e.key.clone().unwrap_or_default(), e.resource.as_str()))
+            .map(|e| {
+                format!(
+                    "{}={}",
+                    e.key.clone().unwrap_or_default(),
+                    e.resource.as_str()
+                )
+            })
             .collect();
         // The decision log.
         log::info!(
@@ -322,7 +361,11 @@ impl Dispatcher {
             req.to,
             req.operation,
             res.join(","),
-            if resp.authorized { "authorized" } else { "notauthorized" },
+            if resp.authorized {
+                "authorized"
+            } else {
+                "notauthorized"
+            },
             resp.ttl,
             c.from
         );
@@ -336,7 +379,7 @@ impl Dispatcher {
         // Sibling replica (same account, other resource).
         if let Some(me) = &me {
             if from.to_bare() == me.to_bare() {
-                if Jid::from(me.clone()) == from {
+                if from.try_as_full().is_ok_and(|f| f == me) {
                     return;
                 }
                 let mut st = self.state.lock().unwrap();
@@ -352,7 +395,8 @@ impl Dispatcher {
                         .adverts
                         .iter()
                         .filter_map(|(j, (r, at))| {
-                            let left = (r.ttl as u64).saturating_sub(t.duration_since(*at).as_secs());
+                            let left =
+                                (r.ttl as u64).saturating_sub(t.duration_since(*at).as_secs());
                             (left > 0).then(|| {
                                 let mut r = r.clone();
                                 r.ttl = left as u32;
@@ -392,7 +436,11 @@ impl Dispatcher {
         for el in &p.payloads {
             if el.is("load", NS) {
                 if let Ok(l) = Load::from_element(el) {
-                    self.state.lock().unwrap().dir.report_load(&from, &l, now_ms());
+                    self.state
+                        .lock()
+                        .unwrap()
+                        .dir
+                        .report_load(&from, &l, now_ms());
                 }
             }
         }
@@ -412,5 +460,5 @@ fn replicate_el(agent: &str, req: &AdvertiseRequest) -> Element {
 
 /// Dispatcher bare JID → the account's JID used by load reports.
 pub fn load_target(dispatcher: &FullJid) -> Jid {
-    Jid::from(BareJid::from(dispatcher.to_bare()))
+    Jid::from(dispatcher.to_bare())
 }

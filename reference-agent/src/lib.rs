@@ -3,13 +3,13 @@
 //! The tokio layer here only moves bytes and time; protocol decisions live in
 //! `vertebra-protocol`.
 
-pub mod conn;
-pub mod config;
-pub mod policy;
-pub mod node;
-pub mod requester;
 pub mod agent;
+pub mod config;
+pub mod conn;
 pub mod dispatcher;
+pub mod node;
+pub mod policy;
+pub mod requester;
 
 pub use tokio_xmpp;
 pub use vertebra_protocol as protocol;

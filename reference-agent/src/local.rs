@@ -39,7 +39,9 @@ impl LocalBus {
 
     /// Start with a given server configuration.
     pub async fn start_with(cfg: ServerConfig, policy: Policy) -> Result<LocalBus, String> {
-        let server = EmbeddedServer::start(cfg).await.map_err(|e| e.to_string())?;
+        let server = EmbeddedServer::start(cfg)
+            .await
+            .map_err(|e| e.to_string())?;
         let addr = server.addr().to_string();
         let domain = server.domain().to_string();
         server

@@ -16,7 +16,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
 use tokio_xmpp::parsers::{
-    jid::{BareJid, FullJid, Jid},
+    jid::{FullJid, Jid},
     minidom::Element,
     presence::{Presence, Type as PresenceType},
     stanza_error::{DefinedCondition, ErrorType as XmppErrorType, StanzaError},
@@ -391,7 +391,8 @@ impl DedupCache {
         self.map.get(&(from.clone(), id.to_owned())).cloned()
     }
     fn put(&mut self, from: Jid, id: String, ans: Stanza2) {
-        self.order.push_back((Instant::now(), from.clone(), id.clone()));
+        self.order
+            .push_back((Instant::now(), from.clone(), id.clone()));
         self.map.insert((from, id), ans);
         while self.order.len() > DEDUP_MAX {
             if let Some((_, f, i)) = self.order.pop_front() {
@@ -414,7 +415,7 @@ impl DedupCache {
 type PresenceHook = Box<dyn Fn(&Node, &Presence) + Send + Sync>;
 type AdmissionHook = Box<dyn Fn(&Jid, &Op) -> bool + Send + Sync>;
 /// Answer to a foreign-namespace IQ: result payload or stanza error.
-pub type IqHookResult = Result<Option<Element>, StanzaError>;
+pub type IqHookResult = Result<Option<Element>, Box<StanzaError>>;
 type IqHook = Box<dyn Fn(&Node, &Jid, &Element) -> IqHookResult + Send + Sync>;
 type OnlineHook = Box<dyn Fn(&Node) + Send + Sync>;
 
@@ -544,7 +545,14 @@ impl Node {
 
     /// Registered operation paths, sorted.
     pub fn operations(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.inner.handlers.read().unwrap().keys().cloned().collect();
+        let mut v: Vec<String> = self
+            .inner
+            .handlers
+            .read()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
         v.sort();
         v
     }
@@ -760,7 +768,10 @@ async fn run_call(
         }
         Ok(IqReply::Error(e)) => return Err(iq_error_outcome(&e, false)),
         Err(ConnError::IqTimeout { .. }) if Instant::now() >= deadline => {
-            return Err(CallError::local("deadline-expired", "no op result before the deadline"))
+            return Err(CallError::local(
+                "deadline-expired",
+                "no op result before the deadline",
+            ))
         }
         Err(ConnError::IqTimeout { .. }) => {
             return Err(CallError::local("responder-gone", "no answer to the op"))
@@ -808,11 +819,9 @@ async fn run_call(
             }
         }
         match p {
-            VertebraPayload::Ack(_) => {
-                if !acked {
-                    acked = true;
-                    let _ = events.send(CallEvent::Acked);
-                }
+            VertebraPayload::Ack(_) if !acked => {
+                acked = true;
+                let _ = events.send(CallEvent::Acked);
             }
             VertebraPayload::Nack(n) => {
                 return Err(CallError {
@@ -996,7 +1005,7 @@ fn on_iq(node: &Node, from: Jid, id: String, set: bool, payload: Element) {
         if let Some(h) = hooks.get(&payload.ns()) {
             match h(node, &from, &payload) {
                 Ok(p) => node.inner.conn.reply_result(from, id, p),
-                Err(e) => node.inner.conn.reply_error(from, id, e),
+                Err(e) => node.inner.conn.reply_error(from, id, *e),
             }
             return;
         }
@@ -1010,7 +1019,11 @@ fn on_iq(node: &Node, from: Jid, id: String, set: bool, payload: Element) {
     }
     let is_op = payload.name() == "op";
     // Fuzzer-planted bugs (mutants only; no effect when conforming).
-    let planted = node.inner.cfg.misbehave.planted(&from.to_string(), &id, &payload);
+    let planted = node
+        .inner
+        .cfg
+        .misbehave
+        .planted(&from.to_string(), &id, &payload);
     let reexec = (node.inner.cfg.misbehave == Misbehaviour::ReexecuteDuplicate && is_op) || planted;
     if !reexec {
         // [VAP-OPS-066] / [VAP-OPS-067]: a repeated IQ set gets the same answer, not re-processed.
@@ -1038,14 +1051,21 @@ fn on_iq(node: &Node, from: Jid, id: String, set: bool, payload: Element) {
             // A decodable token + a value-level problem: op result, then error bad-value
             // ([VAP-OPS-051]); anything else: IQ error bad-request ([VAP-TRN-010]).
             if is_op && e.rule.condition() == Condition::BadValue {
-                if let Some(tok) = payload.attr("token").and_then(|t| RequestToken::parse(t).ok())
+                if let Some(tok) = payload
+                    .attr("token")
+                    .and_then(|t| RequestToken::parse(t).ok())
                 {
                     if let Ok(ot) = tok.rotate_fresh() {
                         let r = OpResult {
                             token: ot.clone(),
                             ack: false,
                         };
-                        answer(node, from.clone(), id, Stanza2::Result(Some(r.to_element())));
+                        answer(
+                            node,
+                            from.clone(),
+                            id,
+                            Stanza2::Result(Some(r.to_element())),
+                        );
                         let n = node.clone();
                         tokio::spawn(async move {
                             let err = OpError {
@@ -1065,7 +1085,10 @@ fn on_iq(node: &Node, from: Jid, id: String, set: bool, payload: Element) {
                 node,
                 from,
                 id,
-                Stanza2::Error(stanza_err(XmppErrorType::Modify, DefinedCondition::BadRequest)),
+                Stanza2::Error(stanza_err(
+                    XmppErrorType::Modify,
+                    DefinedCondition::BadRequest,
+                )),
             );
             return;
         }
@@ -1090,7 +1113,10 @@ fn on_iq(node: &Node, from: Jid, id: String, set: bool, payload: Element) {
                 node,
                 from,
                 id,
-                Stanza2::Error(stanza_err(XmppErrorType::Modify, DefinedCondition::BadRequest)),
+                Stanza2::Error(stanza_err(
+                    XmppErrorType::Modify,
+                    DefinedCondition::BadRequest,
+                )),
             );
         }
         other => {
@@ -1205,7 +1231,10 @@ fn on_op(node: &Node, from: Jid, id: String, op: Op) {
                 node,
                 from,
                 id,
-                Stanza2::Error(stanza_err(XmppErrorType::Wait, DefinedCondition::InternalServerError)),
+                Stanza2::Error(stanza_err(
+                    XmppErrorType::Wait,
+                    DefinedCondition::InternalServerError,
+                )),
             );
             return;
         }
@@ -1219,7 +1248,13 @@ fn on_op(node: &Node, from: Jid, id: String, op: Op) {
         .jid()
         .map(|j| j.domain().as_str() == domain(&from))
         .unwrap_or(false);
-    let handler = node.inner.handlers.read().unwrap().get(&op.op_type).cloned();
+    let handler = node
+        .inner
+        .handlers
+        .read()
+        .unwrap()
+        .get(&op.op_type)
+        .cloned();
     let scope = op_scope(&op);
     // Decide now whether the fast path applies ([VAP-OPS-024], never for legacy [VAP-OPS-026]).
     let pre = if !own_domain || handler.is_none() {
@@ -1239,14 +1274,18 @@ fn on_op(node: &Node, from: Jid, id: String, op: Op) {
     } else {
         authorize_now(node, &from, &op.op_type, &scope)
     };
-    let fast = pre == Some(true)
-        && op.version == Version::V1_0
-        && misbehave != Misbehaviour::SkipAck;
+    let fast =
+        pre == Some(true) && op.version == Version::V1_0 && misbehave != Misbehaviour::SkipAck;
     let r = OpResult {
         token: op_token.clone(),
         ack: fast,
     };
-    answer(node, from.clone(), id, Stanza2::Result(Some(r.to_element())));
+    answer(
+        node,
+        from.clone(),
+        id,
+        Stanza2::Result(Some(r.to_element())),
+    );
     let (ctx, crx) = watch::channel(false);
     node.inner.resp_ops.lock().unwrap().insert(
         op_token.clone(),
@@ -1259,8 +1298,20 @@ fn on_op(node: &Node, from: Jid, id: String, op: Op) {
     tokio::spawn(async move {
         n.inner.inflight.fetch_add(1, Ordering::Relaxed);
         n.inner.load_changed.notify_one();
-        serve_op(&n, from, op, op_token.clone(), received, own_domain, handler, scope, pre, fast, crx)
-            .await;
+        serve_op(
+            &n,
+            from,
+            op,
+            op_token.clone(),
+            received,
+            own_domain,
+            handler,
+            scope,
+            pre,
+            fast,
+            crx,
+        )
+        .await;
         n.inner.resp_ops.lock().unwrap().remove(&op_token);
         n.inner.inflight.fetch_sub(1, Ordering::Relaxed);
         n.inner.load_changed.notify_one();
@@ -1323,7 +1374,11 @@ async fn serve_op(
         return;
     };
     let Some(operation) = op.operation() else {
-        let e = send_err(ErrorType::Fatal, Condition::NoHandler, "unknown operation".into());
+        let e = send_err(
+            ErrorType::Fatal,
+            Condition::NoHandler,
+            "unknown operation".into(),
+        );
         let _ = send_set(node, &from, e, left()).await;
         return;
     };
@@ -1371,7 +1426,11 @@ async fn serve_op(
     let mut task = tokio::spawn(handler.call(call));
     type SendFut = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
     let mut inflight: FuturesUnordered<SendFut> = FuturesUnordered::new();
-    let mut seq: u64 = if misbehave == Misbehaviour::WrongSeq { 1 } else { 0 };
+    let mut seq: u64 = if misbehave == Misbehaviour::WrongSeq {
+        1
+    } else {
+        0
+    };
     let mut sent: u64 = 0;
     let mut handler_done: Option<HandlerResult> = None;
     let ignore_deadline = misbehave == Misbehaviour::IgnoreDeadline;
@@ -1456,16 +1515,27 @@ async fn serve_op(
                         seq: if legacy { None } else { Some(seq) },
                         args: last,
                     };
-                    if send_set(node, &from, encode_misbehaving(d.to_element(), misbehave), left())
-                        .await
-                        .is_err()
+                    if send_set(
+                        node,
+                        &from,
+                        encode_misbehaving(d.to_element(), misbehave),
+                        left(),
+                    )
+                    .await
+                    .is_err()
                     {
                         return;
                     }
                     fin.count = fin.count.map(|c| c + 1);
                 }
             }
-            let _ = send_set(node, &from, encode_misbehaving(fin.to_element(), misbehave), left()).await;
+            let _ = send_set(
+                node,
+                &from,
+                encode_misbehaving(fin.to_element(), misbehave),
+                left(),
+            )
+            .await;
             if misbehave == Misbehaviour::DataAfterFinal {
                 let d = Data {
                     token: token.clone(),
@@ -1477,7 +1547,10 @@ async fn serve_op(
         }
         Err(he) => {
             let reason = if misbehave == Misbehaviour::LeakErrorDetail {
-                format!("{} at /home/build/src/handler.rs:42 (RUST_BACKTRACE=1)", he.public)
+                format!(
+                    "{} at /home/build/src/handler.rs:42 (RUST_BACKTRACE=1)",
+                    he.public
+                )
             } else {
                 he.public
             };
@@ -1500,7 +1573,11 @@ fn encode_misbehaving(mut el: Element, m: Misbehaviour) -> Element {
     if m == Misbehaviour::WrongValueEncoding {
         fn fix(e: &mut Element) {
             if e.name() == "boolean" {
-                let nt = if e.text().trim() == "1" { "true" } else { "false" };
+                let nt = if e.text().trim() == "1" {
+                    "true"
+                } else {
+                    "false"
+                };
                 for t in e.texts_mut() {
                     *t = nt.to_string();
                 }
@@ -1520,19 +1597,24 @@ fn encode_misbehaving(mut el: Element, m: Misbehaviour) -> Element {
 // ---------------------------------------------------------------------------------------------
 
 async fn load_reporter(node: Node) {
-    let Some(d) = node.inner.cfg.dispatcher.clone() else { return };
-    let to = Jid::from(BareJid::from(d.to_bare()));
+    let Some(d) = node.inner.cfg.dispatcher.clone() else {
+        return;
+    };
+    let to = Jid::from(d.to_bare());
     let mut session = node.inner.session.subscribe();
     let mut stop = node.inner.stop.subscribe();
     let interval = node.inner.cfg.load_interval;
     let mut sent_once = false;
     loop {
-        if node.jid().is_some() {
-            if !(node.inner.cfg.misbehave == Misbehaviour::StaleLoad && sent_once) {
-                let l = node.load();
-                let _ = node.inner.conn.send_presence(to.clone(), vec![l.to_element()]);
-                sent_once = true;
-            }
+        if node.jid().is_some()
+            && !(node.inner.cfg.misbehave == Misbehaviour::StaleLoad && sent_once)
+        {
+            let l = node.load();
+            let _ = node
+                .inner
+                .conn
+                .send_presence(to.clone(), vec![l.to_element()]);
+            sent_once = true;
         }
         let t = tokio::time::sleep(interval);
         tokio::select! {
@@ -1548,7 +1630,9 @@ async fn load_reporter(node: Node) {
 }
 
 async fn advertiser(node: Node) {
-    let Some(d) = node.inner.cfg.dispatcher.clone() else { return };
+    let Some(d) = node.inner.cfg.dispatcher.clone() else {
+        return;
+    };
     let mut session = node.inner.session.subscribe();
     let mut stop = node.inner.stop.subscribe();
     let ttl = node.inner.cfg.advertise_ttl.clamp(1, 86_400);
@@ -1646,11 +1730,10 @@ mod tests {
 
     #[test]
     fn wrong_value_encoding_rewrites_booleans() {
-        let el: Element = format!(
-            "<data xmlns='{NS}' token='a:b' seq='0'><boolean name='x'>1</boolean></data>"
-        )
-        .parse()
-        .unwrap();
+        let el: Element =
+            format!("<data xmlns='{NS}' token='a:b' seq='0'><boolean name='x'>1</boolean></data>")
+                .parse()
+                .unwrap();
         let out = encode_misbehaving(el, Misbehaviour::WrongValueEncoding);
         let b = out.children().next().unwrap();
         assert_eq!(b.text(), "true");

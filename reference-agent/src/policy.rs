@@ -228,7 +228,11 @@ impl PolicySource {
         self.mtime = mtime;
         match PolicyFile::load(path) {
             Ok(p) => {
-                log::info!("policy reloaded from {} ({} rules)", path.display(), p.rules.len());
+                log::info!(
+                    "policy reloaded from {} ({} rules)",
+                    path.display(),
+                    p.rules.len()
+                );
                 self.policy = p;
                 true
             }
@@ -272,11 +276,31 @@ mod tests {
         .unwrap();
         let p = f.to_policy("t").unwrap();
         assert_eq!(p.rules[1].ttl, 5);
-        assert!(ask(&p, "ops@x.test/r", "/gem/list", &[("cluster", "/cluster/rd00/n1")]));
-        assert!(!ask(&p, "ops@x.test/r", "/gem/list", &[("cluster", "/cluster/rd01")]));
-        assert!(!ask(&p, "bad@x.test/r", "/gem/list", &[("cluster", "/cluster/rd00")]));
+        assert!(ask(
+            &p,
+            "ops@x.test/r",
+            "/gem/list",
+            &[("cluster", "/cluster/rd00/n1")]
+        ));
+        assert!(!ask(
+            &p,
+            "ops@x.test/r",
+            "/gem/list",
+            &[("cluster", "/cluster/rd01")]
+        ));
+        assert!(!ask(
+            &p,
+            "bad@x.test/r",
+            "/gem/list",
+            &[("cluster", "/cluster/rd00")]
+        ));
         assert!(!ask(&p, "ops@x.test/r", "/other", &[]));
-        assert!(!ask(&p, "ops@y.test/r", "/gem/list", &[("cluster", "/cluster/rd00")]));
+        assert!(!ask(
+            &p,
+            "ops@y.test/r",
+            "/gem/list",
+            &[("cluster", "/cluster/rd00")]
+        ));
         assert!(!ask(&Policy::default(), "ops@x.test/r", "/gem", &[]));
         assert!(ask(&allow_all(), "ops@x.test/r", "/gem", &[]));
     }
@@ -284,10 +308,22 @@ mod tests {
     #[test]
     fn bad_files_are_errors() {
         assert!(PolicyFile::from_json("{", "t").is_err());
-        assert!(PolicyFile::from_json(r#"{"rules":[{"from":"*","operation":"x","decision":"allow"}]}"#, "t").is_err());
+        assert!(PolicyFile::from_json(
+            r#"{"rules":[{"from":"*","operation":"x","decision":"allow"}]}"#,
+            "t"
+        )
+        .is_err());
         assert!(PolicyFile::from_json(r#"{"bogus":1}"#, "t").is_err());
-        assert!(PolicyFile::from_json(r#"{"rules":[{"from":"*","operation":"/x","decision":"maybe"}]}"#, "t").is_err());
-        assert!(PolicyFile::from_json(r#"{"rules":[{"from":"a@@b","operation":"/x","decision":"allow"}]}"#, "t").is_err());
+        assert!(PolicyFile::from_json(
+            r#"{"rules":[{"from":"*","operation":"/x","decision":"maybe"}]}"#,
+            "t"
+        )
+        .is_err());
+        assert!(PolicyFile::from_json(
+            r#"{"rules":[{"from":"a@@b","operation":"/x","decision":"allow"}]}"#,
+            "t"
+        )
+        .is_err());
     }
 
     #[test]
@@ -297,7 +333,11 @@ mod tests {
         std::fs::write(&f, r#"{"rules":[]}"#).unwrap();
         let mut s = PolicySource::file(f.clone()).unwrap();
         assert!(s.policy().rules.is_empty());
-        std::fs::write(&f, r#"{"rules":[{"from":"*","operation":"/","decision":"allow"}]}"#).unwrap();
+        std::fs::write(
+            &f,
+            r#"{"rules":[{"from":"*","operation":"/","decision":"allow"}]}"#,
+        )
+        .unwrap();
         s.mtime = None; // force, even on coarse file-system clocks
         assert!(s.reload_if_changed());
         assert_eq!(s.policy().rules.len(), 1);

@@ -215,15 +215,14 @@ pub async fn call_all(
     }
     let mut outcomes = Vec::with_capacity(list.len());
     for ((jid, _), h) in list.into_iter().zip(handles) {
-        let result = match tokio::time::timeout_at(
-            deadline + crate::node::DEADLINE_GRACE,
-            h,
-        )
-        .await
+        let result = match tokio::time::timeout_at(deadline + crate::node::DEADLINE_GRACE, h).await
         {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(CallError::local("internal", "call task failed")),
-            Err(_) => Err(CallError::local("deadline-expired", "no outcome by the deadline")),
+            Err(_) => Err(CallError::local(
+                "deadline-expired",
+                "no outcome by the deadline",
+            )),
         };
         outcomes.push(AgentOutcome { jid, result });
     }

@@ -7,8 +7,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::Bus;
-use vertebra_embedded_server::{FaultAction, FaultRule, JidPattern, StanzaKind};
 use vertebra_embedded_server::testing::ServerKind;
+use vertebra_embedded_server::{FaultAction, FaultRule, JidPattern, StanzaKind};
 use vertebra_reference_agent::agent::Agent;
 use vertebra_reference_agent::node::{CallOptions, Node};
 use vertebra_reference_agent::protocol::payloads::test_ops;
@@ -23,15 +23,28 @@ fn child_is(el: &Element, name: &str, op_type: Option<&str>) -> bool {
 }
 
 async fn counter(req: &Node, a: &FullJid) -> i32 {
-    let c = call_direct(req, Jid::from(a.clone()), test_ops::COUNTER, Args::new().with("read", Value::Boolean(true)), Duration::from_secs(5))
-        .await
-        .expect("read counter");
+    let c = call_direct(
+        req,
+        Jid::from(a.clone()),
+        test_ops::COUNTER,
+        Args::new().with("read", Value::Boolean(true)),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("read counter");
     c.last().and_then(|x| x.get_i4("value")).expect("value")
 }
 
 async fn setup() -> (Bus, Agent, FullJid) {
-    let bus = Bus::start(ServerKind::Embedded, vertebra_reference_agent::policy::allow_all()).await.expect("embedded");
-    let a = bus.start_agent(bus.agent("a").await.test_profile(true)).await;
+    let bus = Bus::start(
+        ServerKind::Embedded,
+        vertebra_reference_agent::policy::allow_all(),
+    )
+    .await
+    .expect("embedded");
+    let a = bus
+        .start_agent(bus.agent("a").await.test_profile(true))
+        .await;
     let ja = a.node().jid().unwrap();
     (bus, a, ja)
 }
@@ -42,12 +55,43 @@ async fn duplicated_stanzas_execute_once() {
     let req = bus.requester("req").await;
     let f = bus.server.embedded().unwrap().faults();
     // every stanza between the two, both ways, delivered twice
-    f.add(FaultRule::new(FaultAction::Duplicate(1)).from(JidPattern::Full(req.jid().unwrap())).to(JidPattern::Full(ja.clone())).kind(StanzaKind::Iq));
-    f.add(FaultRule::new(FaultAction::Duplicate(1)).from(JidPattern::Full(ja.clone())).to(JidPattern::Full(req.jid().unwrap())).kind(StanzaKind::Iq));
-    let r = call_direct(&req, Jid::from(ja.clone()), test_ops::COUNTER, Args::new(), Duration::from_secs(5)).await.expect("counter");
+    f.add(
+        FaultRule::new(FaultAction::Duplicate(1))
+            .from(JidPattern::Full(req.jid().unwrap()))
+            .to(JidPattern::Full(ja.clone()))
+            .kind(StanzaKind::Iq),
+    );
+    f.add(
+        FaultRule::new(FaultAction::Duplicate(1))
+            .from(JidPattern::Full(ja.clone()))
+            .to(JidPattern::Full(req.jid().unwrap()))
+            .kind(StanzaKind::Iq),
+    );
+    let r = call_direct(
+        &req,
+        Jid::from(ja.clone()),
+        test_ops::COUNTER,
+        Args::new(),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("counter");
     assert_eq!(r.last().unwrap().get_i4("value"), Some(1));
-    let s = call_direct(&req, Jid::from(ja.clone()), test_ops::STREAM, Args::new().with("count", Value::I4(10)), Duration::from_secs(5)).await.expect("stream");
-    assert_eq!(s.iter().map(|c| c.get_i4("index").unwrap()).collect::<Vec<_>>(), (0..10).collect::<Vec<_>>());
+    let s = call_direct(
+        &req,
+        Jid::from(ja.clone()),
+        test_ops::STREAM,
+        Args::new().with("count", Value::I4(10)),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("stream");
+    assert_eq!(
+        s.iter()
+            .map(|c| c.get_i4("index").unwrap())
+            .collect::<Vec<_>>(),
+        (0..10).collect::<Vec<_>>()
+    );
     f.clear();
     assert_eq!(counter(&req, &ja).await, 1);
 }
@@ -65,7 +109,15 @@ async fn dropped_op_is_a_terminal_error_not_a_hang() {
             .times(1),
     );
     let t0 = Instant::now();
-    let e = call_direct(&req, Jid::from(ja.clone()), test_ops::COUNTER, Args::new(), Duration::from_secs(5)).await.unwrap_err();
+    let e = call_direct(
+        &req,
+        Jid::from(ja.clone()),
+        test_ops::COUNTER,
+        Args::new(),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.condition, "responder-gone");
     assert!(t0.elapsed() < Duration::from_secs(3));
     assert_eq!(f.counts(rule).map(|c| c.1), Some(1), "the rule fired once");
@@ -87,13 +139,24 @@ async fn dropped_data_ends_the_call() {
     );
     let t0 = Instant::now();
     let e = req
-        .call_collect(Jid::from(ja.clone()), test_ops::STREAM, Args::new().with("count", Value::I4(6)),
-            CallOptions { timeout: Duration::from_millis(1500), window: Some(1), ..Default::default() })
+        .call_collect(
+            Jid::from(ja.clone()),
+            test_ops::STREAM,
+            Args::new().with("count", Value::I4(6)),
+            CallOptions {
+                timeout: Duration::from_millis(1500),
+                window: Some(1),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap_err();
     // the responder waits for the lost chunk's result until the deadline, then errors; the
     // requester ends by deadline + grace at the latest
-    assert!(matches!(e.condition.as_str(), "deadline-expired" | "out-of-order"), "{e:?}");
+    assert!(
+        matches!(e.condition.as_str(), "deadline-expired" | "out-of-order"),
+        "{e:?}"
+    );
     assert!(t0.elapsed() < Duration::from_millis(1500) + Duration::from_secs(3));
 }
 
@@ -111,7 +174,15 @@ async fn connection_cut_mid_op_no_silent_loss_no_rerun() {
             .times(1),
     );
     let t0 = Instant::now();
-    let e = call_direct(&req, Jid::from(ja.clone()), test_ops::COUNTER, Args::new(), Duration::from_secs(10)).await.unwrap_err();
+    let e = call_direct(
+        &req,
+        Jid::from(ja.clone()),
+        test_ops::COUNTER,
+        Args::new(),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.condition, "responder-gone", "{e:?}");
     assert!(t0.elapsed() < Duration::from_secs(3));
     // the agent reconnects and re-advertises; the op ran exactly once and is not re-run
@@ -119,6 +190,14 @@ async fn connection_cut_mid_op_no_silent_loss_no_rerun() {
     bus.wait_listed(&req, test_ops::COUNTER, &ja).await;
     assert_eq!(counter(&req, &ja).await, 1);
     // and the bus works again
-    let r = call_direct(&req, Jid::from(ja.clone()), test_ops::COUNTER, Args::new(), Duration::from_secs(5)).await.expect("after reconnect");
+    let r = call_direct(
+        &req,
+        Jid::from(ja.clone()),
+        test_ops::COUNTER,
+        Args::new(),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("after reconnect");
     assert_eq!(r.last().unwrap().get_i4("value"), Some(2));
 }

@@ -14,9 +14,17 @@ mod word_count;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn image_farm_least_loaded_and_killed_backend_gets_nothing() {
     let r = image_farm::run(6).await.expect("scenario");
-    assert!(r.before_kill.iter().all(|b| b == "render2"), "{:?}", r.before_kill);
+    assert!(
+        r.before_kill.iter().all(|b| b == "render2"),
+        "{:?}",
+        r.before_kill
+    );
     assert_eq!(r.after_kill.len(), 6);
-    assert!(r.after_kill.iter().all(|b| b == "render1"), "{:?}", r.after_kill);
+    assert!(
+        r.after_kill.iter().all(|b| b == "render1"),
+        "{:?}",
+        r.after_kill
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -32,6 +40,8 @@ async fn word_count_map_reduce() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn legacy_command_on_the_bus() {
-    let (lines, words) = legacy_command::run("one two three\nfour five\n").await.expect("scenario");
+    let (lines, words) = legacy_command::run("one two three\nfour five\n")
+        .await
+        .expect("scenario");
     assert_eq!((lines, words), (2, 5));
 }

@@ -72,7 +72,13 @@ pub async fn run_command(command: String, call: Call) -> Result<Args, HandlerErr
         };
         let key: String = k
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
             .collect();
         cmd.env(format!("VERTEBRA_ARG_{key}"), val);
     }
@@ -81,7 +87,10 @@ pub async fn run_command(command: String, call: Call) -> Result<Args, HandlerErr
         .await
         .map_err(|_| HandlerError::new("the command could not be started"))?;
     Ok(Args::new()
-        .with("stdout", Value::String(String::from_utf8_lossy(&out.stdout).into_owned()))
+        .with(
+            "stdout",
+            Value::String(String::from_utf8_lossy(&out.stdout).into_owned()),
+        )
         .with("status", Value::I4(out.status.code().unwrap_or(-1))))
 }
 

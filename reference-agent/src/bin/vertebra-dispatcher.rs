@@ -56,7 +56,11 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut cfg = DispatcherConfig::new(ConnectOptions::new(o.server.clone(), Jid::from(jid), o.password.clone()));
+    let mut cfg = DispatcherConfig::new(ConnectOptions::new(
+        o.server.clone(),
+        Jid::from(jid),
+        o.password.clone(),
+    ));
     cfg.policy_file = o.policy.clone();
     if o.policy.is_none() {
         log::warn!("no --policy: every call will be denied (default deny)");

@@ -132,10 +132,12 @@ async fn connect(c: &ConnArgs) -> Result<(Node, Jid), ExitCode> {
     let server = c.server.clone().ok_or_else(|| {
         fail(exit::USAGE, "no server: pass --server HOST:PORT or set VERTEBRA_SERVER (try `vertebra demo --serve`)")
     })?;
-    let login = c
-        .login
-        .as_deref()
-        .ok_or_else(|| fail(exit::USAGE, "no identity: pass --as JID or set VERTEBRA_JID"))?;
+    let login = c.login.as_deref().ok_or_else(|| {
+        fail(
+            exit::USAGE,
+            "no identity: pass --as JID or set VERTEBRA_JID",
+        )
+    })?;
     let jid = parse_full_jid("--as", login).map_err(|e| fail(exit::USAGE, e))?;
     let pw = c
         .password
@@ -149,7 +151,10 @@ async fn connect(c: &ConnArgs) -> Result<(Node, Jid), ExitCode> {
     cfg.serve = false;
     let node = Node::start(cfg);
     if let Err(e) = node.wait_online(Duration::from_secs(10)).await {
-        return Err(fail(exit::CONNECT, format!("cannot connect to {server}: {e}")));
+        return Err(fail(
+            exit::CONNECT,
+            format!("cannot connect to {server}: {e}"),
+        ));
     }
     Ok((node, Jid::from(dispatcher)))
 }
@@ -171,7 +176,10 @@ async fn run_call(c: &ConnArgs, call: &CallArgs) -> ExitCode {
         return fail(exit::USAGE, "no operation given (see --help)");
     };
     if !op.starts_with('/') {
-        return fail(exit::USAGE, format!("{op:?} is not an operation path (they start with '/')"));
+        return fail(
+            exit::USAGE,
+            format!("{op:?} is not an operation path (they start with '/')"),
+        );
     }
     let args = match parse_args(&call.args) {
         Ok(a) => a,
@@ -191,8 +199,12 @@ async fn run_call(c: &ConnArgs, call: &CallArgs) -> ExitCode {
                         .outcomes
                         .iter()
                         .map(|o| match &o.result {
-                            Ok(ch) => serde_json::json!({"jid": o.jid.to_string(), "ok": chunks_json(ch)}),
-                            Err(e) => serde_json::json!({"jid": o.jid.to_string(), "error": err_json(e)}),
+                            Ok(ch) => {
+                                serde_json::json!({"jid": o.jid.to_string(), "ok": chunks_json(ch)})
+                            }
+                            Err(e) => {
+                                serde_json::json!({"jid": o.jid.to_string(), "error": err_json(e)})
+                            }
                         })
                         .collect();
                     print_json(serde_json::Value::Array(list));
@@ -223,7 +235,9 @@ async fn run_call(c: &ConnArgs, call: &CallArgs) -> ExitCode {
     } else {
         let r = match &call.jid {
             Some(j) => match j.parse::<Jid>() {
-                Ok(j) => call_direct(&node, j.clone(), op, args, timeout).await.map(|c| (j, c)),
+                Ok(j) => call_direct(&node, j.clone(), op, args, timeout)
+                    .await
+                    .map(|c| (j, c)),
                 Err(e) => return fail(exit::USAGE, format!("--jid {j:?}: {e}")),
             },
             None => call_single(&node, &d, op, args, timeout).await,
@@ -231,7 +245,9 @@ async fn run_call(c: &ConnArgs, call: &CallArgs) -> ExitCode {
         match r {
             Ok((who, chunks)) => {
                 if c.json {
-                    print_json(serde_json::json!({"jid": who.to_string(), "ok": chunks_json(&chunks)}));
+                    print_json(
+                        serde_json::json!({"jid": who.to_string(), "ok": chunks_json(&chunks)}),
+                    );
                 } else {
                     println!("{who}: ok ({} chunk(s))", chunks.len());
                     for chunk in &chunks {
@@ -261,7 +277,12 @@ async fn run_discover(c: &ConnArgs, op: &str, args: &[String], limit: Option<u32
     list_agents(c, op, &scope, limit).await
 }
 
-async fn list_agents(c: &ConnArgs, op: &str, scope: &ResourceScope, limit: Option<u32>) -> ExitCode {
+async fn list_agents(
+    c: &ConnArgs,
+    op: &str,
+    scope: &ResourceScope,
+    limit: Option<u32>,
+) -> ExitCode {
     let (node, d) = match connect(c).await {
         Ok(x) => x,
         Err(code) => return code,
@@ -307,7 +328,11 @@ async fn demo(serve: bool, n: usize) -> ExitCode {
             Ok(b) => b,
             Err(e) => return fail(exit::CONNECT, e),
         };
-        let rd = if i % 2 == 1 { "/cluster/rd00" } else { "/cluster/rd01" };
+        let rd = if i % 2 == 1 {
+            "/cluster/rd00"
+        } else {
+            "/cluster/rd01"
+        };
         let name = format!("agent{i}");
         let a = b
             .resource("cluster", rd)
@@ -335,13 +360,17 @@ async fn demo(serve: bool, n: usize) -> ExitCode {
     };
     for a in &agents {
         if let Some(j) = a.node().jid() {
-            bus.wait_listed(&req, "/gem/list", &j, Duration::from_secs(10)).await;
+            bus.wait_listed(&req, "/gem/list", &j, Duration::from_secs(10))
+                .await;
         }
     }
     if serve {
         let _ = bus.server.add_account("cli", "cli-pw");
         println!("Vertebra demo bus is up. In another terminal:");
-        println!("  export VERTEBRA_SERVER={} VERTEBRA_JID=cli@{}/cli VERTEBRA_PASSWORD=cli-pw", bus.addr, bus.domain);
+        println!(
+            "  export VERTEBRA_SERVER={} VERTEBRA_JID=cli@{}/cli VERTEBRA_PASSWORD=cli-pw",
+            bus.addr, bus.domain
+        );
         println!("  vertebra agents");
         println!("  vertebra /gem/list cluster=res:/cluster/rd00 count=i4:3 --single");
         println!("  vertebra /gem/list count=i4:1 --all");
@@ -351,12 +380,22 @@ async fn demo(serve: bool, n: usize) -> ExitCode {
     }
     let d = bus.djid();
     println!("$ vertebra agents");
-    if let Ok(list) = discover(&req, &d, "/", &ResourceScope::new(), None, Duration::from_secs(5)).await {
+    if let Ok(list) = discover(
+        &req,
+        &d,
+        "/",
+        &ResourceScope::new(),
+        None,
+        Duration::from_secs(5),
+    )
+    .await
+    {
         for (j, l) in list {
             println!("  {j}  load {l:.3}");
         }
     }
-    let args = parse_args(&["cluster=res:/cluster/rd00".into(), "count=i4:3".into()]).unwrap_or_default();
+    let args =
+        parse_args(&["cluster=res:/cluster/rd00".into(), "count=i4:3".into()]).unwrap_or_default();
     println!("$ vertebra /gem/list cluster=res:/cluster/rd00 count=i4:3 --single");
     match call_single(&req, &d, "/gem/list", args, Duration::from_secs(10)).await {
         Ok((who, chunks)) => {
@@ -368,7 +407,16 @@ async fn demo(serve: bool, n: usize) -> ExitCode {
         Err(e) => return fail(exit_code_for(&e), e),
     }
     println!("$ vertebra /gem/list count=i4:1 --all");
-    match call_all(&req, &d, "/gem/list", parse_args(&["count=i4:1".into()]).unwrap_or_default(), Duration::from_secs(10), None).await {
+    match call_all(
+        &req,
+        &d,
+        "/gem/list",
+        parse_args(&["count=i4:1".into()]).unwrap_or_default(),
+        Duration::from_secs(10),
+        None,
+    )
+    .await
+    {
         Ok(g) => {
             for o in g.outcomes {
                 match o.result {
@@ -393,15 +441,21 @@ async fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let code = if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
             let _ = e.print();
             return ExitCode::from(code as u8);
         }
     };
     match &cli.cmd {
-        Some(Cmd::Discover { operation, args, limit }) => {
-            run_discover(&cli.conn, operation, args, *limit).await
-        }
+        Some(Cmd::Discover {
+            operation,
+            args,
+            limit,
+        }) => run_discover(&cli.conn, operation, args, *limit).await,
         Some(Cmd::Agents) => list_agents(&cli.conn, "/", &ResourceScope::new(), None).await,
         Some(Cmd::Demo { serve, agents }) => demo(*serve, *agents).await,
         None => run_call(&cli.conn, &cli.call).await,

@@ -44,7 +44,10 @@ impl Bus {
         ));
         cfg.policy = policy;
         let dispatcher = Dispatcher::start(cfg).unwrap();
-        dispatcher.wait_online(ONLINE).await.expect("dispatcher online");
+        dispatcher
+            .wait_online(ONLINE)
+            .await
+            .expect("dispatcher online");
         Some(Bus {
             server,
             addr,
