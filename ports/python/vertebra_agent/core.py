@@ -239,6 +239,15 @@ class AgentCore:
 
     # -- incoming IQs -----------------------------------------------------------------------
 
+    def handle_iq_children(
+        self, frm: str, iq_id: str, iq_type: str, children: list[ET.Element]
+    ) -> Reply:
+        """An IQ get/set with Vertebra content: exactly one child is allowed [VAP-TRN-005]
+        (two children: ``bad-request``; the spec leaves it open, SPEC-FINDINGS.md B18)."""
+        if len(children) != 1:
+            return Reply.error("modify", "bad-request")
+        return self.handle_iq(frm, iq_id, iq_type, children[0])
+
     def handle_iq(self, frm: str, iq_id: str, iq_type: str, child: ET.Element) -> Reply:
         """Answer one IQ get/set whose child is in NS. Called in stream order [VAP-TRN-027]."""
         key = (frm, iq_id)
@@ -866,10 +875,17 @@ class AgentCore:
         return ok
 
     async def advertise_loop(self) -> None:
-        """Advertise now and again at 0.9 × ttl [VAP-DSC-010]; retry sooner after a failure."""
+        """Advertise now and again at 0.9 × ttl [VAP-DSC-010]. A failed advertise (dispatcher
+        not online yet, …) is retried with back-off from 250 ms up to 2 s (the spec leaves the
+        retry open: SPEC-FINDINGS.md B15)."""
+        failures = 0
         while True:
-            ok = await self.advertise()
-            await asyncio.sleep(0.9 * self.advertise_ttl if ok else min(5.0, 0.9 * self.advertise_ttl))
+            if await self.advertise():
+                failures = 0
+                await asyncio.sleep(0.9 * self.advertise_ttl)
+            else:
+                failures += 1
+                await asyncio.sleep(min(2.0, 0.25 * 2 ** (failures - 1), 0.9 * self.advertise_ttl))
 
     # -- housekeeping ------------------------------------------------------------------------
 

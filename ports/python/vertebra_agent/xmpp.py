@@ -157,7 +157,7 @@ class VertebraClient(slixmpp.ClientXMPP):
         frm = str(JID(iq["from"]).full) if iq["from"] else self.boundjid.domain
         child = iq.xml[0]
         try:
-            reply: Reply = self.core.handle_iq(frm, iq["id"], iq["type"], child)
+            reply: Reply = self.core.handle_iq_children(frm, iq["id"], iq["type"], list(iq.xml))
         except Exception:  # noqa: BLE001 - always answer [VAP-TRN-006]
             log.exception("internal error handling %s", child.tag)
             reply = Reply.error("wait", "internal-server-error")
