@@ -161,8 +161,8 @@ INVALID = {
     # not-authorized [VAP-ERR-005], a negative seq is out-of-order [VAP-OPS-038]
     "error-unknown-condition.xml": ("requester-failure", "kaboom"),
     "nack-unknown-reason.xml": ("requester-failure", "not-authorized"),
-    # unknown scope values change nothing [VAP-OPS-016] [VAP-OPS-017]
-    "op-unknown-scope.xml": ("final", None),
+    # a scope outside all/single/direct: bad-value, as fixtures/vectors (SPEC-FINDINGS.md B19)
+    "op-unknown-scope.xml": ("error", "bad-value"),
     # window outside 1..64: bad-value (the spec is silent: SPEC-FINDINGS.md A5)
     "op-window-too-large.xml": ("error", "bad-value"),
     # two Vertebra children in one IQ: bad-request (SPEC-FINDINGS.md B18)

@@ -23,7 +23,7 @@ import sys
 from typing import Any
 
 from .resources import Resource
-from .values import BadValue, from_json, parse_boolean, parse_double, parse_i4, to_json
+from .values import BadValue, loads_json, parse_boolean, parse_double, parse_i4, to_json
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CONNECT, EXIT_NO_AGENT, EXIT_GONE = 0, 1, 2, 3, 4, 5
 
@@ -50,7 +50,7 @@ def parse_arg(text: str) -> tuple[str, Any]:
         return name, Resource(raw)
     if kind == "nil":
         return name, None
-    return name, from_json(json.loads(raw))
+    return name, loads_json(raw)
 
 
 def _exit_for(outcome: str) -> int:

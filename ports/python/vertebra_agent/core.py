@@ -316,6 +316,9 @@ class AgentCore:
             except ValueError:
                 problem = problem or "bad window"
                 window = DEFAULT_WINDOW
+        scope = el.get("scope")
+        if scope is not None and scope not in ("all", "single", "direct"):
+            problem = problem or f"bad scope {scope!r}"  # as fixtures/vectors (SPEC-FINDINGS B19)
         op_type: Resource | None = None
         try:
             op_type = Resource(el.get("type", ""))
@@ -696,8 +699,10 @@ class AgentCore:
         token = el.get("token", "")
         try:
             parts = parse_token(token)
+            if len(parts) != 2:
+                raise TokenError("not T:S")
         except TokenError:
-            return Reply.result()
+            return Reply.error("modify", "bad-request")  # as fixtures/vectors (B20)
         c = self._calls.get((frm, parts[0]))
         if c is None or c.done.done():  # [VAP-OPS-046]
             return Reply.result()

@@ -49,6 +49,7 @@ __all__ = [
     "decode_named",
     "to_json",
     "from_json",
+    "loads_json",
 ]
 
 
@@ -321,6 +322,27 @@ def decode_named(parent: ET.Element) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------
 # JSON mapping (tagged, lossless)
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise BadValue(f"duplicate JSON member {k!r}")  # like duplicate XML names
+        out[k] = v
+    return out
+
+
+def loads_json(text: str) -> Any:
+    """Parse JSON text of a tagged value, rejecting duplicate members [VAP-VAL-040]."""
+    import json
+
+    try:
+        return from_json(json.loads(text, object_pairs_hook=_no_duplicates))
+    except ValueError as e:  # JSONDecodeError is a ValueError; BadValue too
+        if isinstance(e, BadValue):
+            raise
+        raise BadValue(f"bad JSON: {e}") from None
 
 
 def to_json(value: Any) -> Any:
