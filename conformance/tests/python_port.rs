@@ -97,7 +97,7 @@ mod interop {
     use vertebra_reference_agent::conn::ConnectOptions;
     use vertebra_reference_agent::dispatcher::{Dispatcher, DispatcherConfig};
     use vertebra_reference_agent::node::{wait_advertised, Node, NodeConfig};
-    use vertebra_reference_agent::policy::Policy;
+    use vertebra_reference_agent::policy::allow_all;
     use vertebra_reference_agent::protocol::payloads::test_ops;
     use vertebra_reference_agent::protocol::{Args, Value};
     use vertebra_reference_agent::requester::{call_all, call_direct};
@@ -154,7 +154,7 @@ mod interop {
             Jid::from(djid.clone()),
             "dpw",
         ));
-        cfg.policy = Policy::allow_all();
+        cfg.policy = allow_all();
         let dispatcher = Dispatcher::start(cfg).expect("dispatcher");
         dispatcher
             .wait_online(ONLINE)
@@ -337,5 +337,157 @@ mod interop {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn python_and_rust_interop_via_rust_dispatcher_prosody() {
         scenario(ServerKind::Prosody).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The conformance harness against the Python agent.
+
+mod harness {
+    use super::repo_root;
+    use std::io::{BufRead, BufReader};
+    use std::path::PathBuf;
+    use std::process::{Child, Command, Stdio};
+    use std::time::Duration;
+
+    use vertebra_embedded_server::testing::{ServerKind, TestServer};
+
+    fn harness_bin() -> PathBuf {
+        option_env!("CARGO_BIN_EXE_vertebra-conformance")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join("target/debug/vertebra-conformance"))
+    }
+
+    fn launcher() -> Option<PathBuf> {
+        if repo_root().join("ports/python/.venv/bin/python").exists() {
+            return Some(repo_root().join("ports/python/bin/vertebra-agent"));
+        }
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("ports/python/.venv is missing (CI=true)");
+        }
+        eprintln!("SKIPPED harness run: ports/python/.venv is missing");
+        None
+    }
+
+    struct Killed(Child);
+
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            if let Ok(None) = self.0.try_wait() {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+    }
+
+    fn run_harness(args: &[&str]) -> (bool, String) {
+        let out_dir =
+            std::env::temp_dir().join(format!("vertebra-py-harness-{}", std::process::id()));
+        let out = Command::new(harness_bin())
+            .arg("run")
+            .arg("--out")
+            .arg(&out_dir)
+            .args(args)
+            .current_dir(repo_root())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run vertebra-conformance");
+        let _ = std::fs::remove_dir_all(&out_dir);
+        let text = format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    /// Server mode through a real Prosody: the agent is started first (readiness = its
+    /// "online" log line), then the harness plays the dispatcher. Every MUST must pass except
+    /// the baselined CR case (spec finding A1, which the Rust agent fails too).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn harness_passes_the_python_agent_through_prosody() {
+        let Some(agent_cmd) = launcher() else { return };
+        let Some(server) = TestServer::start_or_skip(ServerKind::Prosody, "localhost")
+            .await
+            .expect("server starts")
+        else {
+            return;
+        };
+        let addr = server.addr().to_string();
+        server.add_account("dispatcher", "dpw").await.unwrap();
+        server.add_account("agent", "apw").await.unwrap();
+        let mut child = Killed(
+            Command::new(agent_cmd)
+                .arg("-v")
+                .env("VERTEBRA_SERVER", &addr)
+                .env("VERTEBRA_JID", "agent@localhost/agent")
+                .env("VERTEBRA_PASSWORD", "apw")
+                .env("VERTEBRA_DISPATCHER", "dispatcher@localhost/dispatcher")
+                .env("VERTEBRA_TEST_PROFILE", "1")
+                .env("VERTEBRA_LOAD_INTERVAL_MS", "200")
+                .env("PYTHONDONTWRITEBYTECODE", "1")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn the Python agent"),
+        );
+        // readiness: the agent's "online as" line (bounded by the agent's own 10 s login limit)
+        let stderr = child.0.stderr.take().expect("stderr");
+        let online = tokio::task::spawn_blocking(move || {
+            let mut lines = BufReader::new(stderr).lines();
+            let ok = lines
+                .by_ref()
+                .map_while(Result::ok)
+                .any(|l| l.contains("online as"));
+            // keep draining so the agent never blocks on a full pipe
+            std::thread::spawn(move || lines.for_each(drop));
+            ok
+        });
+        let online = tokio::time::timeout(Duration::from_secs(30), online)
+            .await
+            .expect("agent came online in time")
+            .expect("reader");
+        assert!(online, "the Python agent exited before logging in");
+        let baseline = repo_root().join("ports/python/conformance-baseline-prosody.json");
+        let (ok, text) = tokio::task::spawn_blocking(move || {
+            std::env::set_var("VERTEBRA_HARNESS_PASSWORD", "dpw");
+            run_harness(&[
+                "--server",
+                &addr,
+                "--jid",
+                "dispatcher@localhost/dispatcher",
+                "--agent",
+                "agent@localhost/agent",
+                "--load-interval-ms",
+                "200",
+                "--baseline",
+                baseline.to_str().expect("utf-8 path"),
+            ])
+        })
+        .await
+        .expect("harness thread");
+        println!("{text}");
+        assert!(
+            ok,
+            "the harness found MUST failures in the Python agent (output above)"
+        );
+    }
+
+    /// Spawn mode on the embedded server. Ignored until the harness's readiness loop copes with
+    /// agents that log in more than ~0.5 s after being spawned: it then stops getting ping
+    /// answers (reproduced with the Rust agent too:
+    /// `vertebra-conformance run -- sh -c 'sleep 1; exec target/debug/vertebra-agent'`).
+    #[test]
+    #[ignore = "harness spawn readiness stalls for agents that start in > 0.5 s (docs/status.md, Python port)"]
+    fn harness_passes_the_python_agent_spawned_on_the_embedded_server() {
+        let Some(agent_cmd) = launcher() else { return };
+        let cmd = agent_cmd.to_str().expect("utf-8 path").to_string();
+        let (ok, text) = run_harness(&["--", &cmd]);
+        println!("{text}");
+        assert!(
+            ok,
+            "the harness found MUST failures in the Python agent (output above)"
+        );
     }
 }
