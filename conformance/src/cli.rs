@@ -77,6 +77,8 @@ pub fn requirement_index() -> Arc<ReqIndex> {
 
 /// Execute a run; returns the exit code.
 pub async fn run(req: RunRequest) -> i32 {
+    // The suite plus the promoted fuzz regression cases (fixtures/traces/regressions).
+    let cases = crate::fuzz::regress::all_cases();
     if !(req.time_scale.is_finite() && req.time_scale > 0.0) {
         eprintln!("--time-scale must be a positive number");
         return exit::ENVIRONMENT;
@@ -88,7 +90,7 @@ pub async fn run(req: RunRequest) -> i32 {
                     .entries
                     .iter()
                     .filter(|e| {
-                        !CASES
+                        !cases
                             .iter()
                             .any(|c| crate::baseline::glob_match(&e.case, c.id))
                     })
@@ -111,7 +113,7 @@ pub async fn run(req: RunRequest) -> i32 {
         only: req.only.clone(),
         skip: req.skip.clone(),
     };
-    if !CASES.iter().any(|c| selection.selected(c)) {
+    if !cases.iter().any(|c| selection.selected(c)) {
         eprintln!("no case matches the --only/--skip filters (see `vertebra-conformance list`)");
         return exit::NOTHING_EXECUTED;
     }
@@ -137,7 +139,7 @@ pub async fn run(req: RunRequest) -> i32 {
         .as_ref()
         .map(|a| a.session.clone())
         .map_err(|e| e.clone());
-    let out: std::io::Result<RunOutput> = runner::run(CASES, session, trace, levels, &cfg).await;
+    let out: std::io::Result<RunOutput> = runner::run(cases, session, trace, levels, &cfg).await;
     if let Ok(a) = attached {
         attach::detach(a).await;
     }

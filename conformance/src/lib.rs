@@ -10,6 +10,7 @@ pub mod case;
 pub mod cases;
 pub mod cli;
 pub mod coverage;
+pub mod fuzz;
 pub mod peer;
 pub mod reference;
 pub mod report;

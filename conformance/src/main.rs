@@ -51,6 +51,10 @@ enum Cmd {
     Selftest(cli::SelftestArgs),
     /// Requirement coverage: MUSTs with no check, checks never seen to fail on a mutant.
     Coverage(cli::CoverageArgs),
+    /// Protocol-aware fuzzing of an agent or dispatcher (exit 4 when something is found).
+    Fuzz(vertebra_conformance::fuzz::FuzzArgs),
+    /// Replay a trace against an implementation, or re-judge it offline.
+    Replay(vertebra_conformance::fuzz::replay::ReplayArgs),
 }
 
 #[derive(Args)]
@@ -109,6 +113,8 @@ fn main() -> ExitCode {
         Cmd::Explain { id } => cli::explain(&id),
         Cmd::Selftest(a) => cli::selftest(a),
         Cmd::Coverage(a) => cli::coverage(a),
+        Cmd::Fuzz(a) => vertebra_conformance::fuzz::cli_fuzz(a),
+        Cmd::Replay(a) => vertebra_conformance::fuzz::replay::cli_replay(a),
     };
     ExitCode::from(code.clamp(0, 255) as u8)
 }

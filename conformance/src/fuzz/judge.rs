@@ -1,0 +1,441 @@
+//! Stanza-level oracles, fed with what the harness sent and what the implementation sent back.
+//! Pure (no I/O): the fuzzer runs them live, `replay --offline` re-runs them over a recorded
+//! trace with whatever the current oracles are.
+
+use super::tracefile::Finding;
+use crate::cases::util::leaks_internals;
+use crate::peer::{NS, NS_STANZAS};
+use minidom::Element;
+use std::collections::{HashMap, HashSet};
+use vertebra_protocol::{Condition, OpResult, RequestToken, VertebraPayload};
+
+/// IQ-level error conditions a Vertebra entity may send ([VAP-TRN-010], [VAP-TRN-011],
+/// [VAP-OPS-006]); `feature-not-implemented` for a legacy IQ get it does not serve.
+const IQ_ERRORS: &[&str] = &[
+    "bad-request",
+    "service-unavailable",
+    "feature-not-implemented",
+];
+
+/// Responder `<error>` conditions of the error table ([VAP-ERR-001]).
+const OP_ERRORS: &[&str] = &[
+    "no-handler",
+    "bad-value",
+    "overloaded",
+    "handler-failed",
+    "internal-error",
+    "cancelled",
+    "deadline-expired",
+    "unsupported-version",
+];
+
+/// nack reasons ([VAP-ERR-002]).
+const NACK_REASONS: &[&str] = &["not-authorized", "authorization-unavailable"];
+
+#[derive(Debug, Clone)]
+struct Request {
+    payload: String,
+    op_type: String,
+    token: String,
+    counter_inc: bool,
+    fail_reason: Option<String>,
+    fail_condition: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct OpState {
+    via: String,
+    counter_inc: bool,
+    acked: bool,
+    terminal: bool,
+    fail: bool,
+    fail_reason: Option<String>,
+}
+
+/// The oracles' memory of one execution.
+#[derive(Default)]
+pub struct Judge {
+    /// Full JID (or bare) of the implementation under test.
+    pub target: String,
+    requests: HashMap<(String, String), Request>,
+    /// Canonical first answer per (via, IQ id), and the payload it answered.
+    answers: HashMap<(String, String), (String, String)>,
+    ops: HashMap<String, OpState>,
+    /// Composite token per (via, IQ id) of an op.
+    pub composite: HashMap<(String, String), String>,
+    pub findings: Vec<Finding>,
+    /// Step index the current events belong to.
+    pub step: usize,
+    pub stanzas_judged: u64,
+}
+
+fn canon_answer(el: &Element) -> String {
+    let ty = el.attr("type").unwrap_or("");
+    if ty == "error" {
+        let cond = el
+            .get_child("error", crate::peer::NS_CLIENT)
+            .or_else(|| el.children().find(|c| c.name() == "error"))
+            .and_then(|e| {
+                e.children()
+                    .find(|c| c.ns() == NS_STANZAS && c.name() != "text")
+            })
+            .map(|c| c.name().to_string())
+            .unwrap_or_default();
+        format!("error:{cond}")
+    } else {
+        match el.get_child("op", NS) {
+            Some(op) => format!("result:op:{}", op.attr("token").unwrap_or("")),
+            None => "result".to_string(),
+        }
+    }
+}
+
+fn named_text(el: &Element, name: &str) -> Option<String> {
+    el.children()
+        .find(|c| c.attr("name") == Some(name))
+        .map(|c| c.text())
+}
+
+impl Judge {
+    pub fn new(target: &str) -> Judge {
+        Judge {
+            target: target.to_string(),
+            ..Default::default()
+        }
+    }
+
+    fn find(&mut self, oracle: &str, req: &str, detail: String) {
+        if self.findings.iter().any(|f| f.oracle == oracle) {
+            return;
+        }
+        self.findings.push(Finding {
+            oracle: oracle.into(),
+            requirement: req.into(),
+            detail,
+            at_step: self.step,
+        });
+    }
+
+    fn from_target(&self, el: &Element) -> bool {
+        match el.attr("from") {
+            Some(f) => f == self.target || crate::cases::util::same_jid(f, &self.target),
+            None => false,
+        }
+    }
+
+    /// The harness sent `el` (a whole stanza) through identity `via`.
+    pub fn on_sent(&mut self, via: &str, el: &Element) {
+        if el.name() != "iq" {
+            return;
+        }
+        let ty = el.attr("type").unwrap_or("");
+        if ty != "set" && ty != "get" {
+            return;
+        }
+        let id = el.attr("id").unwrap_or("").to_string();
+        let Some(child) = el.children().next() else {
+            return;
+        };
+        let payload = String::from(child);
+        let op_type = child.attr("type").unwrap_or("").to_string();
+        let read = named_text(child, "read")
+            .map(|t| matches!(t.trim(), "1" | "true"))
+            .unwrap_or(false);
+        let is_op = child.is("op", NS);
+        let req = Request {
+            payload,
+            token: child.attr("token").unwrap_or("").to_string(),
+            counter_inc: is_op && op_type.ends_with("/vertebra/test/counter") && !read,
+            fail_reason: (is_op && op_type.ends_with("/vertebra/test/fail"))
+                .then(|| named_text(child, "reason").unwrap_or_default()),
+            fail_condition: (is_op && op_type.ends_with("/vertebra/test/fail"))
+                .then(|| named_text(child, "condition").unwrap_or_default()),
+            op_type,
+        };
+        self.requests.insert((via.to_string(), id), req);
+    }
+
+    /// The harness identity `via` received `el` (a whole stanza).
+    pub fn on_received(&mut self, via: &str, el: &Element) {
+        if !self.from_target(el) {
+            return;
+        }
+        self.stanzas_judged += 1;
+        match el.name() {
+            "iq" => self.on_iq(via, el),
+            "presence" => {
+                if let Some(l) = el.get_child("load", NS) {
+                    if let Err(e) = vertebra_protocol::Load::from_element(l) {
+                        self.find(
+                            "invalid-stanza",
+                            "VAP-LOAD-001",
+                            format!("load presence does not decode ({e}): {}", String::from(el)),
+                        );
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_iq(&mut self, via: &str, el: &Element) {
+        let ty = el.attr("type").unwrap_or("");
+        let id = el.attr("id").unwrap_or("").to_string();
+        match ty {
+            "result" | "error" => {
+                let key = (via.to_string(), id.clone());
+                let Some(req) = self.requests.get(&key).cloned() else {
+                    return;
+                };
+                let ans = canon_answer(el);
+                if let Some((first, payload)) = self.answers.get(&key) {
+                    if *payload == req.payload && *first != ans {
+                        let d = format!(
+                            "IQ id {id:?} from {via} sent twice with the same payload; first answer {first}, then {ans} (the repeat was processed again)"
+                        );
+                        self.find("duplicate-reexecuted", "VAP-OPS-067", d);
+                    }
+                } else {
+                    self.answers
+                        .insert(key.clone(), (ans.clone(), req.payload.clone()));
+                }
+                if ty == "error" {
+                    let cond = ans.trim_start_matches("error:").to_string();
+                    if !IQ_ERRORS.contains(&cond.as_str()) {
+                        self.find(
+                            "error-taxonomy",
+                            "VAP-ERR-001",
+                            format!(
+                                "IQ error condition {cond:?} is not one the spec allows: {}",
+                                String::from(el)
+                            ),
+                        );
+                    }
+                    let text: String = el
+                        .children()
+                        .flat_map(|e| e.children())
+                        .filter(|c| c.name() == "text")
+                        .map(|c| c.text())
+                        .collect();
+                    if let Some(w) = leaks_internals(&text) {
+                        self.find(
+                            "leak",
+                            "VAP-SEC-024",
+                            format!("IQ error text contains {w}: {text:?}"),
+                        );
+                    }
+                    return;
+                }
+                if let Some(op) = el.get_child("op", NS) {
+                    match OpResult::from_element(op) {
+                        Err(e) => self.find(
+                            "invalid-stanza",
+                            "VAP-OPS-019",
+                            format!("op result does not decode ({e}): {}", String::from(el)),
+                        ),
+                        Ok(r) => {
+                            let tok = op.attr("token").unwrap_or("").to_string();
+                            if let Ok(rt) = RequestToken::parse(&req.token) {
+                                let x = rt.to_string();
+                                let last = x.rsplit(':').next().unwrap_or("");
+                                let got = tok.split(':').next().unwrap_or("");
+                                if !last.eq_ignore_ascii_case(got) {
+                                    self.find(
+                                        "invalid-stanza",
+                                        "VAP-OPS-003",
+                                        format!("composite token {tok:?} does not start with the last segment of {:?}", req.token),
+                                    );
+                                }
+                            }
+                            self.composite.insert(key.clone(), tok.clone());
+                            let st = self.ops.entry(tok).or_insert(OpState {
+                                via: via.to_string(),
+                                counter_inc: req.counter_inc,
+                                acked: false,
+                                terminal: false,
+                                fail: req.fail_condition.is_some(),
+                                fail_reason: req.fail_reason.clone(),
+                            });
+                            if r.ack {
+                                st.acked = true;
+                            }
+                            let _ = &req.op_type;
+                        }
+                    }
+                }
+            }
+            "set" => {
+                let Some(child) = el.children().next() else {
+                    return;
+                };
+                if child.ns() != NS {
+                    return;
+                }
+                let p = match VertebraPayload::from_element(child) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.find(
+                            "invalid-stanza",
+                            "VAP-VAL-001",
+                            format!(
+                                "<{}> from the target does not decode ({e}): {}",
+                                child.name(),
+                                String::from(el)
+                            ),
+                        );
+                        return;
+                    }
+                };
+                let tok = child.attr("token").unwrap_or("").to_string();
+                let name = child.name().to_string();
+                let known = self.ops.get(&tok).cloned();
+                if let Some(st) = &known {
+                    if st.terminal {
+                        self.find(
+                            "after-terminal",
+                            "VAP-OPS-045",
+                            format!("<{name}> for op {tok} after its terminal stanza"),
+                        );
+                    }
+                    if st.via == super::tracefile::VIA_STRANGER
+                        && matches!(name.as_str(), "ack" | "data" | "final")
+                    {
+                        self.find(
+                            "refused-executed",
+                            "VAP-SEC-008",
+                            format!("the denied stranger's op {tok} got <{name}> (it must be nacked and never run)"),
+                        );
+                    }
+                }
+                match &p {
+                    VertebraPayload::Error(e) => {
+                        let cond = e
+                            .condition
+                            .as_ref()
+                            .map(|c| c.as_str().to_string())
+                            .unwrap_or_default();
+                        let fail = known.as_ref().is_some_and(|k| k.fail);
+                        if !fail && !OP_ERRORS.contains(&cond.as_str()) {
+                            self.find(
+                                "error-taxonomy",
+                                "VAP-ERR-001",
+                                format!("<error condition={cond:?}> is not a responder condition of the error table"),
+                            );
+                        }
+                        if let Some(c) = &e.condition {
+                            if !fail
+                                && !matches!(c, Condition::Other(_))
+                                && c.error_type() != e.error_type
+                            {
+                                self.find(
+                                    "error-taxonomy",
+                                    "VAP-ERR-001",
+                                    format!("<error condition={cond:?} type={:?}>: the table assigns type {:?}", e.error_type.as_str(), c.error_type().as_str()),
+                                );
+                            }
+                        }
+                        let reason = e.reason.clone().unwrap_or_default();
+                        let echoed = known
+                            .as_ref()
+                            .and_then(|k| k.fail_reason.as_ref())
+                            .is_some_and(|r| *r == reason);
+                        if !echoed {
+                            if let Some(w) = leaks_internals(&reason) {
+                                self.find(
+                                    "leak",
+                                    "VAP-SEC-024",
+                                    format!("error reason contains {w}: {reason:?}"),
+                                );
+                            }
+                        }
+                    }
+                    VertebraPayload::Nack(n) => {
+                        let r = n.reason.as_str().to_string();
+                        if !NACK_REASONS.contains(&r.as_str()) {
+                            self.find(
+                                "error-taxonomy",
+                                "VAP-ERR-002",
+                                format!("nack reason {r:?}"),
+                            );
+                        }
+                    }
+                    _ => {}
+                }
+                if let Some(st) = self.ops.get_mut(&tok) {
+                    match name.as_str() {
+                        "ack" => st.acked = true,
+                        "nack" | "final" | "error" => st.terminal = true,
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Counter accounting: (acked increments, increments still undecided).
+    pub fn counter_model(&self) -> (i64, i64) {
+        let mut acked = 0;
+        let mut open = 0;
+        for st in self.ops.values() {
+            if st.counter_inc && st.via != super::tracefile::VIA_STRANGER {
+                if st.acked {
+                    acked += 1;
+                } else if !st.terminal {
+                    open += 1;
+                }
+            }
+        }
+        // Requests with no op result yet are undecided too.
+        let answered: HashSet<&(String, String)> = self.composite.keys().collect();
+        for (k, r) in &self.requests {
+            if r.counter_inc
+                && k.0 != super::tracefile::VIA_STRANGER
+                && !answered.contains(k)
+                && !self.answers.contains_key(k)
+            {
+                open += 1;
+            }
+        }
+        (acked, open)
+    }
+
+    /// Ops still without a terminal stanza (for settling).
+    pub fn open_ops(&self) -> usize {
+        self.ops.values().filter(|s| !s.terminal).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn el(s: &str) -> Element {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn duplicate_with_a_new_token_is_a_finding() {
+        let mut j = Judge::new("a@x/a");
+        let sent = el("<iq xmlns='jabber:client' type='set' id='i1' to='a@x/a'><op xmlns='http://xmlschema.engineyard.com/agent/api' version='1.0' token='0123456789abcdef0123456789abcdef' type='/vertebra/test/echo' timeout='5000'/></iq>");
+        j.on_sent("requester", &sent);
+        j.on_received("requester", &el("<iq xmlns='jabber:client' type='result' id='i1' from='a@x/a'><op xmlns='http://xmlschema.engineyard.com/agent/api' token='0123456789abcdef0123456789abcdef:11111111111111111111111111111111'/></iq>"));
+        assert!(j.findings.is_empty(), "{:?}", j.findings);
+        j.on_sent("requester", &sent);
+        j.on_received("requester", &el("<iq xmlns='jabber:client' type='result' id='i1' from='a@x/a'><op xmlns='http://xmlschema.engineyard.com/agent/api' token='0123456789abcdef0123456789abcdef:22222222222222222222222222222222'/></iq>"));
+        assert_eq!(j.findings[0].oracle, "duplicate-reexecuted");
+    }
+
+    #[test]
+    fn bad_condition_and_leak_are_findings() {
+        let mut j = Judge::new("a@x/a");
+        j.on_received("requester", &el("<iq xmlns='jabber:client' type='set' id='z' from='a@x/a'><error xmlns='http://xmlschema.engineyard.com/agent/api' token='01:02' type='error' condition='handler-failed'><string name='reason'>panicked at src/main.rs:3</string></error></iq>"));
+        assert!(j.findings.iter().any(|f| f.oracle == "leak"));
+        j.on_received("requester", &el("<iq xmlns='jabber:client' type='set' id='y' from='a@x/a'><error xmlns='http://xmlschema.engineyard.com/agent/api' token='01:02' type='error' condition='kaboom'/></iq>"));
+        assert!(j.findings.iter().any(|f| f.oracle == "error-taxonomy"));
+        // Stanzas from others are not judged.
+        let mut k = Judge::new("a@x/a");
+        k.on_received("requester", &el("<iq xmlns='jabber:client' type='set' id='y' from='b@x/b'><error xmlns='http://xmlschema.engineyard.com/agent/api' token='01:02' type='error' condition='kaboom'/></iq>"));
+        assert!(k.findings.is_empty());
+    }
+}
