@@ -130,20 +130,45 @@ impl Injector for EmbeddedInjector {
         let el: Element = xml
             .parse()
             .map_err(|e| format!("harness built bad XML: {e}"))?;
+        self.inject_el(el)
+    }
+
+    fn inject_el(&self, el: Element) -> Result<(), String> {
         self.server
             .inject(el)
             .map(|_| ())
             .map_err(|e| e.to_string())
+    }
+
+    fn mark(&self) -> u64 {
+        self.server
+            .trace()
+            .snapshot()
+            .last()
+            .map(|e| e.seq + 1)
+            .unwrap_or(0)
+    }
+
+    fn sent_by(&self, jid: &str, after: u64) -> Vec<Element> {
+        let want: Option<jid::Jid> = jid.parse().ok();
+        self.server
+            .trace()
+            .snapshot()
+            .into_iter()
+            .filter(|e| e.seq >= after && e.direction == vertebra_embedded_server::Direction::In)
+            .filter(|e| e.jid.is_some() && e.jid == want)
+            .filter_map(|e| parse_stanza(&e.xml))
+            .collect()
     }
 }
 
-impl EmbeddedInjector {
-    pub fn inject_el(&self, el: Element) -> Result<(), String> {
-        self.server
-            .inject(el)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+/// Parse a traced stanza (serialised inside a stream, so it may lack `xmlns`).
+fn parse_stanza(xml: &str) -> Option<Element> {
+    if let Ok(el) = xml.parse::<Element>() {
+        return Some(el);
     }
+    let wrapped = format!("<w xmlns='jabber:client'>{xml}</w>");
+    wrapped.parse::<Element>().ok()?.children().next().cloned()
 }
 
 pub fn full(s: &str) -> Result<FullJid, String> {
@@ -259,6 +284,9 @@ pub async fn connect_session(plan: Plan, trace: &Trace) -> Result<Session, Strin
         features: Mutex::new(Vec::new()),
         dispatcher_features: Mutex::new(Vec::new()),
         load_interval_ms: plan.load_interval_ms,
+        addr: plan.addr.clone(),
+        password: plan.password.clone(),
+        reference_policy: plan.mode == Mode::Reference,
     })
 }
 

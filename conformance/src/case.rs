@@ -72,6 +72,12 @@ impl Abort {
             reason: reason.into(),
         }
     }
+    pub fn skipped(reason: impl Into<String>) -> Abort {
+        Abort {
+            outcome: Outcome::Skipped,
+            reason: reason.into(),
+        }
+    }
     pub fn unsupported(reason: impl Into<String>) -> Abort {
         Abort {
             outcome: Outcome::Unsupported,

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, Notify};
-use tokio_xmpp::{Client, Event};
+use tokio_xmpp::stanzastream::{Event as StreamEvent_, StanzaStream, StreamEvent};
 use xmpp_parsers::iq::Iq;
 use xmpp_parsers::stanza::Stanza;
 
@@ -131,6 +131,7 @@ struct Shared {
     loads: Mutex<Vec<LoadReport>>,
     connected: Mutex<bool>,
     counter: Mutex<u64>,
+    failures: Mutex<Vec<String>>,
 }
 
 enum Cmd {
@@ -169,15 +170,18 @@ impl Peer {
         trace: Trace,
         deadline: Duration,
     ) -> Result<Peer, String> {
-        let mut client = Client::new_with_connector(
+        // The stanza stream directly (not `Client`): sending only enqueues, so a burst of
+        // incoming stanzas can never dead-lock against an outgoing one; deep queues both ways.
+        let mut client = StanzaStream::new_c2s(
+            NoDelayConnector(addr.to_string()),
             Jid::from(jid.clone()),
             password.to_string(),
-            NoDelayConnector(addr.to_string()),
             tokio_xmpp::xmlstream::Timeouts::tight(),
+            4096,
         );
         let bound = tokio::time::timeout(deadline, async {
             while let Some(ev) = client.next().await {
-                if let Event::Online { bound_jid, .. } = ev {
+                if let StreamEvent_::Stream(StreamEvent::Reset { bound_jid, .. }) = ev {
                     return Some(bound_jid);
                 }
             }
@@ -201,7 +205,17 @@ impl Peer {
             loads: Mutex::new(Vec::new()),
             connected: Mutex::new(true),
             counter: Mutex::new(0),
+            failures: Mutex::new(Vec::new()),
         });
+        // Initial presence: the server then treats this identity as available (presence to
+        // a bare JID reaches it) [RFC 6121].
+        let _ = tokio::time::timeout(
+            deadline,
+            client.send(Box::new(Stanza::Presence(
+                xmpp_parsers::presence::Presence::available(),
+            ))),
+        )
+        .await;
         let (tx, rx) = mpsc::channel(256);
         let peer = Peer {
             name: name.to_string(),
@@ -214,40 +228,43 @@ impl Peer {
         Ok(peer)
     }
 
-    async fn run(self, mut client: Client, mut rx: mpsc::Receiver<Cmd>) {
+    async fn run(self, mut client: StanzaStream, mut rx: mpsc::Receiver<Cmd>) {
         loop {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
                     Some(Cmd::Send(el, done)) => {
                         let r = match Stanza::try_from(el) {
-                            Ok(st) => client.send_stanza(st).await.map(|_| ()).map_err(|e| e.to_string()),
+                            Ok(st) => {
+                                // Enqueue only; the stream's own task writes it.
+                                let _token = client.send(Box::new(st)).await;
+                                Ok(())
+                            }
                             Err(e) => Err(format!("not a stanza: {e:?}")),
                         };
                         let _ = done.send(r);
                     }
                     Some(Cmd::Close(done)) => {
-                        let _ = tokio::time::timeout(Duration::from_secs(2), client.send_end()).await;
+                        let _ = tokio::time::timeout(Duration::from_secs(2), client.close()).await;
                         *lock(&self.shared.connected) = false;
                         let _ = done.send(());
                         return;
                     }
                     None => {
-                        let _ = tokio::time::timeout(Duration::from_secs(2), client.send_end()).await;
+                        let _ = tokio::time::timeout(Duration::from_secs(2), client.close()).await;
                         return;
                     }
                 },
                 ev = client.next() => match ev {
-                    Some(Event::Stanza(st)) => {
+                    Some(StreamEvent_::Stanza(st)) => {
                         let el = Element::from(st);
                         self.on_stanza(el);
                     }
-                    Some(Event::Online { .. }) => {
+                    Some(StreamEvent_::Stream(StreamEvent::Reset { .. })) => {
                         *lock(&self.shared.connected) = true;
                         self.trace.note(format!("{}: (re)connected", self.name));
                     }
-                    Some(Event::Disconnected(e)) => {
-                        *lock(&self.shared.connected) = false;
-                        self.trace.note(format!("{}: disconnected: {e}", self.name));
+                    Some(StreamEvent_::Stream(other)) => {
+                        self.trace.note(format!("{}: stream event {other:?}", self.name));
                     }
                     None => {
                         *lock(&self.shared.connected) = false;
@@ -667,13 +684,53 @@ impl Peer {
         let _ = self.call_set(&from, fin).await;
     }
 
-    /// Send an IQ set and wait (2 s) for its result.
+    /// Send an IQ set and wait (2 s) for its result; a missing result is recorded.
     async fn call_set(&self, to: &str, payload: Element) -> bool {
         let since = self.mark();
+        let what = format!("<{}> to {to}", payload.name());
         let Ok(id) = self.send_iq("set", to, Some(payload)).await else {
             return false;
         };
-        matches!(self.wait_response(since, &id, Duration::from_secs(2)).await, Some(r) if r.iq_type() == Some("result"))
+        let r = self.wait_response(since, &id, Duration::from_secs(2)).await;
+        let ok = matches!(&r, Some(r) if r.iq_type() == Some("result"));
+        if !ok {
+            lock(&self.shared.failures).push(format!(
+                "{what}: {}",
+                r.map(|r| r.xml())
+                    .unwrap_or_else(|| "no IQ result within 2 s".into())
+            ));
+        }
+        ok
+    }
+
+    /// IQ sets this peer sent (as dispatcher) that were not answered with a result.
+    pub fn lifecycle_failures(&self) -> Vec<String> {
+        lock(&self.shared.failures).clone()
+    }
+
+    /// The first advertisement from `from` recorded after `after`.
+    pub async fn wait_advert_after(
+        &self,
+        after: Instant,
+        from: &str,
+        budget: Duration,
+    ) -> Option<Advert> {
+        let end = tokio::time::Instant::now() + budget;
+        let want: Option<Jid> = from.parse().ok();
+        loop {
+            let notified = self.shared.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(a) = lock(&self.shared.adverts)
+                .iter()
+                .find(|a| a.at > after && a.from.parse::<Jid>().ok() == want)
+            {
+                return Some(a.clone());
+            }
+            if tokio::time::timeout_at(end, notified).await.is_err() {
+                return None;
+            }
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use vertebra_reference_agent::agent::{Agent, AgentBuilder};
 use vertebra_reference_agent::config::Misbehaviour;
 use vertebra_reference_agent::conn::ConnectOptions;
 use vertebra_reference_agent::dispatcher::{Dispatcher, DispatcherConfig};
-use vertebra_reference_agent::policy::{Decision, Policy, Rule};
+use vertebra_reference_agent::policy::PolicyFile;
 
 pub const ACCOUNTS: &[&str] = &[
     "dispatcher",
@@ -84,20 +84,16 @@ impl TargetControl for ReferenceControl {
 }
 
 /// The policy the reference dispatcher runs with in reference mode: the harness requester may
-/// call `/allowed`, nothing else is allowed (default deny).
-pub fn reference_policy(domain: &str) -> Policy {
-    Policy {
-        default: Decision::Deny,
-        ttl: 0,
-        rules: vec![Rule {
-            from: format!("requester@{domain}"),
-            to: "*".into(),
-            operation: "/allowed".into(),
-            resources: None,
-            decision: Decision::Allow,
-            ttl: None,
-        }],
-    }
+/// call `/allowed`, nothing else is allowed (default deny), decisions are not cached.
+pub fn reference_policy(domain: &str) -> Result<vertebra_protocol::dispatch::Policy, String> {
+    let text = serde_json::json!({
+        "ttl": 0,
+        "rules": [{ "from": format!("requester@{domain}"), "operation": "/allowed", "decision": "allow" }]
+    })
+    .to_string();
+    PolicyFile::from_json(&text, "reference policy")
+        .and_then(|f| f.to_policy("reference policy"))
+        .map_err(|e| e.to_string())
 }
 
 pub async fn attach_reference(
@@ -187,7 +183,7 @@ pub async fn attach_reference(
         jid::Jid::from(refd_jid.clone()),
         pw.clone(),
     ));
-    dcfg.policy = reference_policy(domain);
+    dcfg.policy = reference_policy(domain)?;
     dcfg.misbehave = mutant;
     dcfg.sweep_every = Duration::from_millis(50);
     let dispatcher = Dispatcher::start(dcfg).map_err(|e| e.to_string())?;

@@ -47,6 +47,12 @@ pub trait Injector: Send + Sync {
     /// Deliver `xml` (a whole stanza, possibly not well-formed) to the session of `to`
     /// exactly as written, claiming to be from `from` when the stanza has no from.
     fn inject(&self, to: &str, xml: &str) -> Result<(), String>;
+    /// Deliver an element (any `from`).
+    fn inject_el(&self, el: minidom::Element) -> Result<(), String>;
+    /// Position in the server's wire trace.
+    fn mark(&self) -> u64;
+    /// Stanzas the session `jid` sent (as read by the server) after `mark`.
+    fn sent_by(&self, jid: &str, after: u64) -> Vec<minidom::Element>;
 }
 
 /// A third-party (or reference) dispatcher under test and the harness's agent identities.
@@ -82,6 +88,11 @@ pub struct Session {
     pub dispatcher_features: Mutex<Vec<String>>,
     /// Load interval the agent was configured with (ms), when the harness set it.
     pub load_interval_ms: Option<u64>,
+    /// Server address and the harness identities' password (extra identities per case).
+    pub addr: String,
+    pub password: String,
+    /// The reference dispatcher's policy allows `requester@<domain>` to call `/allowed`.
+    pub reference_policy: bool,
 }
 
 impl Session {

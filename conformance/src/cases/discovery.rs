@@ -1,0 +1,260 @@
+//! Discovery on the agent side: disco#info claims, ping, advertisements to the dispatcher.
+
+use super::util::*;
+use crate::attach::disco;
+use crate::case::{Abort, CaseResult, Ctx};
+use crate::peer::{NS_DISCO_INFO, NS_PING};
+use std::time::{Duration, Instant};
+
+pub async fn disco_info(cx: Ctx) -> CaseResult {
+    let agent = agent(&cx)?;
+    let (features, ids) = disco(&cx.session.req, &agent, cx.budget(2000))
+        .await
+        .map_err(|e| {
+            cx.check(
+                "VAP-TRN-019",
+                false,
+                "an IQ result to disco#info",
+                e.clone(),
+            );
+            Abort::stop(e)
+        })?;
+    cx.check(
+        "VAP-TRN-019",
+        true,
+        "an IQ result to disco#info",
+        format!("{} features", features.len()),
+    );
+    cx.check(
+        "VAP-TRN-020",
+        ids.iter()
+            .any(|(c, t)| c == "automation" && t == "vertebra-agent"),
+        "identity category=automation type=vertebra-agent",
+        format!("identities {ids:?}"),
+    );
+    let need = ["urn:vertebra:1.0", NS_PING, NS_DISCO_INFO];
+    let missing: Vec<&str> = need
+        .iter()
+        .copied()
+        .filter(|n| !features.iter().any(|f| f == n))
+        .collect();
+    cx.check(
+        "VAP-TRN-022",
+        missing.is_empty(),
+        format!("features {}", need.join(", ")),
+        format!("missing {missing:?} in {features:?}"),
+    );
+    cx.check(
+        "VAP-TRN-024",
+        features.iter().any(|f| f == F_TEST),
+        "urn:vertebra:1.0:test-profile listed (the harness started the agent in test mode)",
+        format!("{features:?}"),
+    );
+    Ok(())
+}
+
+/// The six test-profile operations all have handlers.
+pub async fn profile_ops(cx: Ctx) -> CaseResult {
+    let calls: Vec<(&str, Vec<minidom::Element>)> = vec![
+        ("echo", vec![]),
+        ("stream", vec![i4("count", 0), i4("size", 0)]),
+        ("sleep", vec![i4("ms", 0)]),
+        (
+            "fail",
+            vec![
+                v("string", "condition", "handler-failed"),
+                v("string", "reason", "x"),
+            ],
+        ),
+        ("counter", vec![v("boolean", "read", "1")]),
+        ("set-load", vec![v("double", "value", "0")]),
+    ];
+    let mut bad = Vec::new();
+    for (name, vals) in calls {
+        let (_c, o) = call(&cx, &format!("{TEST}/{name}"), 5000, vals, 3000).await?;
+        if o.terminal.is_none() || o.error().is_some_and(|(_, k)| k == "no-handler") {
+            bad.push(format!("{name}: {}", o.describe()));
+        }
+    }
+    cx.check(
+        "VAP-TPF-001",
+        bad.is_empty(),
+        "all six test-profile operations served",
+        if bad.is_empty() {
+            "all served".into()
+        } else {
+            bad.join("; ")
+        },
+    );
+    Ok(())
+}
+
+pub async fn ping(cx: Ctx) -> CaseResult {
+    let agent = agent(&cx)?;
+    let req = &cx.session.req;
+    let since = req.mark();
+    let t0 = Instant::now();
+    let id = req
+        .send_iq(
+            "get",
+            &agent,
+            Some(minidom::Element::builder("ping", NS_PING).build()),
+        )
+        .await
+        .map_err(Abort::error)?;
+    let r = req.wait_response(since, &id, cx.budget(2000)).await;
+    let dt = t0.elapsed();
+    cx.check(
+        "VAP-TRN-025",
+        r.as_ref()
+            .is_some_and(|r| r.iq_type() == Some("result") && r.el.children().next().is_none()),
+        "an empty IQ result",
+        r.as_ref()
+            .map(|r| r.xml())
+            .unwrap_or_else(|| "no answer".into()),
+    );
+    cx.check(
+        "VAP-TRN-026",
+        r.is_some() && dt <= Duration::from_millis(1000),
+        "answered within 1000 ms",
+        format!("{dt:?}"),
+    );
+    Ok(())
+}
+
+/// The agent advertised the test profile to its dispatcher (the harness), as a well-formed op.
+pub async fn advertised(cx: Ctx) -> CaseResult {
+    let dsp = dsp(&cx)?;
+    let adverts = dsp.adverts();
+    let agent = agent(&cx)?;
+    let mine: Vec<_> = adverts
+        .iter()
+        .filter(|a| same_jid(&a.from, &agent))
+        .collect();
+    let first = mine.first().cloned().ok_or_else(|| {
+        cx.check(
+            "VAP-DSC-001",
+            false,
+            "a /security/advertise op to the dispatcher after coming online",
+            "no advertise received",
+        );
+        Abort::stop("no advertisement")
+    })?;
+    cx.check(
+        "VAP-DSC-001",
+        true,
+        "an advertise op after coming online",
+        format!("{} advertisements", mine.len()),
+    );
+    let need = ["echo", "stream", "sleep", "fail", "counter", "set-load"];
+    let missing: Vec<&str> = need
+        .iter()
+        .copied()
+        .filter(|n| {
+            !first
+                .operations
+                .iter()
+                .any(|o| o == &format!("{TEST}/{n}") || o == TEST || o == "/vertebra")
+        })
+        .collect();
+    let resources = crate::cases::util::named(&first.raw, "resources");
+    let scoped = resources.is_some_and(|r| r.children().next().is_some());
+    cx.check(
+        "VAP-TPF-005",
+        missing.is_empty() && !scoped,
+        "the six test-profile operations advertised without scoping resources",
+        format!(
+            "operations {:?}; resources {}",
+            first.operations,
+            resources
+                .map(String::from)
+                .unwrap_or_else(|| "absent".into())
+        ),
+    );
+    cx.check(
+        "VAP-DSC-002",
+        mine.iter()
+            .all(|a| a.ttl.is_some_and(|t| (0..=86_400).contains(&t))),
+        "ttl between 0 and 86400",
+        format!("ttls {:?}", mine.iter().map(|a| a.ttl).collect::<Vec<_>>()),
+    );
+    // The advertise op as a requester's op.
+    let op = &first.raw;
+    let t = op.attr("token").unwrap_or("");
+    cx.check(
+        "VAP-OPS-001",
+        is_hex32(t),
+        "T = 32 lowercase hex characters",
+        format!("token {t:?}"),
+    );
+    cx.check(
+        "VAP-OPS-010",
+        op.attr("version") == Some("1.0"),
+        "version=\"1.0\"",
+        format!("version {:?}", op.attr("version")),
+    );
+    cx.check(
+        "VAP-OPS-011",
+        op.attr("timeout")
+            .and_then(|x| x.parse::<u64>().ok())
+            .is_some_and(|x| (1..=86_400_000).contains(&x)),
+        "timeout in 1..86400000",
+        format!("timeout {:?}", op.attr("timeout")),
+    );
+    cx.check(
+        "VAP-OPS-013",
+        op.children()
+            .all(|c| c.attr("name").is_some_and(|n| !n.is_empty())),
+        "every top-level child named",
+        String::from(op),
+    );
+    let fails = dsp.lifecycle_failures();
+    cx.check(
+        "VAP-OPS-031",
+        fails.is_empty(),
+        "the agent answers every ack/data/final the dispatcher sends it with an IQ result",
+        if fails.is_empty() {
+            "all answered".to_string()
+        } else {
+            fails.join("; ")
+        },
+    );
+    Ok(())
+}
+
+/// Re-advertise at the latest 0.9 × ttl.
+pub async fn readvertise(cx: Ctx) -> CaseResult {
+    let dsp = dsp(&cx)?;
+    let agent = agent(&cx)?;
+    let last = dsp
+        .adverts()
+        .into_iter()
+        .filter(|a| same_jid(&a.from, &agent))
+        .last();
+    let Some(last) = last else {
+        cx.check(
+            "VAP-DSC-010",
+            false,
+            "an advertisement to refresh",
+            "no advertisement seen",
+        );
+        return Ok(());
+    };
+    let ttl = last.ttl.unwrap_or(0).max(0) as u64;
+    if ttl == 0 || ttl > 5 {
+        cx.info("VAP-DSC-010", format!("ttl {ttl} s: a refresh within 0.9 × ttl is not observable within this case's budget"));
+        return Ok(());
+    }
+    let limit = Duration::from_millis(ttl * 900);
+    let next = dsp
+        .wait_advert_after(last.at, &agent, limit + cx.budget(400))
+        .await;
+    let gap = next.as_ref().map(|n| n.at.duration_since(last.at));
+    cx.check(
+        "VAP-DSC-010",
+        gap.is_some_and(|g| g <= limit + cx.budget(150)),
+        format!("next advertise within 0.9 × {ttl} s = {limit:?}"),
+        format!("{gap:?}"),
+    );
+    Ok(())
+}
