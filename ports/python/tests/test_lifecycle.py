@@ -504,3 +504,23 @@ async def test_requester_holds_back_a_gap_inside_the_window():
                                                  mk("final")])
     r = await req.call("a@example.net/4", "/x")  # legacy: no seq, no count
     assert r.ok and len(r.chunks) == 2
+
+
+@async_test
+async def test_handler_that_swallows_cancellation_still_ends_cancelled():
+    class Stubborn(Actor):
+        @operation("/stubborn")
+        async def run(self, ctx):
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                return {"ignored": True}  # bad manners: must not turn into a final
+
+    bus, agent, req, gems, calls = setup()
+    agent.add_actor(Stubborn())
+    cancel = asyncio.Event()
+    task = asyncio.get_running_loop().create_task(req.call(AGENT, "/stubborn", cancel=cancel))
+    await asyncio.sleep(0.05)
+    cancel.set()
+    r = await task
+    assert r.outcome == "cancelled" and r.chunks == []

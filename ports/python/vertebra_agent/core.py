@@ -488,10 +488,14 @@ class AgentCore:
                 op, error_element(op.token, "error", "handler-failed", "the handler failed")
             )
             return
+        if op.end_reason is not None:  # the handler swallowed its cancellation
+            raise asyncio.CancelledError
         count = op.seq
         await self._terminal(op, element("final", op.token, count=str(count)))  # [VAP-OPS-042]
 
     async def _send_data(self, op: _Served, chunk: dict[str, Any]) -> None:
+        if op.end_reason is not None:  # cancelled or expired: nothing more for this op
+            raise asyncio.CancelledError
         if op.data_failed is not None:
             raise _Abandon(str(op.data_failed))
         el = element("data", op.token, seq=str(op.seq))  # [VAP-OPS-034]
@@ -847,8 +851,12 @@ class AgentCore:
                 self.transport.send_presence(d, None)
 
     async def load_loop(self) -> None:
+        """A report at least every interval [VAP-LOAD-005]."""
         while True:
-            self.report_load(force=True)
+            try:
+                self.report_load(force=True)
+            except Exception:  # noqa: BLE001 - a closing stream must not end the loop
+                log.debug("load report failed", exc_info=True)
             await asyncio.sleep(self.load_interval_ms / 1000.0)
 
     # -- advertise ---------------------------------------------------------------------------
