@@ -224,6 +224,7 @@ class AgentCore:
         self._last_load_time = float("-inf")
         self._load_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._presence_to: set[str] = set()
         self.features: set[str] = set()
 
     # -- registration -----------------------------------------------------------------------
@@ -650,6 +651,13 @@ class AgentCore:
         if window is not None:
             el.set("window", str(window))
         encode_named(values, el)
+        if to not in self._presence_to:
+            # so that the responder's unavailable presence reaches us [VAP-LOAD-016]
+            self._presence_to.add(to)
+            try:
+                self.transport.send_presence(to, None)
+            except Exception:  # noqa: BLE001 - best effort (a SHOULD)
+                log.debug("directed presence to %s failed", to, exc_info=True)
         c = _Call(to, t, loop)
         if window is not None:
             c.window = window
