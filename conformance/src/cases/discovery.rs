@@ -44,6 +44,17 @@ pub async fn disco_info(cx: Ctx) -> CaseResult {
         format!("features {}", need.join(", ")),
         format!("missing {missing:?} in {features:?}"),
     );
+    let known = ["urn:vertebra:1.0", F_TEST, F_CANCEL, F_LOAD];
+    let unknown: Vec<&String> = features
+        .iter()
+        .filter(|f| f.starts_with("urn:vertebra:1.0") && !known.contains(&f.as_str()))
+        .collect();
+    cx.check(
+        "VAP-TRN-023",
+        unknown.is_empty(),
+        "only urn:vertebra:1.0:* features an agent implements (the behaviour behind test-profile, cancel and load is checked by their cases)",
+        format!("unexpected {unknown:?}"),
+    );
     cx.check(
         "VAP-TRN-024",
         features.iter().any(|f| f == F_TEST),
@@ -113,6 +124,15 @@ pub async fn ping(cx: Ctx) -> CaseResult {
             .map(|r| r.xml())
             .unwrap_or_else(|| "no answer".into()),
     );
+    let reached = r.as_ref().is_some_and(|r| r.iq_type() == Some("result"));
+    for req in ["VAP-TRN-001", "VAP-TRN-002", "VAP-SEC-001"] {
+        cx.check(
+            req,
+            reached && agent.contains('/'),
+            "reachable at its full JID through a server that only routes for SASL-authenticated, resource-bound sessions",
+            format!("ping to {agent}: {}", if reached { "answered" } else { "not answered" }),
+        );
+    }
     cx.check(
         "VAP-TRN-026",
         r.is_some() && dt <= Duration::from_millis(1000),
@@ -208,6 +228,73 @@ pub async fn advertised(cx: Ctx) -> CaseResult {
         "every top-level child named",
         String::from(op),
     );
+    // IQ type, op path form, configured dispatcher, presence before the first advertise.
+    let adv_iqs = dsp.collect(0, |r| {
+        r.name() == "iq"
+            && same_jid(r.from().unwrap_or(""), &agent)
+            && r.vchild().is_some_and(|c| c.name() == "op")
+    });
+    cx.check(
+        "VAP-OPS-009",
+        !adv_iqs.is_empty()
+            && adv_iqs
+                .iter()
+                .all(|r| r.iq_type() == Some("set") && r.el.children().count() == 1),
+        "every op the agent sends is the single child of an IQ set",
+        format!(
+            "{} op IQs, types {:?}",
+            adv_iqs.len(),
+            adv_iqs
+                .iter()
+                .map(|r| r.iq_type().unwrap_or(""))
+                .collect::<Vec<_>>()
+        ),
+    );
+    let bad_paths: Vec<String> = adv_iqs
+        .iter()
+        .filter_map(|r| r.vchild().and_then(|c| c.attr("type")).map(str::to_string))
+        .filter(|t| !normalized_path(t))
+        .collect();
+    cx.check(
+        "VAP-OPS-012",
+        bad_paths.is_empty(),
+        "op type in normalized resource-path form",
+        format!("not normalized: {bad_paths:?}"),
+    );
+    let dsp_jid = dsp.jid.to_string();
+    let to_dsp = adv_iqs
+        .iter()
+        .all(|r| same_jid(r.attr("to").unwrap_or(""), &dsp_jid));
+    let loads_to = dsp
+        .loads()
+        .iter()
+        .filter(|l| same_jid(&l.from, &agent))
+        .count();
+    for req in ["VAP-TRN-018", "VAP-TPF-019"] {
+        cx.check(
+            req,
+            to_dsp && loads_to > 0,
+            format!("advertise/authorize to the configured dispatcher {dsp_jid} and load to its bare JID"),
+            format!("ops to the dispatcher: {to_dsp}; load reports at the dispatcher: {loads_to}"),
+        );
+    }
+    let first_presence = dsp
+        .collect(0, |r| {
+            r.name() == "presence"
+                && same_jid(r.from().unwrap_or(""), &agent)
+                && r.attr("type").is_none()
+        })
+        .first()
+        .map(|r| r.at);
+    cx.check(
+        "VAP-LOAD-017",
+        first_presence.is_some_and(|p| p <= first.at),
+        "directed available presence to the dispatcher's bare JID before the first advertise",
+        format!(
+            "presence before the first advertise: {}",
+            first_presence.is_some_and(|p| p <= first.at)
+        ),
+    );
     let fails = dsp.lifecycle_failures();
     cx.check(
         "VAP-OPS-031",
@@ -220,6 +307,15 @@ pub async fn advertised(cx: Ctx) -> CaseResult {
         },
     );
     Ok(())
+}
+
+/// A normalized resource path: leading `/`, no empty segment, no trailing `/` (except root).
+pub fn normalized_path(p: &str) -> bool {
+    p == "/"
+        || (p.starts_with('/')
+            && !p.ends_with('/')
+            && !p.contains("//")
+            && !p.chars().any(|c| c.is_control()))
 }
 
 /// Re-advertise at the latest 0.9 × ttl.

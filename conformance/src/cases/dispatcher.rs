@@ -238,6 +238,50 @@ pub async fn discover_order(cx: Ctx) -> CaseResult {
         format!("{first} first after it reports 0.1"),
         format!("{:?}", l.map(|x| x.0)),
     );
+    // An invalid report is ignored: the previous value (0.1) stays in effect.
+    let bare = cx
+        .session
+        .dispatcher
+        .as_ref()
+        .map(|d| d.jid.clone())
+        .unwrap_or_default();
+    let bare = bare
+        .parse::<jid::Jid>()
+        .map(|j| j.to_bare().to_string())
+        .unwrap_or(bare);
+    agents[0]
+        .presence_to(
+            &bare,
+            Some(
+                Element::builder("load", NS)
+                    .at("value", "-5")
+                    .at("inflight", "0")
+                    .at("capacity", "0")
+                    .at("interval", "1")
+                    .build(),
+            ),
+        )
+        .await
+        .map_err(Abort::error)?;
+    let (_o, l) = discover(&cx, &opath, None).await?;
+    let first_load = l.as_ref().and_then(|(j, ls)| {
+        j.iter()
+            .position(|x| *x == first)
+            .and_then(|i| ls.get(i).cloned())
+    });
+    cx.check(
+        "VAP-LOAD-010",
+        l.as_ref().is_some_and(|(j, _)| j.first() == Some(&first))
+            && first_load.as_deref() == Some("double:0.1"),
+        format!("the invalid report is ignored: {first} stays first with load 0.1"),
+        format!("{:?}", l),
+    );
+    cx.check(
+        "VAP-LOAD-009",
+        first_load.as_deref() == Some("double:0.1"),
+        "the last valid report is kept per full JID",
+        format!("{first_load:?}"),
+    );
     // Clean up.
     for a in &agents {
         let _ = advertise(&cx, a, &[], 0).await;
@@ -364,6 +408,17 @@ pub async fn advertise_rules(cx: Ctx) -> CaseResult {
         "removed by ttl 0",
         format!("{:?}", l.map(|x| x.0)),
     );
+    // Refresh only: an empty advertise with ttl > 0 keeps the listing.
+    advertise(&cx, &agents[0], &[&opath], 60).await?;
+    let o = dcall(&cx, &agents[0], "/security/advertise", vec![i4("ttl", 60)]).await?;
+    let (_, l) = discover(&cx, &opath, None).await?;
+    cx.check(
+        "VAP-DSC-006",
+        o.term_name() == "final" && l.as_ref().is_some_and(|(j, _)| j.len() == 1),
+        "an advertise without operations and resources only refreshes (the listing stays)",
+        format!("{}; listed {:?}", o.describe(), l.map(|x| x.0)),
+    );
+    advertise(&cx, &agents[0], &[&opath], 0).await?;
     // Expiry.
     advertise(&cx, &agents[0], &[&opath], 1).await?;
     let t0 = Instant::now();
@@ -670,5 +725,133 @@ pub async fn foreign_requester(cx: Ctx) -> CaseResult {
         "<nack reason=\"not-authorized\"> for a discover from another domain",
         format!("dispatcher sent {names:?}"),
     );
+    Ok(())
+}
+
+/// Ops that are not the dispatcher's own are not forwarded: no-handler.
+pub async fn no_proxy(cx: Ctx) -> CaseResult {
+    let o = dcall(
+        &cx,
+        &cx.session.req,
+        "/vertebra/test/echo",
+        vec![v("string", "x", "y")],
+    )
+    .await?;
+    let forwarded = cx.session.dispatcher.as_ref().map(|d| {
+        d.agents
+            .iter()
+            .map(|p| {
+                p.collect(0, |r| {
+                    r.vchild().is_some_and(|c| {
+                        c.name() == "op" && c.attr("type") == Some("/vertebra/test/echo")
+                    })
+                })
+                .len()
+            })
+            .sum::<usize>()
+    });
+    cx.check(
+        "VAP-DSP-019",
+        o.error().is_some_and(|(_, k)| k == "no-handler") && forwarded == Some(0),
+        "no-handler for a non-dispatcher op, and nothing forwarded to agents",
+        format!(
+            "{}; forwarded to harness agents: {forwarded:?}",
+            o.describe()
+        ),
+    );
+    Ok(())
+}
+
+async fn advertise_res(
+    cx: &Ctx,
+    peer: &Peer,
+    op_path: &str,
+    key: &str,
+    res: &str,
+) -> Result<Obs, Abort> {
+    dcall(
+        cx,
+        peer,
+        "/security/advertise",
+        vec![
+            ops_list(&[op_path]),
+            vc(
+                "struct",
+                "resources",
+                vec![vc("list", key, vec![v("res", "", res)])],
+            ),
+            i4("ttl", 60),
+        ],
+    )
+    .await
+}
+
+async fn discover_res(cx: &Ctx, op_path: &str, key: &str, res: &str) -> Result<Vec<String>, Abort> {
+    let o = dcall(
+        cx,
+        &cx.session.req,
+        "/security/discover",
+        vec![
+            v("res", "operation", op_path),
+            vc("struct", "resources", vec![v("res", key, res)]),
+        ],
+    )
+    .await?;
+    Ok(o.chunks()
+        .first()
+        .and_then(|d| named(d, "jids"))
+        .map(|j| j.children().map(|c| c.text()).collect())
+        .unwrap_or_default())
+}
+
+/// Segment-wise resource matching in discover.
+pub async fn resource_matching(cx: Ctx) -> CaseResult {
+    let (_, agents) = target(&cx)?;
+    let a = &agents[0];
+    let me = jid_of(a);
+    let opath = unique_op();
+    report(&cx, a, 0.0, 60_000).await?;
+    let o = advertise_res(&cx, a, &opath, "cluster", "/cluster/rd00").await?;
+    cx.require(
+        "VAP-DSC-005",
+        o.term_name() == "final",
+        "advertise with keyed resources accepted",
+        o.describe(),
+    )?;
+    let probe = |q: &'static str| {
+        let cx = cx.clone();
+        let opath = opath.clone();
+        async move { discover_res(&cx, &opath, "cluster", q).await }
+    };
+    let sub = probe("/cluster/rd00/db").await?;
+    let parent = probe("/cluster").await?;
+    let sibling = probe("/cluster/rd001").await?;
+    let case = probe("/Cluster/rd00").await?;
+    let dots = probe("/cluster/rd00/../rd01").await?;
+    cx.check(
+        "VAP-RES-009",
+        sub.contains(&me) && parent.contains(&me),
+        "/cluster/rd00 matches /cluster/rd00/db and /cluster (segment prefix either way)",
+        format!("/cluster/rd00/db → {sub:?}; /cluster → {parent:?}"),
+    );
+    cx.check(
+        "VAP-RES-010",
+        !sibling.contains(&me),
+        "/cluster/rd001 does not match /cluster/rd00",
+        format!("{sibling:?}"),
+    );
+    cx.check(
+        "VAP-RES-006",
+        !case.contains(&me),
+        "/Cluster/rd00 does not match /cluster/rd00 (case-sensitive)",
+        format!("{case:?}"),
+    );
+    cx.check(
+        "VAP-RES-007",
+        dots.contains(&me),
+        "`..` is an ordinary segment: /cluster/rd00/../rd01 lies under /cluster/rd00",
+        format!("{dots:?}"),
+    );
+    let _ = advertise(&cx, a, &[], 0).await;
     Ok(())
 }

@@ -228,6 +228,14 @@ pub async fn unavailable_on_disconnect(cx: Ctx) -> CaseResult {
         .await
         .map_err(|e| Abort::error(format!("could not restart the agent: {e}")))?;
     let ready = Instant::now();
+    // Ready means ready: an op right after the readiness ping is served.
+    let (_c, o) = call(&cx, "/vertebra/test/echo", 5000, vec![i4("n", 1)], 3000).await?;
+    cx.check(
+        "VAP-TPF-022",
+        o.term_name() == "final",
+        "an op sent right after the answered readiness ping completes",
+        o.describe(),
+    );
     let first = dsp
         .wait_load(t0, cx.budget(2000), |l| {
             same_jid(&l.from, &agent)

@@ -7,6 +7,18 @@ use crate::xmlh::AttrExt;
 use minidom::Element;
 use std::time::Instant;
 
+/// Conditions that travel as `<error>` (spec/10-errors.md).
+pub const ERROR_CONDITIONS: &[&str] = &[
+    "no-handler",
+    "bad-value",
+    "handler-failed",
+    "internal-error",
+    "cancelled",
+    "deadline-expired",
+    "unsupported-version",
+    "overloaded",
+];
+
 /// Full echo lifecycle with the authorized requester.
 pub async fn lifecycle_echo(cx: Ctx) -> CaseResult {
     let dsp = dsp(&cx)?;
@@ -120,6 +132,29 @@ pub async fn lifecycle_echo(cx: Ctx) -> CaseResult {
             .map(|r| r.attr("to").unwrap_or("(none)").to_string())
             .collect::<Vec<_>>()
             .join(", "),
+    );
+    let foreign_ns = o
+        .stanzas
+        .iter()
+        .flat_map(|r| r.el.children())
+        .filter(|c| c.ns() != NS)
+        .count();
+    cx.check(
+        "VAP-VER-001",
+        foreign_ns == 0 && !o.stanzas.is_empty(),
+        format!("every Vertebra element in {NS}"),
+        format!("{foreign_ns} children in other namespaces"),
+    );
+    let legacy_ns = o.stanzas.iter().any(|r| {
+        r.xml()
+            .contains("http://xmlschema.engineyard.com/agent/0.5")
+            || r.el.children().any(|c| c.name() == "vertebra")
+    });
+    cx.check(
+        "VAP-VER-002",
+        !legacy_ns,
+        "no agent/0.5 namespace or <vertebra> wrapper",
+        format!("legacy namespace present: {legacy_ns}"),
     );
     // Authorization was asked, with the right fields, before the ack.
     let auth = dsp.auths().into_iter().find(|a| a.at >= t0);
@@ -656,6 +691,12 @@ pub async fn cancel_running(cx: Ctx) -> CaseResult {
         "sleep ends with cancelled when cancelled",
         o.describe(),
     );
+    cx.check(
+        "VAP-OPS-059",
+        ok,
+        "an agent claiming urn:vertebra:1.0:cancel implements cancel",
+        o.describe(),
+    );
     if ok {
         let dt = o
             .terminal
@@ -944,6 +985,16 @@ pub async fn fail_op(cx: Ctx) -> CaseResult {
         "exactly one <string name=\"reason\">",
         o.describe(),
     );
+    cx.check(
+        "VAP-ERR-001",
+        err.as_ref()
+            .is_some_and(|(_, k)| ERROR_CONDITIONS.contains(&k.as_str())),
+        format!(
+            "an error condition from the table ({})",
+            ERROR_CONDITIONS.join(", ")
+        ),
+        o.describe(),
+    );
     // A condition that is not an error condition → bad-value.
     let (_c, o) = call(
         &cx,
@@ -1036,5 +1087,241 @@ pub async fn attrs_and_versions(cx: Ctx) -> CaseResult {
             o.describe(),
         );
     }
+    Ok(())
+}
+
+/// A legacy (no `version`) op: no fast path, no values on final, seq/count as for 1.0,
+/// unnamed non-res children ignored, 2008 verbs rejected, IQ get accepted.
+pub async fn legacy(cx: Ctx) -> CaseResult {
+    let agent = agent(&cx)?;
+    let req = &cx.session.req;
+    let (el, t) = op(
+        "/vertebra/test/echo",
+        5000,
+        vec![v("string", "s", "old"), v("i4", "", "7")],
+    );
+    let mut el = with_attr(el, "version", None);
+    crate::xmlh::unset(&mut el, "timeout");
+    let c = send_op(req, &agent, el.clone(), &t, None).await?;
+    let o = observe(&cx, req, &c, cx.budget(3000), false).await;
+    let fin = o.term().filter(|f| f.name() == "final").cloned();
+    cx.check(
+        "VAP-OPS-026",
+        !o.fast_ack,
+        "no ack=\"true\" toward a legacy requester",
+        o.describe(),
+    );
+    cx.check(
+        "VAP-VER-007",
+        !o.fast_ack && fin.as_ref().is_some_and(|f| f.children().next().is_none()),
+        "no fast path and no values on final toward a legacy requester",
+        o.describe(),
+    );
+    cx.check(
+        "VAP-OPS-043",
+        fin.as_ref().is_some_and(|f| f.children().next().is_none()),
+        "no named values on final toward a legacy requester",
+        o.describe(),
+    );
+    let data = o.data();
+    cx.check(
+        "VAP-VER-008",
+        o.kinds().first().map(String::as_str) == Some("ack")
+            && data.len() == 1
+            && data[0].attr("seq") == Some("0")
+            && fin.as_ref().is_some_and(|f| f.attr("count") == Some("1")),
+        "ack, data seq=0, final count=1 as for a 1.0 requester",
+        o.describe(),
+    );
+    cx.check(
+        "VAP-VER-010",
+        data.first().is_some_and(|d| {
+            canon_set(d.children()) == canon_set([v("string", "s", "old")].iter())
+        }),
+        "the unnamed <i4> is ignored; echo returns s",
+        o.describe(),
+    );
+    // 2008 verb as type.
+    let (el2, t2) = op("list", 5000, vec![]);
+    let mut el2 = with_attr(el2, "version", None);
+    crate::xmlh::unset(&mut el2, "timeout");
+    let c = send_op(req, &agent, el2, &t2, None).await?;
+    let o = observe(&cx, req, &c, cx.budget(3000), false).await;
+    cx.check(
+        "VAP-VER-011",
+        o.error()
+            .is_some_and(|(t, k)| t == "fatal" && k == "bad-value"),
+        "<error type=\"fatal\" condition=\"bad-value\"> for the legacy type `list`",
+        o.describe(),
+    );
+    // IQ get from a legacy requester (SHOULD).
+    let (el3, t3) = op("/vertebra/test/echo", 5000, vec![v("string", "s", "get")]);
+    let mut el3 = with_attr(el3, "version", None);
+    crate::xmlh::unset(&mut el3, "timeout");
+    let since = req.mark();
+    let id = req.next_id();
+    req.send_iq_with_id("get", &agent, &id, Some(el3))
+        .await
+        .map_err(Abort::error)?;
+    let c = Call {
+        to: agent.clone(),
+        id,
+        t: t3,
+        since,
+        sent_at: Instant::now(),
+        op: Element::builder("op", NS).build(),
+    };
+    let o = observe(&cx, req, &c, cx.budget(3000), false).await;
+    cx.check(
+        "VAP-TRN-012",
+        o.term_name() == "final",
+        "a legacy op in an IQ get is processed like a set",
+        o.describe(),
+    );
+    Ok(())
+}
+
+/// Work starts only after the ack's IQ result: hold it and watch the counter.
+pub async fn work_after_ack(cx: Ctx) -> CaseResult {
+    let agent = agent(&cx)?;
+    let dsp = dsp(&cx)?;
+    let req = cx.session.req.clone();
+    let before = counter_read(&cx).await?;
+    let stranger = cx.session.stranger.jid.to_string();
+    dsp.behaviour(|b| {
+        b.auth
+            .insert(stranger.clone(), crate::peer::AuthPolicy::Allow);
+    });
+    req.behaviour(|b| b.auto_result = false);
+    let res = work_after_ack_inner(&cx, &req, &agent, before).await;
+    req.behaviour(|b| b.auto_result = true);
+    dsp.behaviour(|b| {
+        b.auth.insert(stranger, crate::peer::AuthPolicy::Deny);
+    });
+    res
+}
+
+async fn work_after_ack_inner(
+    cx: &Ctx,
+    req: &crate::peer::Peer,
+    agent: &str,
+    before: i64,
+) -> CaseResult {
+    let (el, t) = op("/vertebra/test/counter", 5000, vec![]);
+    let c = send_op(req, agent, el, &t, None).await?;
+    let r = req.wait_response(c.since, &c.id, cx.budget(2000)).await;
+    let op_el = r.as_ref().and_then(|r| r.el.get_child("op", NS)).cloned();
+    if op_el.as_ref().and_then(|o| o.attr("ack")) == Some("true") {
+        cx.info(
+            "VAP-OPS-029",
+            "fast path used: work may start with the op result",
+        );
+        let o = observe(cx, req, &c, cx.budget(2000), false).await;
+        for s in &o.stanzas {
+            let _ = answer(req, s).await;
+        }
+        return Ok(());
+    }
+    let token = op_el
+        .and_then(|o| o.attr("token").map(str::to_string))
+        .ok_or_else(|| Abort::stop("no op result"))?;
+    let tk = token.clone();
+    let ack = req
+        .wait(c.since, cx.budget(2000), move |r| {
+            r.vchild()
+                .is_some_and(|v| v.name() == "ack" && v.attr("token") == Some(tk.as_str()))
+        })
+        .await
+        .ok_or_else(|| Abort::stop("no ack"))?;
+    // The ack's IQ result is held: the counter must not have moved (read by another identity).
+    let (el, t2) = op(
+        "/vertebra/test/counter",
+        5000,
+        vec![v("boolean", "read", "1")],
+    );
+    let c2 = send_op(&cx.session.stranger, agent, el, &t2, None).await?;
+    let o2 = observe(cx, &cx.session.stranger, &c2, cx.budget(3000), false).await;
+    let mid = o2
+        .chunks()
+        .first()
+        .and_then(|d| named(d, "value"))
+        .and_then(|x| x.text().trim().parse::<i64>().ok());
+    let early_data = req
+        .collect(c.since, |r| {
+            r.vchild()
+                .is_some_and(|v| v.name() == "data" && v.attr("token") == Some(token.as_str()))
+        })
+        .len();
+    cx.check(
+        "VAP-OPS-029",
+        mid == Some(before) && early_data == 0,
+        format!(
+            "no work (counter stays {before}, no data) while the ack's IQ result is outstanding"
+        ),
+        format!("counter read {mid:?}; {early_data} data before the ack result"),
+    );
+    answer(req, &ack).await?;
+    // Let the op finish, answering its stanzas by hand.
+    let end = tokio::time::Instant::now() + cx.budget(2000);
+    let mut answered = std::collections::HashSet::new();
+    answered.insert(ack.attr("id").unwrap_or("").to_string());
+    while tokio::time::Instant::now() < end {
+        let all = req.collect(c.since, |r| {
+            r.iq_type() == Some("set")
+                && r.vchild()
+                    .is_some_and(|v| v.attr("token") == Some(token.as_str()))
+        });
+        let mut done = false;
+        for r in &all {
+            if answered.insert(r.attr("id").unwrap_or("").to_string()) {
+                answer(req, r).await?;
+            }
+            done |= r.vchild().is_some_and(|v| is_terminal(v.name()));
+        }
+        if done {
+            break;
+        }
+        let since = req.mark();
+        let _ = req.wait(since, cx.budget(300), |_| true).await;
+    }
+    Ok(())
+}
+
+/// A handler registered for a path serves deeper paths; not shallower ones.
+pub async fn handler_paths(cx: Ctx) -> CaseResult {
+    let (_c, o) = call(
+        &cx,
+        "/vertebra/test/echo/deeper",
+        5000,
+        vec![v("string", "x", "y")],
+        3000,
+    )
+    .await?;
+    cx.check(
+        "VAP-RES-017",
+        o.term_name() == "final",
+        "the echo handler (the only one in scope) serves /vertebra/test/echo/deeper",
+        o.describe(),
+    );
+    cx.check(
+        "VAP-RES-015",
+        o.term_name() == "final",
+        "an op without scoping resources is in scope",
+        o.describe(),
+    );
+    let (_c, o) = call(&cx, "/vertebra/test", 5000, vec![], 3000).await?;
+    cx.check(
+        "VAP-RES-013",
+        o.error().is_some_and(|(_, k)| k == "no-handler"),
+        "no handler serves the shallower /vertebra/test",
+        o.describe(),
+    );
+    let (_c, o) = call(&cx, "/vertebra/test/echoes", 5000, vec![], 3000).await?;
+    cx.check(
+        "VAP-RES-010",
+        o.error().is_some_and(|(_, k)| k == "no-handler"),
+        "/vertebra/test/echoes is not served by /vertebra/test/echo (no string-prefix match)",
+        o.describe(),
+    );
     Ok(())
 }

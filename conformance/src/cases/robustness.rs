@@ -238,12 +238,24 @@ pub async fn flood(cx: Ctx) -> CaseResult {
         .map_err(Abort::error)?;
     let ping_ms = t0.elapsed();
     let mut incomplete = 0;
+    let mut late_overload = 0;
     for c in &calls {
         let o = observe(&cx, &req, c, cx.budget(5000), false).await;
-        if o.term_name() != "final" {
+        let overloaded = o.error().is_some_and(|(_, k)| k == "overloaded");
+        let acked = o.fast_ack || o.kinds().iter().any(|k| k == "ack");
+        if overloaded && acked {
+            late_overload += 1;
+        }
+        if o.term_name() != "final" && !(overloaded && !acked) {
             incomplete += 1;
         }
     }
+    cx.check(
+        "VAP-OPS-083",
+        late_overload == 0,
+        "no overloaded error after an ack",
+        format!("{late_overload} ops got overloaded after their ack"),
+    );
     cx.check(
         "VAP-TRN-006",
         incomplete == 0,

@@ -37,6 +37,13 @@ pub async fn unauthorized(cx: Ctx) -> CaseResult {
         o.describe(),
     );
     cx.check(
+        "VAP-ERR-002",
+        nack.as_deref()
+            .is_some_and(|r| r == "not-authorized" || r == "authorization-unavailable"),
+        "nack reason not-authorized or authorization-unavailable",
+        o.describe(),
+    );
+    cx.check(
         "VAP-TPF-015",
         after == before,
         format!("counter unchanged ({before})"),

@@ -28,6 +28,9 @@ async fn echo_expect(
         .unwrap_or_default();
     let want = canon_set(expected.iter());
     let ok = o.term_name() == "final" && chunks.len() == 1 && got == want;
+    for c in &chunks {
+        sender_rules(cx, c);
+    }
     let observed = if chunks.is_empty() {
         o.describe()
     } else {
@@ -522,5 +525,166 @@ pub async fn nesting(cx: Ctx) -> CaseResult {
         vec![nest(32)],
     )
     .await?;
+    Ok(())
+}
+
+/// Sender rules every emitted chunk must follow (checked on each echo answer).
+fn sender_rules(cx: &Ctx, chunk: &Element) {
+    let names: Vec<&str> = chunk.children().filter_map(|c| c.attr("name")).collect();
+    let all_named = chunk
+        .children()
+        .all(|c| c.attr("name").is_some_and(|n| !n.is_empty()));
+    cx.check(
+        "VAP-VAL-001",
+        all_named,
+        "every top-level value named",
+        String::from(chunk),
+    );
+    let mut u = names.clone();
+    u.sort();
+    u.dedup();
+    cx.check(
+        "VAP-VAL-002",
+        u.len() == names.len(),
+        "top-level names unique",
+        format!("{names:?}"),
+    );
+    let mut problems: Vec<(&'static str, String)> = Vec::new();
+    fn walk(e: &Element, depth: usize, out: &mut Vec<(&'static str, String)>) {
+        if depth > 32 {
+            out.push(("VAP-VAL-035", format!("value nested {depth} deep")));
+        }
+        match e.name() {
+            "i4" => {
+                if e.text().trim().parse::<i32>().is_err() {
+                    out.push((
+                        "VAP-VAL-008",
+                        format!("i4 {:?} outside the 32-bit range", e.text()),
+                    ));
+                }
+            }
+            "double" => {
+                if !e.text().trim().parse::<f64>().is_ok_and(|f| f.is_finite()) {
+                    out.push(("VAP-VAL-012", format!("double {:?} not finite", e.text())));
+                }
+            }
+            "struct" => {
+                let mut n: Vec<Option<&str>> = e.children().map(|c| c.attr("name")).collect();
+                if n.iter().any(|x| x.is_none_or(str::is_empty)) {
+                    out.push(("VAP-VAL-031", "struct member without name".into()));
+                }
+                n.sort();
+                let len = n.len();
+                n.dedup();
+                if n.len() != len {
+                    out.push(("VAP-VAL-031", "repeated struct member".into()));
+                }
+            }
+            "exception" => {
+                let extra: Vec<&str> = e
+                    .children()
+                    .filter_map(|c| c.attr("name"))
+                    .filter(|n| *n != "class" && *n != "message")
+                    .collect();
+                if !extra.is_empty() {
+                    out.push(("VAP-VAL-037", format!("exception members {extra:?}")));
+                }
+            }
+            _ => {}
+        }
+        for c in e.children() {
+            walk(c, depth + 1, out);
+        }
+    }
+    for c in chunk.children() {
+        walk(c, 1, &mut problems);
+    }
+    for req in [
+        "VAP-VAL-008",
+        "VAP-VAL-012",
+        "VAP-VAL-031",
+        "VAP-VAL-035",
+        "VAP-VAL-037",
+    ] {
+        let mine: Vec<&String> = problems
+            .iter()
+            .filter(|(r, _)| *r == req)
+            .map(|(_, m)| m)
+            .collect();
+        cx.check(
+            req,
+            mine.is_empty(),
+            "emitted values follow the sender rules",
+            format!("{mine:?}"),
+        );
+    }
+    // It parsed as XML, so it holds no character XML 1.0 forbids.
+    cx.check(
+        "VAP-VAL-020",
+        true,
+        "no XML-forbidden characters in strings",
+        "the chunk parsed as XML",
+    );
+}
+
+pub async fn exception_members(cx: Ctx) -> CaseResult {
+    let (_c, o) = call(
+        &cx,
+        ECHO,
+        5000,
+        vec![vc(
+            "exception",
+            "e",
+            vec![
+                v("string", "class", "Oops"),
+                v("string", "message", "m"),
+                v("string", "backtrace", "x"),
+            ],
+        )],
+        3000,
+    )
+    .await?;
+    let e = o.chunks().first().and_then(|d| named(d, "e")).cloned();
+    cx.check(
+        "VAP-VAL-038",
+        o.term_name() == "final"
+            && e.as_ref()
+                .is_some_and(|e| named(e, "class").is_some() && named(e, "message").is_some()),
+        "an exception with an extra member is accepted (the member ignored)",
+        o.describe(),
+    );
+    if let Some(e) = e {
+        cx.check(
+            "VAP-VAL-037",
+            e.children()
+                .all(|c| matches!(c.attr("name"), Some("class") | Some("message"))),
+            "a 1.0 sender emits only class and message",
+            String::from(&e),
+        );
+    }
+    Ok(())
+}
+
+/// Test-profile ops with missing or mistyped arguments → bad-value.
+pub async fn profile_bad_args(cx: Ctx) -> CaseResult {
+    let cases: Vec<(&str, Vec<Element>)> = vec![
+        ("stream", vec![i4("size", 1)]),
+        ("stream", vec![v("string", "count", "three"), i4("size", 1)]),
+        ("sleep", vec![]),
+        ("sleep", vec![i4("ms", -5)]),
+        ("fail", vec![v("string", "reason", "no condition")]),
+        ("set-load", vec![v("string", "value", "high")]),
+    ];
+    for (op_name, vals) in cases {
+        let shown = vals.iter().map(String::from).collect::<Vec<_>>().join("");
+        let (_c, o) = call(&cx, &format!("/vertebra/test/{op_name}"), 5000, vals, 3000).await?;
+        cx.check(
+            "VAP-TPF-004",
+            o.error()
+                .is_some_and(|(t, k)| t == "fatal" && k == "bad-value"),
+            format!("{op_name} {shown}: <error type=\"fatal\" condition=\"bad-value\">"),
+            o.describe(),
+        );
+    }
     Ok(())
 }
