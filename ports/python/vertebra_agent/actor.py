@@ -41,7 +41,8 @@ class HandlerError(Exception):
 
 
 class OpFailure(Exception):
-    """End the op with a specific ``<error type condition>`` (used by the test profile)."""
+    """End the op with ``<error condition>`` of the errors table; the type is the table's
+    (an unknown condition becomes ``handler-failed``) [VAP-ERR-001]."""
 
     def __init__(self, etype: str, condition: str, reason: str):
         super().__init__(f"{etype}/{condition}: {reason}")

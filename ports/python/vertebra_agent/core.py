@@ -42,6 +42,19 @@ GONE_CONDITIONS = {"service-unavailable", "recipient-unavailable", "item-not-fou
 AUTHORIZE_TIMEOUT_MS = 2000  # [VAP-SEC] deny when the dispatcher does not answer in 2 s
 
 
+# the conditions that travel as <error>, with the type spec/10-errors.md assigns them
+ERROR_CONDITIONS = {
+    "no-handler": "fatal",
+    "bad-value": "fatal",
+    "unsupported-version": "fatal",
+    "overloaded": "cancel",
+    "cancelled": "cancel",
+    "deadline-expired": "cancel",
+    "handler-failed": "error",
+    "internal-error": "error",
+}
+
+
 def q(local: str) -> str:
     """Clark name of a Vertebra element."""
     return f"{{{NS}}}{local}"
@@ -468,7 +481,12 @@ class AgentCore:
             raise
         except OpFailure as e:
             await self._drain_quietly(op)
-            await self._terminal(op, error_element(op.token, e.etype, e.condition, e.reason))
+            etype = ERROR_CONDITIONS.get(e.condition)
+            if etype is None:  # only conditions of the errors table [VAP-ERR-001]
+                etype, condition, reason = "error", "handler-failed", e.reason
+            else:
+                condition, reason = e.condition, e.reason
+            await self._terminal(op, error_element(op.token, etype, condition, reason))
             return
         except HandlerError as e:
             await self._drain_quietly(op)

@@ -10,21 +10,10 @@ import asyncio
 from typing import Any
 
 from .actor import Actor, Context, OpFailure, operation
+from .core import ERROR_CONDITIONS  # the error conditions and their types [VAP-TPF-011]
 
 __all__ = ["TestProfile"]
 
-
-# [VAP-TPF-011] the error conditions of spec/10-errors.md and the type the table assigns them
-ERROR_CONDITIONS = {
-    "no-handler": "fatal",
-    "bad-value": "fatal",
-    "overloaded": "cancel",
-    "handler-failed": "error",
-    "internal-error": "error",
-    "cancelled": "cancel",
-    "deadline-expired": "cancel",
-    "unsupported-version": "fatal",  # spec/11-versioning.md VAP-VER-004
-}
 
 _MISSING = object()
 
