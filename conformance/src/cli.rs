@@ -130,6 +130,7 @@ pub async fn run(req: RunRequest) -> i32 {
         baseline,
         out: req.out.clone(),
         quiet: req.quiet,
+        silent: false,
         target,
         mode,
         argv: redact(&req.argv),

@@ -38,6 +38,8 @@ pub struct RunConfig {
     pub baseline: Baseline,
     pub out: Option<PathBuf>,
     pub quiet: bool,
+    /// Print nothing at all (selftest runs many suites).
+    pub silent: bool,
     pub target: String,
     pub mode: String,
     pub argv: Vec<String>,
@@ -49,7 +51,7 @@ pub struct RunOutput {
 }
 
 fn say(cfg: &RunConfig, line: &str) {
-    if !cfg.quiet {
+    if !cfg.quiet && !cfg.silent {
         println!("{line}");
     }
 }
@@ -363,8 +365,10 @@ pub async fn run(
     }
     let (other, last) = report::closing_lines(&summary);
     // The closing lines are always printed (also with --quiet).
-    println!("{other}");
-    println!("{last}");
+    if !cfg.silent {
+        println!("{other}");
+        println!("{last}");
+    }
     Ok(RunOutput {
         cases: records,
         summary,
