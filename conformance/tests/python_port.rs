@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 
 const DEADLINE: Duration = Duration::from_secs(600);
 
+/// The tests of this file start servers and agent processes and measure time; they run one at
+/// a time so that they do not disturb each other's timing on a small machine.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -21,6 +25,7 @@ fn repo_root() -> PathBuf {
 
 #[test]
 fn python_port_pytest_suite_passes() {
+    let _serial = SERIAL.blocking_lock();
     let root = repo_root();
     let python = root.join("ports/python/.venv/bin/python");
     if !python.exists() {
@@ -130,6 +135,7 @@ mod interop {
     }
 
     async fn scenario(kind: ServerKind) {
+        let _serial = super::SERIAL.lock().await;
         let Some(python) = python() else { return };
         let Some(server) = TestServer::start_or_skip(kind, "localhost")
             .await
@@ -406,6 +412,7 @@ mod harness {
     /// the baselined CR case (spec finding A1, which the Rust agent fails too).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn harness_passes_the_python_agent_through_prosody() {
+        let _serial = super::SERIAL.lock().await;
         let Some(agent_cmd) = launcher() else { return };
         let Some(server) = TestServer::start_or_skip(ServerKind::Prosody, "localhost")
             .await
@@ -481,6 +488,7 @@ mod harness {
     #[test]
     #[ignore = "harness spawn readiness stalls for agents that start in > 0.5 s (docs/status.md, Python port)"]
     fn harness_passes_the_python_agent_spawned_on_the_embedded_server() {
+        let _serial = super::SERIAL.blocking_lock();
         let Some(agent_cmd) = launcher() else { return };
         let cmd = agent_cmd.to_str().expect("utf-8 path").to_string();
         let (ok, text) = run_harness(&["--", &cmd]);

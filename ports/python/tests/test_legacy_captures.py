@@ -24,7 +24,7 @@ def test_captures_exist():
     assert len(CAPTURES) >= 20
 
 
-@pytest.mark.parametrize("path", CAPTURES, ids=os.path.basename)
+@pytest.mark.parametrize("path", CAPTURES, ids=[os.path.basename(p) for p in CAPTURES])
 @async_test
 async def test_capture_is_decoded_or_refused(path):
     stanza = ET.parse(path).getroot()

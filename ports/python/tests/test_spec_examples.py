@@ -49,7 +49,7 @@ def test_examples_exist():
     assert len(examples("invalid")) >= 10
 
 
-@pytest.mark.parametrize("path", examples(), ids=os.path.basename)
+@pytest.mark.parametrize("path", examples(), ids=[os.path.basename(p) for p in examples()])
 def test_valid_example_decodes(path):
     stanza = ET.parse(path).getroot()
     child = vertebra_child(stanza)
@@ -177,7 +177,8 @@ def test_every_invalid_example_is_classified():
     assert {os.path.basename(p) for p in examples("invalid")} == set(INVALID)
 
 
-@pytest.mark.parametrize("path", examples("invalid"), ids=os.path.basename)
+@pytest.mark.parametrize("path", examples("invalid"),
+                         ids=[os.path.basename(p) for p in examples("invalid")])
 @async_test
 async def test_invalid_example_is_refused(path):
     expected = INVALID[os.path.basename(path)]

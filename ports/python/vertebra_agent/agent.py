@@ -162,6 +162,7 @@ class Agent:
             reject_when_full=self.config.reject_when_full,
         )
         self.client.core = self.core
+        self.core.load_enabled = bool(self.config.report_load)
         for spec in self.config.actors:
             self.add_actor(load_actor(spec))
         for actor in actors or []:
@@ -213,8 +214,8 @@ class Agent:
         log.info("online as %s (test profile: %s)", self.client.boundjid.full,
                  self.config.test_profile)
         background = []
-        if self.config.advertise or self.config.report_load:
-            self.core.announce(with_load=self.config.report_load)  # [VAP-LOAD-017]
+        if self.config.report_load and not self.config.advertise:
+            self.core.announce(with_load=True)  # (advertise() announces itself [VAP-LOAD-017])
         if self.config.report_load:
             background.append(loop.create_task(self.core.load_loop()))  # [VAP-LOAD-004]
         if self.config.advertise:

@@ -226,6 +226,7 @@ class AgentCore:
         self.load_interval_ms = load_interval_ms
         self.advertise_ttl = advertise_ttl
         self.reject_when_full = reject_when_full
+        self.load_enabled = True  # False: presence without <load> (the agent reports no load)
         self.registrations: list[Registration] = []
         self._clock = clock
         self._seen: OrderedDict[tuple[str, str], tuple[float, Reply]] = OrderedDict()
@@ -901,6 +902,10 @@ class AgentCore:
     async def advertise(self, ttl: int | None = None) -> bool:
         """Advertise to every dispatcher [VAP-DSC-023]; True when all accepted."""
         ttl = self.advertise_ttl if ttl is None else ttl
+        if ttl > 0:
+            # presence first, every time: a dispatcher that came online after our start-up
+            # presence must still see it before the advertise [VAP-LOAD-017]
+            self.announce(with_load=self.load_enabled)
         args = self.advertisement(ttl)
         if ttl == 0:
             args = {"operations": [], "resources": {}, "ttl": 0}
