@@ -281,6 +281,20 @@ impl<'a> Execution<'a> {
 
     /// Send one step; unless it is part of a burst, ping as a barrier and judge the answers.
     pub async fn step(&mut self, idx: usize, step: &Step) -> Option<Finding> {
+        let t = Instant::now();
+        let r = self.step_inner(idx, step).await;
+        if std::env::var_os("VERTEBRA_FUZZ_DEBUG").is_some() {
+            eprintln!(
+                "step {idx} {:?} {} ms: {}",
+                step.via,
+                t.elapsed().as_millis(),
+                step.note
+            );
+        }
+        r
+    }
+
+    async fn step_inner(&mut self, idx: usize, step: &Step) -> Option<Finding> {
         self.judge.step = idx;
         let env = self.env;
         let target = env.target().to_string();
@@ -462,6 +476,30 @@ impl<'a> Execution<'a> {
     /// Let open ops finish (bounded), then run the probes: process exit, an echo (or discover)
     /// that must complete, the side-effect counter and resident memory.
     pub async fn checkpoint(&mut self) -> Option<Finding> {
+        let t = Instant::now();
+        let r = self.checkpoint_inner().await;
+        if std::env::var_os("VERTEBRA_FUZZ_DEBUG").is_some() {
+            eprintln!(
+                "checkpoint {} ms, open ops {}",
+                t.elapsed().as_millis(),
+                self.judge.open_ops()
+            );
+        }
+        r
+    }
+
+    /// Only the stanza oracles: let open ops finish (at most `budget`) and judge what came.
+    pub async fn settle(&mut self, budget: Duration) -> Option<Finding> {
+        let end = Instant::now() + budget;
+        self.collect();
+        while self.judge.open_ops() > 0 && Instant::now() < end {
+            self.wait_any(Duration::from_millis(20)).await;
+            self.collect();
+        }
+        self.take_finding()
+    }
+
+    async fn checkpoint_inner(&mut self) -> Option<Finding> {
         let env = self.env;
         let end = Instant::now() + env.budget(3000);
         self.collect();

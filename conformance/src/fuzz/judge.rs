@@ -34,6 +34,8 @@ const NACK_REASONS: &[&str] = &["not-authorized", "authorization-unavailable"];
 
 #[derive(Debug, Clone)]
 struct Request {
+    /// The (via, IQ id) was reused with another payload (an IQ id collision).
+    collided: bool,
     payload: String,
     op_type: String,
     token: String,
@@ -142,7 +144,13 @@ impl Judge {
             .map(|t| matches!(t.trim(), "1" | "true"))
             .unwrap_or(false);
         let is_op = child.is("op", NS);
+        let key = (via.to_string(), id);
+        let collided = self
+            .requests
+            .get(&key)
+            .is_some_and(|r| r.collided || r.payload != payload);
         let req = Request {
+            collided,
             payload,
             token: child.attr("token").unwrap_or("").to_string(),
             counter_inc: is_op && op_type.ends_with("/vertebra/test/counter") && !read,
@@ -152,7 +160,7 @@ impl Judge {
                 .then(|| named_text(child, "condition").unwrap_or_default()),
             op_type,
         };
-        self.requests.insert((via.to_string(), id), req);
+        self.requests.insert(key, req);
     }
 
     /// The harness identity `via` received `el` (a whole stanza).
@@ -235,7 +243,10 @@ impl Judge {
                         ),
                         Ok(r) => {
                             let tok = op.attr("token").unwrap_or("").to_string();
-                            if let Ok(rt) = RequestToken::parse(&req.token) {
+                            let parsed = RequestToken::parse(&req.token)
+                                .ok()
+                                .filter(|_| !req.collided);
+                            if let Some(rt) = parsed {
                                 let x = rt.to_string();
                                 let last = x.rsplit(':').next().unwrap_or("");
                                 let got = tok.split(':').next().unwrap_or("");

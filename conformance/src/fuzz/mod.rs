@@ -171,14 +171,31 @@ fn needs_restart(oracle: &str) -> bool {
     matches!(oracle, "liveness" | "process-exit" | "memory-growth")
 }
 
+/// Oracles that need the probes (echo, counter, memory, exit) rather than the stanzas alone.
+fn needs_probes(oracle: &str) -> bool {
+    needs_restart(oracle) || oracle == "counter-mismatch"
+}
+
 /// Run `steps` once (optionally after restarting the implementation); the first finding and
-/// the recorded wire.
+/// the recorded wire. All oracles run at the end.
 pub async fn run_steps(
     env: &Env,
     steps: &[Step],
     epoch: u64,
     restart: bool,
     record: bool,
+) -> (Option<Finding>, Vec<TraceEvent>) {
+    run_steps_for(env, steps, epoch, restart, record, None).await
+}
+
+/// [`run_steps`], checking only what `oracle` needs at the end (faster minimization trials).
+pub async fn run_steps_for(
+    env: &Env,
+    steps: &[Step],
+    epoch: u64,
+    restart: bool,
+    record: bool,
+    oracle: Option<&str>,
 ) -> (Option<Finding>, Vec<TraceEvent>) {
     if restart {
         if let Some(c) = &env.session.control {
@@ -201,8 +218,15 @@ pub async fn run_steps(
             return (Some(f), x.observed);
         }
     }
-    let f = x.checkpoint().await;
+    let f = match oracle {
+        Some(o) if !needs_probes(o) => x.settle(env_budget(env, 1500)).await,
+        _ => x.checkpoint().await,
+    };
     (f, x.observed)
+}
+
+fn env_budget(env: &Env, ms: u64) -> Duration {
+    Duration::from_secs_f64(ms as f64 * env.scale / 1000.0)
 }
 
 /// Minimize a failing sequence for `oracle`.
@@ -222,7 +246,7 @@ pub async fn minimize(
             if Instant::now() >= deadline {
                 return false;
             }
-            let (f, _) = run_steps(env, &c, e, restart, false).await;
+            let (f, _) = run_steps_for(env, &c, e, restart, false, Some(oracle)).await;
             f.is_some_and(|f| f.oracle == oracle)
         }
     })
