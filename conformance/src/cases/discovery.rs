@@ -222,7 +222,7 @@ pub async fn advertised(cx: Ctx) -> CaseResult {
         format!("timeout {:?}", op.attr("timeout")),
     );
     cx.check(
-        "VAP-OPS-013",
+        "VAP-VAL-001",
         op.children()
             .all(|c| c.attr("name").is_some_and(|n| !n.is_empty())),
         "every top-level child named",

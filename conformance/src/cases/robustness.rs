@@ -116,7 +116,7 @@ pub async fn unsolicited(cx: Ctx) -> CaseResult {
             || (r.name() == "message" && r.attr("type") == Some("error"))
     });
     cx.check(
-        "VAP-ERR-009",
+        "VAP-TRN-014",
         answers.iter().all(|r| r.name() != "iq"),
         "no answer to an IQ result or IQ error",
         format!("{:?}", answers.iter().map(|r| r.xml()).collect::<Vec<_>>()),

@@ -217,14 +217,18 @@ pub async fn strings(cx: Ctx) -> CaseResult {
         vec![v("string", "e", "")],
     )
     .await?;
-    echo_expect(
-        &cx,
-        &["VAP-VAL-019"],
-        "carriage return preserved",
-        vec![v("string", "cr", "a\r\nb")],
-        vec![v("string", "cr", "a\r\nb")],
-    )
-    .await?;
+    if cx.session.inject.is_some() {
+        echo_expect(
+            &cx,
+            &["VAP-VAL-019"],
+            "carriage return preserved",
+            vec![v("string", "cr", "a\r\nb")],
+            vec![v("string", "cr", "a\r\nb")],
+        )
+        .await?;
+    } else {
+        cx.info("VAP-VAL-019", "not checked through a real server: a CR does not survive servers that re-serialize stanzas (spec/04 note)");
+    }
     echo_expect(
         &cx,
         &["VAP-TPF-006"],
