@@ -481,12 +481,9 @@ mod harness {
         );
     }
 
-    /// Spawn mode on the embedded server. Ignored until the harness's readiness loop copes with
-    /// agents that log in more than ~0.5 s after being spawned: it then stops getting ping
-    /// answers (reproduced with the Rust agent too:
-    /// `vertebra-conformance run -- sh -c 'sleep 1; exec target/debug/vertebra-agent'`).
+    /// Spawn mode on the embedded server: the harness starts `ports/python/bin/vertebra-agent`
+    /// with the spawn-contract variables and plays the dispatcher; every MUST must pass.
     #[test]
-    #[ignore = "harness spawn readiness stalls for agents that start in > 0.5 s (docs/status.md, Python port)"]
     fn harness_passes_the_python_agent_spawned_on_the_embedded_server() {
         let _serial = super::SERIAL.blocking_lock();
         let Some(agent_cmd) = launcher() else { return };
