@@ -104,18 +104,24 @@ pub async fn disco(
     Ok((features, ids))
 }
 
-/// Ping `to` until it answers, at most `budget` (readiness, never a sleep).
+/// Ping `to` until it answers, at most `budget` (readiness, never a fixed sleep). A ping that
+/// is bounced at once (not online yet) is retried after a short pause, so a slow-starting
+/// implementation is not flooded.
 pub async fn wait_ready(peer: &Peer, to: &str, budget: Duration) -> Result<(), String> {
     let end = tokio::time::Instant::now() + budget;
     loop {
         let left = end.saturating_duration_since(tokio::time::Instant::now());
         if left.is_zero() {
-            return Err(format!(
-                "{to} did not answer XEP-0199 ping within {budget:?}"
-            ));
+            return Err(format!("{to} did not answer XEP-0199 ping within {budget:?}"));
         }
+        let t0 = tokio::time::Instant::now();
         if peer.ping(to, left.min(Duration::from_millis(500))).await? {
             return Ok(());
+        }
+        // Bounced quickly: pace the next probe (bounded by the deadline).
+        let spent = t0.elapsed();
+        if spent < Duration::from_millis(50) {
+            tokio::time::sleep_until((t0 + Duration::from_millis(50)).min(end)).await;
         }
     }
 }

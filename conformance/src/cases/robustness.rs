@@ -246,7 +246,7 @@ pub async fn flood(cx: Ctx) -> CaseResult {
         if overloaded && acked {
             late_overload += 1;
         }
-        if o.term_name() != "final" && !(overloaded && !acked) {
+        if (acked || !overloaded) && o.term_name() != "final" {
             incomplete += 1;
         }
     }

@@ -79,9 +79,9 @@ pub fn render(header: &RunHeader, cases: &[CaseRecord], summary: &Summary) -> St
     }
     h.push_str("</tr></table>\n");
     if !summary.stale.is_empty() {
-        let _ = write!(
+        let _ = writeln!(
             h,
-            "<p class=\"fail\">Stale baseline entries (listed as failing, now passing): {}</p>\n",
+            "<p class=\"fail\">Stale baseline entries (listed as failing, now passing): {}</p>",
             esc(&summary.stale.join(", "))
         );
     }
@@ -116,9 +116,9 @@ pub fn render(header: &RunHeader, cases: &[CaseRecord], summary: &Summary) -> St
         } else {
             ""
         };
-        let _ = write!(
+        let _ = writeln!(
             h,
-            "<details id=\"{}\"{}><summary class=\"{}\"><strong>{}</strong> {} — {}</summary>\n",
+            "<details id=\"{}\"{}><summary class=\"{}\"><strong>{}</strong> {} — {}</summary>",
             esc(&c.id),
             open,
             class(c.outcome),
