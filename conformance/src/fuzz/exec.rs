@@ -182,6 +182,16 @@ pub struct Execution<'a> {
 impl<'a> Execution<'a> {
     /// Start an execution: remember inbox positions, read the counter and the memory baseline.
     pub async fn start(env: &'a Env, epoch: u64, record: bool) -> Execution<'a> {
+        Self::start_with(env, epoch, record, true).await
+    }
+
+    /// [`Execution::start`]; `counter` = read the side-effect counter's baseline (one op).
+    pub async fn start_with(
+        env: &'a Env,
+        epoch: u64,
+        record: bool,
+        counter: bool,
+    ) -> Execution<'a> {
         let marks = env
             .peers()
             .into_iter()
@@ -204,7 +214,7 @@ impl<'a> Execution<'a> {
             probe_n: 0,
             sent: 0,
         };
-        if env.test_profile && !env.dispatcher {
+        if counter && env.test_profile && !env.dispatcher {
             x.counter_base = x.read_counter().await;
         }
         x.rss_base = env.target_rss();

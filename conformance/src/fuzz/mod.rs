@@ -167,7 +167,7 @@ pub fn env_from_session(
     })
 }
 
-fn needs_restart(oracle: &str) -> bool {
+pub fn needs_restart(oracle: &str) -> bool {
     matches!(oracle, "liveness" | "process-exit" | "memory-growth")
 }
 
@@ -212,7 +212,8 @@ pub async fn run_steps_for(
             }
         }
     }
-    let mut x = Execution::start(env, epoch, record).await;
+    let counter = oracle.is_none_or(|o| o == "counter-mismatch");
+    let mut x = Execution::start_with(env, epoch, record, counter).await;
     for (i, s) in steps.iter().enumerate() {
         if let Some(f) = x.step(i, s).await {
             return (Some(f), x.observed);
