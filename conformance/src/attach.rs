@@ -112,7 +112,9 @@ pub async fn wait_ready(peer: &Peer, to: &str, budget: Duration) -> Result<(), S
     loop {
         let left = end.saturating_duration_since(tokio::time::Instant::now());
         if left.is_zero() {
-            return Err(format!("{to} did not answer XEP-0199 ping within {budget:?}"));
+            return Err(format!(
+                "{to} did not answer XEP-0199 ping within {budget:?}"
+            ));
         }
         let t0 = tokio::time::Instant::now();
         if peer.ping(to, left.min(Duration::from_millis(500))).await? {
@@ -253,8 +255,22 @@ pub async fn connect_session(plan: Plan, trace: &Trace) -> Result<Session, Strin
         }
         None => None,
     };
+    let dsp_trace = Trace::new();
     let dispatcher = match plan.dispatcher {
         Some((jid, agent_jids)) => {
+            let requester = match format!(
+                "{}/dispatcher-cases-{}",
+                req.jid.to_bare(),
+                &random_hex()[..6]
+            )
+            .parse::<FullJid>()
+            {
+                Ok(j) => {
+                    Some(Peer::connect("requester", addr, j, pw, dsp_trace.clone(), login).await?)
+                }
+                Err(_) => None,
+            };
+            let trace = &dsp_trace;
             let mut agents = Vec::new();
             for (i, j) in agent_jids.into_iter().enumerate() {
                 agents.push(
@@ -271,13 +287,17 @@ pub async fn connect_session(plan: Plan, trace: &Trace) -> Result<Session, Strin
             }
             Some(DispatcherTarget {
                 jid,
+                requester,
                 agents,
                 foreign: None,
             })
         }
         None => None,
     };
+    let req_bare = req.jid.to_bare().to_string();
     Ok(Session {
+        req_bare,
+        dsp_trace,
         mode: plan.mode,
         domain: plan.domain,
         agent: plan.agent,

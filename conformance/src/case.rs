@@ -138,6 +138,8 @@ pub struct Ctx {
     scale: f64,
     checks: Arc<Mutex<Vec<Check>>>,
     levels: Arc<dyn LevelLookup>,
+    /// A requester identity of this case's own (cases that run concurrently).
+    req_override: Option<crate::peer::Peer>,
 }
 
 impl Ctx {
@@ -155,7 +157,19 @@ impl Ctx {
             scale,
             checks: Arc::new(Mutex::new(Vec::new())),
             levels,
+            req_override: None,
         }
+    }
+
+    /// Use `peer` as this case's authorized requester.
+    pub fn with_requester(mut self, peer: crate::peer::Peer) -> Ctx {
+        self.req_override = Some(peer);
+        self
+    }
+
+    /// The authorized requester identity of this case.
+    pub fn req(&self) -> &crate::peer::Peer {
+        self.req_override.as_ref().unwrap_or(&self.session.req)
     }
 
     /// A step budget: `ms` scaled by the global `--time-scale`.

@@ -20,6 +20,7 @@ pub struct RunRequest {
     pub time_scale: f64,
     pub baseline: Option<PathBuf>,
     pub quiet: bool,
+    pub sequential: bool,
     pub command: Vec<String>,
     pub argv: Vec<String>,
 }
@@ -130,6 +131,7 @@ pub async fn run(req: RunRequest) -> i32 {
         baseline,
         out: req.out.clone(),
         quiet: req.quiet,
+        sequential: req.sequential,
         silent: false,
         target,
         mode,

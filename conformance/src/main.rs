@@ -79,6 +79,9 @@ struct RunArgs {
     /// Only print the closing summary lines.
     #[arg(long, short)]
     quiet: bool,
+    /// Run every case one after the other (default: independent groups run concurrently).
+    #[arg(long)]
+    sequential: bool,
     /// Command that starts the implementation (spawn mode), after `--`.
     #[arg(last = true, value_name = "CMD")]
     command: Vec<String>,
@@ -105,6 +108,7 @@ fn main() -> ExitCode {
                 time_scale: a.time_scale,
                 baseline: a.baseline,
                 quiet: a.quiet,
+                sequential: a.sequential,
                 command: a.command,
                 argv: std::env::args().collect(),
             }))

@@ -38,6 +38,8 @@ pub struct RunConfig {
     pub baseline: Baseline,
     pub out: Option<PathBuf>,
     pub quiet: bool,
+    /// Run every case one after the other (default: independent groups concurrently).
+    pub sequential: bool,
     /// Print nothing at all (selftest runs many suites).
     pub silent: bool,
     pub target: String,
@@ -91,6 +93,7 @@ async fn run_case(
     trace: &Trace,
     scale: f64,
     levels: &Arc<dyn LevelLookup>,
+    req: Option<crate::peer::Peer>,
 ) -> CaseRecord {
     let budget_ms = (c.budget_ms as f64 * scale).ceil() as u64;
     let mut rec = record_for(c, Outcome::Error, None, budget_ms);
@@ -139,7 +142,10 @@ async fn run_case(
             return rec;
         }
     }
-    let cx = Ctx::new(session.clone(), trace.clone(), c.id, scale, levels.clone());
+    let mut cx = Ctx::new(session.clone(), trace.clone(), c.id, scale, levels.clone());
+    if let Some(r) = req {
+        cx = cx.with_requester(r);
+    }
     // Each case runs in its own task: a harness panic becomes ERROR, not a dead run.
     let mut task = tokio::spawn((c.run)(cx.clone()));
     let watchdog = std::time::Duration::from_millis(budget_ms.max(1));
@@ -234,63 +240,55 @@ pub async fn run(
     if let Err(e) = &session {
         say(cfg, &format!("ERROR attaching the implementation: {e}"));
     }
-    let today = today();
-    let mut records = Vec::new();
-    let mut last_area = "";
+    let emitter = Emitter {
+        cfg,
+        today: today(),
+        inner: std::sync::Mutex::new((jsonl, Vec::new())),
+    };
+    // Deselected cases and a failed attach first.
     for c in cases {
-        let mut rec = if !cfg.selection.selected(c) {
-            let mut r = record_for(
+        if !cfg.selection.selected(c) {
+            let r = record_for(
                 c,
                 Outcome::Skipped,
                 Some("deselected by --only/--skip".into()),
                 0,
             );
-            r.duration_ms = 0.0;
-            r
-        } else {
-            match &session {
-                Ok(s) => run_case(c, s, &trace, cfg.time_scale, &levels).await,
-                Err(e) => record_for(
-                    c,
-                    Outcome::Error,
-                    Some(format!(
-                        "environment: could not attach the implementation: {e}"
-                    )),
-                    0,
-                ),
-            }
-        };
-        let (d, reason) = cfg.baseline.disposition(&rec.id, rec.outcome, &today);
-        rec.disposition = d;
-        rec.baseline_reason = reason;
-        if rec.area != last_area {
-            say(cfg, &format!("{}:", rec.area));
-            last_area = c.area.as_str();
+            emitter.emit(r)?;
+        } else if let Err(e) = &session {
+            let r = record_for(
+                c,
+                Outcome::Error,
+                Some(format!(
+                    "environment: could not attach the implementation: {e}"
+                )),
+                0,
+            );
+            emitter.emit(r)?;
         }
-        let disp = match rec.disposition {
-            Disposition::ExpectedFailure => " (expected failure: baseline)",
-            Disposition::Stale => " (STALE baseline entry: now passes)",
-            Disposition::ToleratedFlaky => " (tolerated flaky: baseline)",
-            Disposition::Expired => " (baseline entry expired)",
-            Disposition::New => "",
-        };
-        say(
-            cfg,
-            &format!(
-                "  [{}] {:<11} {:<22} {}{} ({:.0} ms)",
-                rec.outcome.glyph(),
-                rec.outcome.as_str(),
-                rec.id,
-                rec.title,
-                disp,
-                rec.duration_ms
-            ),
-        );
-        if let Some(w) = jsonl.as_mut() {
-            w.write(&rec)?;
-        }
-        records.push(rec);
     }
+    if let Ok(s) = &session {
+        let chosen: Vec<&'static CaseDef> =
+            cases.iter().filter(|c| cfg.selection.selected(c)).collect();
+        if cfg.sequential {
+            for c in chosen {
+                emitter.emit(run_case(c, s, &trace, cfg.time_scale, &levels, None).await)?;
+            }
+        } else {
+            run_grouped(&chosen, s, &trace, &levels, cfg, &emitter).await?;
+        }
+    }
+    let (jsonl, mut records) = emitter
+        .inner
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner());
+    let mut jsonl = jsonl;
+    records.sort_by_key(|r| {
+        cases
+            .iter()
+            .position(|c| c.id == r.id)
+            .unwrap_or(usize::MAX)
+    });
     let summary = report::summarize(
         &records,
         run_start.elapsed().as_secs_f64() * 1000.0,
@@ -373,4 +371,193 @@ pub async fn run(
         cases: records,
         summary,
     })
+}
+
+/// Agent cases that may run concurrently with each other: each gets its own requester
+/// identity and trace, and none touches shared agent state (counter, load, restarts,
+/// the harness dispatcher's answers for other requesters).
+pub const PARALLEL_SAFE: &[&str] = &[
+    "DSC-INFO-001",
+    "DSC-PING-001",
+    "DSC-ADVERTISE-001",
+    "OPS-LIFECYCLE-002",
+    "OPS-TOKEN-001",
+    "OPS-TOKEN-002",
+    "OPS-TOKEN-003",
+    "OPS-STREAM-001",
+    "OPS-STREAM-002",
+    "OPS-SLEEP-001",
+    "OPS-CANCEL-001",
+    "OPS-CANCEL-002",
+    "OPS-CANCEL-003",
+    "OPS-ERROR-001",
+    "OPS-TIMEOUT-001",
+    "OPS-ATTRS-001",
+    "OPS-VALUE-001",
+    "OPS-VALUE-002",
+    "OPS-VALUE-003",
+    "OPS-VALUE-004",
+    "OPS-VALUE-005",
+    "OPS-VALUE-006",
+    "OPS-VALUE-007",
+    "OPS-VALUE-008",
+    "OPS-VALUE-009",
+    "OPS-VALUE-010",
+    "OPS-VALUE-011",
+    "OPS-VALUE-012",
+    "OPS-PROFILE-001",
+    "OPS-LEGACY-001",
+    "OPS-PATH-001",
+    "SEC-AUTHZ-002",
+    "SEC-LEAK-001",
+    "ROB-IQ-001",
+    "ROB-LIFECYCLE-001",
+    "ROB-SIZE-001",
+    "ROB-ORDER-001",
+];
+
+/// How many parallel-safe cases run at once.
+const PARALLEL_WIDTH: usize = 6;
+
+struct Emitter<'a> {
+    cfg: &'a RunConfig,
+    today: String,
+    inner: std::sync::Mutex<(Option<JsonlWriter>, Vec<CaseRecord>)>,
+}
+
+impl Emitter<'_> {
+    /// Apply the baseline, print the progress line, stream the JSON line.
+    fn emit(&self, mut rec: CaseRecord) -> std::io::Result<()> {
+        let (d, reason) = self
+            .cfg
+            .baseline
+            .disposition(&rec.id, rec.outcome, &self.today);
+        rec.disposition = d;
+        rec.baseline_reason = reason;
+        let disp = match rec.disposition {
+            Disposition::ExpectedFailure => " (expected failure: baseline)",
+            Disposition::Stale => " (STALE baseline entry: now passes)",
+            Disposition::ToleratedFlaky => " (tolerated flaky: baseline)",
+            Disposition::Expired => " (baseline entry expired)",
+            Disposition::New => "",
+        };
+        say(
+            self.cfg,
+            &format!(
+                "  [{}] {:<11} {:<11} {:<22} {}{} ({:.0} ms)",
+                rec.outcome.glyph(),
+                rec.outcome.as_str(),
+                rec.area,
+                rec.id,
+                rec.title,
+                disp,
+                rec.duration_ms
+            ),
+        );
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = g.0.as_mut() {
+            w.write(&rec)?;
+        }
+        g.1.push(rec);
+        Ok(())
+    }
+}
+
+/// A requester identity of its own for one concurrently running case.
+async fn case_requester(
+    session: &Arc<Session>,
+    c: &CaseDef,
+    trace: &Trace,
+    n: usize,
+) -> Option<crate::peer::Peer> {
+    let jid: jid::FullJid = format!(
+        "{}/p{n}-{}",
+        session.req_bare,
+        &crate::peer::random_hex()[..6]
+    )
+    .parse()
+    .ok()?;
+    let p = crate::peer::Peer::connect(
+        &format!("requester-{}", c.id),
+        &session.addr,
+        jid,
+        &session.password,
+        trace.clone(),
+        std::time::Duration::from_secs(10),
+    )
+    .await
+    .ok()?;
+    if let Some(d) = &session.dsp {
+        let j = p.jid.to_string();
+        d.behaviour(|b| {
+            b.auth.insert(j, crate::peer::AuthPolicy::Allow);
+        });
+    }
+    Some(p)
+}
+
+/// Three groups at once: parallel-safe agent cases (several at a time, then the remaining
+/// agent cases one by one) and the dispatcher cases one by one.
+async fn run_grouped(
+    chosen: &[&'static CaseDef],
+    session: &Arc<Session>,
+    trace: &Trace,
+    levels: &Arc<dyn LevelLookup>,
+    cfg: &RunConfig,
+    emitter: &Emitter<'_>,
+) -> std::io::Result<()> {
+    use futures::StreamExt;
+    let par: Vec<&'static CaseDef> = chosen
+        .iter()
+        .copied()
+        .filter(|c| c.subject == Subject::Agent && PARALLEL_SAFE.contains(&c.id))
+        .collect();
+    let seq: Vec<&'static CaseDef> = chosen
+        .iter()
+        .copied()
+        .filter(|c| c.subject == Subject::Agent && !PARALLEL_SAFE.contains(&c.id))
+        .collect();
+    let dsp: Vec<&'static CaseDef> = chosen
+        .iter()
+        .copied()
+        .filter(|c| c.subject == Subject::Dispatcher)
+        .collect();
+    let agents = async {
+        let mut stream =
+            futures::stream::iter(par.into_iter().enumerate().map(|(n, c)| async move {
+                let t = Trace::new();
+                let req = case_requester(session, c, &t, n).await;
+                let rec = if req.is_some() || session.agent.is_none() {
+                    run_case(c, session, &t, cfg.time_scale, levels, req.clone()).await
+                } else {
+                    run_case(c, session, trace, cfg.time_scale, levels, None).await
+                };
+                if let Some(r) = req {
+                    r.close().await;
+                }
+                rec
+            }))
+            .buffer_unordered(PARALLEL_WIDTH);
+        while let Some(rec) = stream.next().await {
+            emitter.emit(rec)?;
+        }
+        for c in seq {
+            emitter.emit(run_case(c, session, trace, cfg.time_scale, levels, None).await)?;
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    let dispatchers = async {
+        let t = session.dsp_trace.clone();
+        for c in dsp {
+            let req = session
+                .dispatcher
+                .as_ref()
+                .and_then(|d| d.requester.clone());
+            emitter.emit(run_case(c, session, &t, cfg.time_scale, levels, req).await)?;
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    let (a, d) = tokio::join!(agents, dispatchers);
+    a?;
+    d
 }

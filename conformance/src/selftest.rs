@@ -121,6 +121,7 @@ pub async fn run_reference(
         baseline,
         out,
         quiet: true,
+        sequential: false,
         silent: true,
         target: att.target.clone(),
         mode: att.mode.as_str().into(),

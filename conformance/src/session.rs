@@ -58,6 +58,9 @@ pub trait Injector: Send + Sync {
 /// A third-party (or reference) dispatcher under test and the harness's agent identities.
 pub struct DispatcherTarget {
     pub jid: String,
+    /// The requester identity the dispatcher cases use (own trace, runs concurrently with
+    /// the agent cases).
+    pub requester: Option<Peer>,
     /// Harness identities that act as agents towards the dispatcher.
     pub agents: Vec<Peer>,
     /// Harness identity in another XMPP domain, if the server has one.
@@ -91,6 +94,10 @@ pub struct Session {
     /// Server address and the harness identities' password (extra identities per case).
     pub addr: String,
     pub password: String,
+    /// Bare JID under which extra requester identities log in (`<bare>/<resource>`).
+    pub req_bare: String,
+    /// Trace the dispatcher-side identities record into.
+    pub dsp_trace: crate::trace::Trace,
     /// The reference dispatcher's policy allows `requester@<domain>` to call `/allowed`.
     pub reference_policy: bool,
 }

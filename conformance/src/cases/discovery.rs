@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 pub async fn disco_info(cx: Ctx) -> CaseResult {
     let agent = agent(&cx)?;
-    let (features, ids) = disco(&cx.session.req, &agent, cx.budget(2000))
+    let (features, ids) = disco(cx.req(), &agent, cx.budget(2000))
         .await
         .map_err(|e| {
             cx.check(
@@ -102,7 +102,7 @@ pub async fn profile_ops(cx: Ctx) -> CaseResult {
 
 pub async fn ping(cx: Ctx) -> CaseResult {
     let agent = agent(&cx)?;
-    let req = &cx.session.req;
+    let req = cx.req();
     let since = req.mark();
     let t0 = Instant::now();
     let id = req

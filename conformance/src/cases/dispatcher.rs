@@ -81,7 +81,7 @@ async fn discover(
     if let Some(l) = limit {
         vals.push(i4("limit", l));
     }
-    let o = dcall(cx, &cx.session.req, "/security/discover", vals).await?;
+    let o = dcall(cx, cx.req(), "/security/discover", vals).await?;
     let listing = o.chunks().first().and_then(|d| {
         let jids = named(d, "jids")?;
         let loads = named(d, "loads")?;
@@ -119,17 +119,15 @@ fn jid_of(p: &Peer) -> String {
 
 pub async fn disco_info(cx: Ctx) -> CaseResult {
     let (d, _) = target(&cx)?;
-    let (features, ids) = disco(&cx.session.req, &d, cx.budget(2000))
-        .await
-        .map_err(|e| {
-            cx.check(
-                "VAP-TRN-019",
-                false,
-                "an IQ result to disco#info",
-                e.clone(),
-            );
-            Abort::stop(e)
-        })?;
+    let (features, ids) = disco(cx.req(), &d, cx.budget(2000)).await.map_err(|e| {
+        cx.check(
+            "VAP-TRN-019",
+            false,
+            "an IQ result to disco#info",
+            e.clone(),
+        );
+        Abort::stop(e)
+    })?;
     cx.check(
         "VAP-TRN-021",
         ids.iter()
@@ -298,9 +296,9 @@ pub async fn discover_edges(cx: Ctx) -> CaseResult {
         report(&cx, a, 0.0, 60_000).await?;
         advertise(&cx, a, &[&opath], 60).await?;
     }
-    report(&cx, &cx.session.req, 0.0, 60_000).await?;
+    report(&cx, cx.req(), 0.0, 60_000).await?;
     // The requester advertises too: it must not be listed to itself.
-    advertise(&cx, &cx.session.req, &[&opath], 60).await?;
+    advertise(&cx, cx.req(), &[&opath], 60).await?;
     let (o, l) = discover(&cx, &opath, Some(1)).await?;
     cx.check(
         "VAP-DSC-019",
@@ -309,7 +307,7 @@ pub async fn discover_edges(cx: Ctx) -> CaseResult {
         o.describe(),
     );
     let (o, l) = discover(&cx, &opath, None).await?;
-    let me = jid_of(&cx.session.req);
+    let me = jid_of(cx.req());
     cx.check(
         "VAP-DSC-018",
         l.as_ref()
@@ -328,7 +326,7 @@ pub async fn discover_edges(cx: Ctx) -> CaseResult {
     );
     let o = dcall(
         &cx,
-        &cx.session.req,
+        cx.req(),
         "/security/discover",
         vec![v("string", "something", "else")],
     )
@@ -357,7 +355,7 @@ pub async fn discover_edges(cx: Ctx) -> CaseResult {
     for a in agents.iter().take(2) {
         let _ = advertise(&cx, a, &[], 0).await;
     }
-    let _ = advertise(&cx, &cx.session.req, &[], 0).await;
+    let _ = advertise(&cx, cx.req(), &[], 0).await;
     Ok(())
 }
 
@@ -558,7 +556,7 @@ fn decision(o: &Obs) -> (Option<String>, Option<String>) {
 pub async fn authorize_policy(cx: Ctx) -> CaseResult {
     let (_, agents) = target(&cx)?;
     let a = &agents[0];
-    let requester = jid_of(&cx.session.req);
+    let requester = jid_of(cx.req());
     let o = dcall(
         &cx,
         a,
@@ -610,7 +608,7 @@ pub async fn authorize_policy(cx: Ctx) -> CaseResult {
 pub async fn authorize_identity(cx: Ctx) -> CaseResult {
     let (_, agents) = target(&cx)?;
     let a = &agents[0];
-    let requester = jid_of(&cx.session.req);
+    let requester = jid_of(cx.req());
     let o = dcall(
         &cx,
         &agents[1],
@@ -638,7 +636,7 @@ pub async fn authorize_identity(cx: Ctx) -> CaseResult {
         o.describe(),
     );
     // The dispatcher never asks anyone for authorization of its own ops.
-    let asked = cx.session.req.collect(0, |r| {
+    let asked = cx.req().collect(0, |r| {
         r.vchild()
             .is_some_and(|c| c.name() == "op" && c.attr("type") == Some("/security/authorize"))
     });
@@ -684,7 +682,7 @@ pub async fn foreign_requester(cx: Ctx) -> CaseResult {
         .append(el)
         .build();
     inj.inject_el(iq).map_err(Abort::error)?;
-    let _ = cx.session.req.ping(&d, cx.budget(1000)).await;
+    let _ = cx.req().ping(&d, cx.budget(1000)).await;
     let end = tokio::time::Instant::now() + cx.budget(1500);
     let mut names = Vec::new();
     while tokio::time::Instant::now() < end {
@@ -732,7 +730,7 @@ pub async fn foreign_requester(cx: Ctx) -> CaseResult {
 pub async fn no_proxy(cx: Ctx) -> CaseResult {
     let o = dcall(
         &cx,
-        &cx.session.req,
+        cx.req(),
         "/vertebra/test/echo",
         vec![v("string", "x", "y")],
     )
@@ -789,7 +787,7 @@ async fn advertise_res(
 async fn discover_res(cx: &Ctx, op_path: &str, key: &str, res: &str) -> Result<Vec<String>, Abort> {
     let o = dcall(
         cx,
-        &cx.session.req,
+        cx.req(),
         "/security/discover",
         vec![
             v("res", "operation", op_path),

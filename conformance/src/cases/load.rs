@@ -111,8 +111,7 @@ pub async fn periodic(cx: Ctx) -> CaseResult {
     }
     // Never to anyone else: the requester identity must not receive load presence.
     let stray = cx
-        .session
-        .req
+        .req()
         .loads()
         .into_iter()
         .filter(|l| same_jid(&l.from, &agent) && !l.unavailable)

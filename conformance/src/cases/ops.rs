@@ -157,7 +157,11 @@ pub async fn lifecycle_echo(cx: Ctx) -> CaseResult {
         format!("legacy namespace present: {legacy_ns}"),
     );
     // Authorization was asked, with the right fields, before the ack.
-    let auth = dsp.auths().into_iter().find(|a| a.at >= t0);
+    let me_req = cx.req().jid.to_string();
+    let auth = dsp
+        .auths()
+        .into_iter()
+        .find(|a| a.at >= t0 && same_jid(&a.requester, &me_req));
     cx.check(
         "VAP-SEC-006",
         auth.is_some(),
@@ -173,12 +177,13 @@ pub async fn lifecycle_echo(cx: Ctx) -> CaseResult {
     if let Some(a) = &auth {
         cx.check(
             "VAP-SEC-007",
-            same_jid(&a.requester, &cx.session.req.jid.to_string())
+            same_jid(&a.requester, &cx.req().jid.to_string())
                 && same_jid(&a.responder, &agent)
                 && a.operation == "/vertebra/test/echo",
             format!(
                 "from={} to={} operation=/vertebra/test/echo",
-                cx.session.req.jid, agent
+                cx.req().jid,
+                agent
             ),
             format!(
                 "from={} to={} operation={}",
@@ -288,8 +293,8 @@ pub async fn tokens_input_forms(cx: Ctx) -> CaseResult {
     let upper = random_upper();
     let (el, _) = op("/vertebra/test/echo", 5000, vec![i4("n", 1)]);
     let el = with_attr(el, "token", Some(&upper));
-    let c = send_op(&cx.session.req, &agent, el, &upper, None).await?;
-    let o = observe(&cx, &cx.session.req, &c, cx.budget(3000), false).await;
+    let c = send_op(cx.req(), &agent, el, &upper, None).await?;
+    let o = observe(&cx, cx.req(), &c, cx.budget(3000), false).await;
     let tok = o.token.clone().unwrap_or_default();
     cx.check(
         "VAP-OPS-005",
@@ -309,8 +314,8 @@ pub async fn tokens_input_forms(cx: Ctx) -> CaseResult {
     let two = format!("{a}:{b}");
     let (el, _) = op("/vertebra/test/echo", 5000, vec![i4("n", 2)]);
     let el = with_attr(el, "token", Some(&two));
-    let c = send_op(&cx.session.req, &agent, el, &b, None).await?;
-    let o = observe(&cx, &cx.session.req, &c, cx.budget(3000), false).await;
+    let c = send_op(cx.req(), &agent, el, &b, None).await?;
+    let o = observe(&cx, cx.req(), &c, cx.budget(3000), false).await;
     let tok = o.token.clone().unwrap_or_default();
     cx.check(
         "VAP-OPS-003",
@@ -340,10 +345,9 @@ pub async fn tokens_malformed(cx: Ctx) -> CaseResult {
     ] {
         let (el, _) = op("/vertebra/test/echo", 5000, vec![i4("n", 1)]);
         let el = with_attr(el, "token", Some(&bad));
-        let c = send_op(&cx.session.req, &agent, el, "-", None).await?;
+        let c = send_op(cx.req(), &agent, el, "-", None).await?;
         let r = cx
-            .session
-            .req
+            .req()
             .wait_response(c.since, &c.id, cx.budget(2000))
             .await;
         let cond = r.as_ref().and_then(iq_error_condition);
@@ -423,7 +427,7 @@ pub async fn stream_chunks(cx: Ctx) -> CaseResult {
 /// Window: hold data results, the responder must not exceed the window; final only after all results.
 pub async fn stream_window(cx: Ctx) -> CaseResult {
     let agent = agent(&cx)?;
-    let req = cx.session.req.clone();
+    let req = cx.req().clone();
     let (el, t) = op(
         "/vertebra/test/stream",
         8000,
@@ -626,7 +630,7 @@ pub async fn sleep_completes(cx: Ctx) -> CaseResult {
 /// Cancel a running sleep.
 pub async fn cancel_running(cx: Ctx) -> CaseResult {
     let agent = agent(&cx)?;
-    let req = cx.session.req.clone();
+    let req = cx.req().clone();
     let (el, t) = op("/vertebra/test/sleep", 10_000, vec![i4("ms", 5000)]);
     let c = send_op(&req, &agent, el, &t, None).await?;
     // Wait for the ack (or fast-path op result).
@@ -721,7 +725,7 @@ pub async fn cancel_running(cx: Ctx) -> CaseResult {
 /// A cancel for a token the agent never issued still gets an IQ result.
 pub async fn cancel_unknown(cx: Ctx) -> CaseResult {
     let agent = agent(&cx)?;
-    let req = &cx.session.req;
+    let req = cx.req();
     let since = req.mark();
     let tok = format!(
         "{}:{}",
@@ -755,7 +759,7 @@ pub async fn cancel_unknown(cx: Ctx) -> CaseResult {
 /// A cancel from a JID that is not the requester is not acted on.
 pub async fn cancel_foreign(cx: Ctx) -> CaseResult {
     let agent = agent(&cx)?;
-    let req = cx.session.req.clone();
+    let req = cx.req().clone();
     let (el, t) = op("/vertebra/test/sleep", 5000, vec![i4("ms", 300)]);
     let c = send_op(&req, &agent, el, &t, None).await?;
     let r = req.wait_response(c.since, &c.id, cx.budget(2000)).await;
@@ -794,7 +798,7 @@ pub async fn cancel_foreign(cx: Ctx) -> CaseResult {
 /// A retransmitted op IQ (same id) gets the same answer and is not re-executed.
 pub async fn duplicate_op(cx: Ctx) -> CaseResult {
     let agent = agent(&cx)?;
-    let req = cx.session.req.clone();
+    let req = cx.req().clone();
     let before = counter_read(&cx).await?;
     let (el, t) = op("/vertebra/test/counter", 5000, vec![]);
     let c = send_op(&req, &agent, el.clone(), &t, None).await?;
@@ -911,7 +915,11 @@ pub async fn no_handler(cx: Ctx) -> CaseResult {
     let dsp = dsp(&cx)?;
     let t0 = Instant::now();
     let (_c, o) = call_b(&cx, "/vertebra/test/no-such-operation", 5000, vec![], 3000).await?;
-    let asked = dsp.auths().iter().any(|a| a.at >= t0);
+    let me_req = cx.req().jid.to_string();
+    let asked = dsp
+        .auths()
+        .iter()
+        .any(|a| a.at >= t0 && same_jid(&a.requester, &me_req));
     let err = o.error();
     cx.check(
         "VAP-OPS-049",
@@ -1016,8 +1024,8 @@ pub async fn bad_timeout(cx: Ctx) -> CaseResult {
     for tv in [None, Some("0"), Some("86400001"), Some("soon")] {
         let (el, t) = op("/vertebra/test/echo", 5000, vec![i4("n", 1)]);
         let el = with_attr(el, "timeout", tv);
-        let c = send_op(&cx.session.req, &agent, el, &t, None).await?;
-        let o = observe(&cx, &cx.session.req, &c, cx.budget(2000), false).await;
+        let c = send_op(cx.req(), &agent, el, &t, None).await?;
+        let o = observe(&cx, cx.req(), &c, cx.budget(2000), false).await;
         cx.check(
             "VAP-OPS-018",
             o.error()
@@ -1032,7 +1040,7 @@ pub async fn bad_timeout(cx: Ctx) -> CaseResult {
 /// Unknown attributes and the scope attribute do not change behaviour; minor versions accepted.
 pub async fn attrs_and_versions(cx: Ctx) -> CaseResult {
     let agent = agent(&cx)?;
-    let req = &cx.session.req;
+    let req = cx.req();
     let values = vec![v("string", "k", "v")];
     let (el, t) = op("/vertebra/test/echo", 5000, values.clone());
     let mut el = el;
@@ -1088,7 +1096,7 @@ pub async fn attrs_and_versions(cx: Ctx) -> CaseResult {
 /// unnamed non-res children ignored, 2008 verbs rejected, IQ get accepted.
 pub async fn legacy(cx: Ctx) -> CaseResult {
     let agent = agent(&cx)?;
-    let req = &cx.session.req;
+    let req = cx.req();
     let (el, t) = op(
         "/vertebra/test/echo",
         5000,
@@ -1173,7 +1181,7 @@ pub async fn legacy(cx: Ctx) -> CaseResult {
 pub async fn work_after_ack(cx: Ctx) -> CaseResult {
     let agent = agent(&cx)?;
     let dsp = dsp(&cx)?;
-    let req = cx.session.req.clone();
+    let req = cx.req().clone();
     let before = counter_read(&cx).await?;
     let stranger = cx.session.stranger.jid.to_string();
     dsp.behaviour(|b| {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 async fn iq(cx: &Ctx, ty: &str, child: Element) -> Result<Option<Rx>, Abort> {
     let agent = agent(cx)?;
-    let req = &cx.session.req;
+    let req = cx.req();
     let since = req.mark();
     let id = req
         .send_iq(ty, &agent, Some(child))
@@ -68,7 +68,7 @@ pub async fn unknown_elements(cx: Ctx) -> CaseResult {
 /// Unsolicited results, errors and messages get no answer.
 pub async fn unsolicited(cx: Ctx) -> CaseResult {
     let agent = agent(&cx)?;
-    let req = &cx.session.req;
+    let req = cx.req();
     let since = req.mark();
     let rid = format!("u{}", &random_hex()[..8]);
     let eid = format!("e{}", &random_hex()[..8]);
@@ -175,8 +175,7 @@ pub async fn impossible_lifecycle(cx: Ctx) -> CaseResult {
         },
     );
     let alive = cx
-        .session
-        .req
+        .req()
         .ping(&agent, cx.budget(2000))
         .await
         .map_err(Abort::error)?;
@@ -208,8 +207,7 @@ pub async fn oversized(cx: Ctx) -> CaseResult {
         o.describe(),
     );
     let alive = cx
-        .session
-        .req
+        .req()
         .ping(&agent, cx.budget(2000))
         .await
         .map_err(Abort::error)?;
@@ -225,7 +223,7 @@ pub async fn oversized(cx: Ctx) -> CaseResult {
 /// 30 concurrent echo ops: every one completes; ping stays fast.
 pub async fn flood(cx: Ctx) -> CaseResult {
     let agent = agent(&cx)?;
-    let req = cx.session.req.clone();
+    let req = cx.req().clone();
     let mut calls = Vec::new();
     for i in 0..30 {
         let (el, t) = op("/vertebra/test/echo", 10_000, vec![i4("i", i)]);
@@ -274,7 +272,7 @@ pub async fn flood(cx: Ctx) -> CaseResult {
 /// Op IQs from one JID are answered in the order they were sent.
 pub async fn in_order(cx: Ctx) -> CaseResult {
     let agent = agent(&cx)?;
-    let req = cx.session.req.clone();
+    let req = cx.req().clone();
     let mut ids = Vec::new();
     let since = req.mark();
     for i in 0..5 {

@@ -17,7 +17,7 @@ pub async fn unauthorized(cx: Ctx) -> CaseResult {
     let (el, t) = op(
         "/vertebra/test/counter",
         5000,
-        vec![v("string", "from", &cx.session.req.jid.to_string())],
+        vec![v("string", "from", &cx.req().jid.to_string())],
     );
     let c = send_op(&cx.session.stranger, &agent, el, &t, None).await?;
     let o = observe(&cx, &cx.session.stranger, &c, cx.budget(3000), true).await;
@@ -58,7 +58,7 @@ pub async fn unauthorized(cx: Ctx) -> CaseResult {
     let asked = dsp.auths().into_iter().find(|a| {
         a.at >= t0
             && a.operation == "/vertebra/test/counter"
-            && !a.requester.starts_with(&cx.session.req.jid.to_string())
+            && !a.requester.starts_with(&cx.req().jid.to_string())
     });
     cx.check(
         "VAP-SEC-003",
@@ -97,7 +97,7 @@ pub async fn unauthorized(cx: Ctx) -> CaseResult {
 /// The dispatcher never answers: nack authorization-unavailable within about 2 s.
 pub async fn authorize_timeout(cx: Ctx) -> CaseResult {
     let dsp = dsp(&cx)?;
-    let req = cx.session.req.jid.to_string();
+    let req = cx.req().jid.to_string();
     dsp.behaviour(|b| {
         b.auth.insert(req.clone(), AuthPolicy::Silent);
     });
@@ -131,10 +131,13 @@ pub async fn no_cache_ttl0(cx: Ctx) -> CaseResult {
             o.describe(),
         )?;
     }
+    let me_req = cx.req().jid.to_string();
     let n = dsp
         .auths()
         .iter()
-        .filter(|a| a.at >= t0 && a.operation == "/vertebra/test/echo")
+        .filter(|a| {
+            a.at >= t0 && a.operation == "/vertebra/test/echo" && same_jid(&a.requester, &me_req)
+        })
         .count();
     cx.check(
         "VAP-SEC-012",
@@ -172,7 +175,7 @@ pub async fn foreign_domain(cx: Ctx) -> CaseResult {
         sent.push((kind, t));
     }
     // Barrier: the agent processes in order per sender; give it a moment via a ping from us.
-    let _ = cx.session.req.ping(&agent, cx.budget(1000)).await;
+    let _ = cx.req().ping(&agent, cx.budget(1000)).await;
     let end = tokio::time::Instant::now() + cx.budget(1500);
     let mut out = Vec::new();
     while tokio::time::Instant::now() < end {

@@ -315,8 +315,8 @@ pub async fn call(
 ) -> Result<(Call, Obs), Abort> {
     let agent = agent(cx)?;
     let (el, t) = op(kind, timeout_ms, values);
-    let c = send_op(&cx.session.req, &agent, el, &t, None).await?;
-    let o = observe(cx, &cx.session.req, &c, cx.budget(budget_ms), false).await;
+    let c = send_op(cx.req(), &agent, el, &t, None).await?;
+    let o = observe(cx, cx.req(), &c, cx.budget(budget_ms), false).await;
     Ok((c, o))
 }
 
@@ -330,8 +330,8 @@ pub async fn call_b(
 ) -> Result<(Call, Obs), Abort> {
     let agent = agent(cx)?;
     let (el, t) = op(kind, timeout_ms, values);
-    let c = send_op(&cx.session.req, &agent, el, &t, None).await?;
-    let o = observe(cx, &cx.session.req, &c, cx.budget(budget_ms), true).await;
+    let c = send_op(cx.req(), &agent, el, &t, None).await?;
+    let o = observe(cx, cx.req(), &c, cx.budget(budget_ms), true).await;
     Ok((c, o))
 }
 

@@ -560,7 +560,10 @@ fn sender_rules(cx: &Ctx, chunk: &Element) {
         }
         match e.name() {
             "i4" if e.text().trim().parse::<i32>().is_err() => {
-                out.push(("VAP-VAL-008", format!("i4 {:?} outside the 32-bit range", e.text())));
+                out.push((
+                    "VAP-VAL-008",
+                    format!("i4 {:?} outside the 32-bit range", e.text()),
+                ));
             }
             "double" if !e.text().trim().parse::<f64>().is_ok_and(|f| f.is_finite()) => {
                 out.push(("VAP-VAL-012", format!("double {:?} not finite", e.text())));
