@@ -18,6 +18,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod json;
 pub mod machine;
+pub mod mux;
 pub mod payloads;
 pub mod requester;
 pub mod resource;

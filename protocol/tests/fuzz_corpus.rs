@@ -13,7 +13,9 @@ fn replay(target: &str, check: fn(&[u8])) {
     let mut n = 0;
     for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
         let p = e.unwrap().path();
-        if p.file_name().is_some_and(|f| f.to_string_lossy().starts_with('.')) {
+        if p.file_name()
+            .is_some_and(|f| f.to_string_lossy().starts_with('.'))
+        {
             continue;
         }
         check(&std::fs::read(&p).unwrap());

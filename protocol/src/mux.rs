@@ -1,0 +1,484 @@
+//! Multiplexers over the per-op machines, so a shell only moves stanzas and time:
+//!
+//! * [`Calls`]: every outgoing call of one entity. Routes IQ results/errors by (responder, IQ
+//!   id) while the op result is pending and IQ sets by (responder, T:S) afterwards
+//!   (`[VAP-OPS-021]`), answers IQ sets of finished or unknown calls (`[VAP-OPS-031]`,
+//!   `[VAP-OPS-046]`).
+//! * [`Responders`]: every incoming op of one entity. Suppresses retransmitted op IQs by
+//!   (sender, IQ id) for 300 s with the same answer (`[VAP-OPS-065]`…`[VAP-OPS-067]`), routes
+//!   answers to our IQ sets and cancels to the right op.
+//!
+//! Both are sans-IO like the machines: the caller passes time in [`Millis`].
+
+use std::collections::HashMap;
+
+use jid::Jid;
+use minidom::Element;
+use xmpp_parsers::stanza_error::StanzaError;
+
+use crate::error::ProtocolError;
+use crate::machine::{DedupCache, IqBody, Millis, OutIq};
+use crate::requester::{CallEvent, Output, Requester};
+use crate::responder::{Decision, Responder, ResponderConfig, ResponderEvent, Route};
+use crate::stanza::{Op, VertebraPayload};
+use crate::token::{OpToken, Token};
+use crate::value::Args;
+
+/// Handle of one call in [`Calls`].
+pub type CallId = u64;
+/// Handle of one incoming op in [`Responders`].
+pub type OpId = u64;
+
+type Key = (String, String);
+
+fn key(j: &Jid, s: &str) -> Key {
+    (j.to_string(), s.to_string())
+}
+
+/// All outgoing calls of one entity.
+#[derive(Debug, Default)]
+pub struct Calls {
+    calls: HashMap<CallId, Requester>,
+    next: CallId,
+    by_answer: HashMap<Key, CallId>,
+    by_token: HashMap<Key, CallId>,
+}
+
+type CallOut = Vec<Output<CallEvent>>;
+
+impl Calls {
+    /// Empty.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn index(&mut self, id: CallId) {
+        let Some(r) = self.calls.get(&id) else { return };
+        if let Some(i) = r.op_iq_id() {
+            self.by_answer.insert(key(r.responder(), i), id);
+        }
+        if let Some(i) = r.cancel_iq_id() {
+            self.by_answer.insert(key(r.responder(), i), id);
+        }
+        if let Some(t) = r.token() {
+            self.by_token.insert(key(r.responder(), &t.to_string()), id);
+        }
+    }
+
+    fn reap(&mut self, id: CallId) {
+        if self.calls.get(&id).is_some_and(Requester::is_done) {
+            self.calls.remove(&id);
+            self.by_answer.retain(|_, v| *v != id);
+            self.by_token.retain(|_, v| *v != id);
+        }
+    }
+
+    /// Start a call (see [`Requester::start`]).
+    pub fn start(
+        &mut self,
+        to: Jid,
+        op: &Op,
+        iq_id: impl Into<String>,
+        now: Millis,
+    ) -> Result<(CallId, CallOut), ProtocolError> {
+        let (r, out) = Requester::start(to, op, iq_id, now)?;
+        self.next += 1;
+        let id = self.next;
+        self.calls.insert(id, r);
+        self.index(id);
+        Ok((id, out))
+    }
+
+    /// The call, while it runs.
+    pub fn get(&self, id: CallId) -> Option<&Requester> {
+        self.calls.get(&id)
+    }
+
+    /// Number of running calls.
+    pub fn len(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// True when no call runs.
+    pub fn is_empty(&self) -> bool {
+        self.calls.is_empty()
+    }
+
+    /// Cancel a call (see [`Requester::cancel`]).
+    pub fn cancel(&mut self, id: CallId, iq_id: impl Into<String>, now: Millis) -> CallOut {
+        let out = match self.calls.get_mut(&id) {
+            Some(r) => r.cancel(iq_id, now),
+            None => return Vec::new(),
+        };
+        self.index(id);
+        out
+    }
+
+    /// An IQ result; `None` when it answers none of our calls.
+    pub fn handle_iq_result(
+        &mut self,
+        from: &Jid,
+        id: &str,
+        payload: Option<&Element>,
+        now: Millis,
+    ) -> Option<(CallId, CallOut)> {
+        let cid = *self.by_answer.get(&key(from, id))?;
+        let out = self
+            .calls
+            .get_mut(&cid)?
+            .handle_iq_result(from, id, payload, now);
+        self.index(cid);
+        self.reap(cid);
+        Some((cid, out))
+    }
+
+    /// An IQ error; `None` when it answers none of our calls.
+    pub fn handle_iq_error(
+        &mut self,
+        from: &Jid,
+        id: &str,
+        error: &StanzaError,
+        now: Millis,
+    ) -> Option<(CallId, CallOut)> {
+        let cid = *self.by_answer.get(&key(from, id))?;
+        let out = self
+            .calls
+            .get_mut(&cid)?
+            .handle_iq_error(from, id, error, now);
+        self.reap(cid);
+        Some((cid, out))
+    }
+
+    /// An IQ set for the requester side (ack, nack, data, final, error). Always answered: by
+    /// the call it belongs to, or with an empty IQ result for a finished or unknown call
+    /// (`[VAP-OPS-031]`), or with the IQ error for an undecodable element (`[VAP-TRN-010]`,
+    /// `[VAP-TRN-011]`).
+    pub fn handle_iq_set(
+        &mut self,
+        from: &Jid,
+        id: &str,
+        payload: &Element,
+        now: Millis,
+    ) -> (Option<CallId>, CallOut) {
+        let token = payload.attr("token").and_then(|t| OpToken::parse(t).ok());
+        let cid = token.as_ref().and_then(|t| {
+            self.by_token
+                .get(&key(from, &t.to_string()))
+                .copied()
+                .or_else(|| {
+                    // Before the op result: a stanza whose token rotates a pending call's token.
+                    self.calls
+                        .iter()
+                        .find(|(_, r)| r.token().is_none() && r.owns_set(from, t))
+                        .map(|(c, _)| *c)
+                })
+        });
+        if let Some(cid) = cid {
+            if let Some(r) = self.calls.get_mut(&cid) {
+                let out = r.handle_iq_set(from, id, payload, now);
+                self.index(cid);
+                self.reap(cid);
+                return (Some(cid), out);
+            }
+        }
+        let answer = match VertebraPayload::from_element(payload) {
+            Ok(_) => OutIq::result(from.clone(), id),
+            Err(e) => match ProtocolError::from(e).to_wire().to_stanza_error() {
+                Some(err) => OutIq {
+                    to: from.clone(),
+                    id: id.to_string(),
+                    body: IqBody::Error(err),
+                },
+                None => OutIq::result(from.clone(), id),
+            },
+        };
+        (None, vec![Output::Send(answer)])
+    }
+
+    /// Unavailable presence from `from`: every call to it ends (`[VAP-OPS-077]`).
+    pub fn handle_unavailable(&mut self, from: &Jid, now: Millis) -> Vec<(CallId, CallOut)> {
+        let ids: Vec<CallId> = self
+            .calls
+            .iter()
+            .filter(|(_, r)| r.responder() == from)
+            .map(|(c, _)| *c)
+            .collect();
+        ids.into_iter()
+            .filter_map(|c| {
+                let out = self.calls.get_mut(&c)?.handle_unavailable(from, now);
+                self.reap(c);
+                Some((c, out))
+            })
+            .collect()
+    }
+
+    /// Fire due timers.
+    pub fn handle_timeout(&mut self, now: Millis) -> Vec<(CallId, CallOut)> {
+        let due: Vec<CallId> = self
+            .calls
+            .iter()
+            .filter(|(_, r)| r.next_timeout().is_some_and(|t| t <= now))
+            .map(|(c, _)| *c)
+            .collect();
+        due.into_iter()
+            .filter_map(|c| {
+                let out = self.calls.get_mut(&c)?.handle_timeout(now);
+                self.index(c);
+                self.reap(c);
+                Some((c, out))
+            })
+            .collect()
+    }
+
+    /// The earliest timer of all calls.
+    pub fn next_timeout(&self) -> Option<Millis> {
+        self.calls
+            .values()
+            .filter_map(Requester::next_timeout)
+            .min()
+    }
+}
+
+/// All incoming ops of one entity.
+#[derive(Debug)]
+pub struct Responders {
+    cfg: ResponderConfig,
+    ops: HashMap<OpId, Responder>,
+    next: OpId,
+    by_answer: HashMap<Key, OpId>,
+    by_token: HashMap<Key, OpId>,
+    dedup: DedupCache,
+}
+
+type OpOut = Vec<Output<ResponderEvent>>;
+
+impl Responders {
+    /// Empty, remembering at most `dedup_capacity` answered IQ sets for duplicate suppression.
+    pub fn new(cfg: ResponderConfig, dedup_capacity: usize) -> Self {
+        Responders {
+            cfg,
+            ops: HashMap::new(),
+            next: 0,
+            by_answer: HashMap::new(),
+            by_token: HashMap::new(),
+            dedup: DedupCache::new(dedup_capacity),
+        }
+    }
+
+    fn index(&mut self, id: OpId) {
+        let Some(r) = self.ops.get(&id) else { return };
+        let from = r.requester().clone();
+        let ids: Vec<String> = r.pending_ids().map(str::to_string).collect();
+        for i in ids {
+            self.by_answer.insert(key(&from, &i), id);
+        }
+        if let Some(t) = r.token() {
+            self.by_token.insert(key(&from, &t.to_string()), id);
+        }
+    }
+
+    fn reap(&mut self, id: OpId) {
+        if self.ops.get(&id).is_some_and(Responder::is_done) {
+            self.ops.remove(&id);
+            self.by_answer.retain(|_, v| *v != id);
+            self.by_token.retain(|_, v| *v != id);
+        }
+    }
+
+    /// The op, while it runs.
+    pub fn get(&self, id: OpId) -> Option<&Responder> {
+        self.ops.get(&id)
+    }
+
+    /// Number of running ops.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// True when no op runs.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// An op IQ (set, or get when `via_get`). A retransmission (same sender and IQ id within
+    /// 300 s) gets the same answer and is not processed again (`None` id).
+    #[allow(clippy::too_many_arguments)]
+    pub fn receive_op(
+        &mut self,
+        from: &Jid,
+        iq_id: &str,
+        via_get: bool,
+        payload: &Element,
+        now: Millis,
+        s: Token,
+        route: impl FnOnce(&Op) -> Route,
+    ) -> (Option<OpId>, OpOut) {
+        if let Some(again) = self.dedup.lookup(from, iq_id, now) {
+            return (None, vec![Output::Send(again)]);
+        }
+        let (r, out) = Responder::receive_op(
+            from.clone(),
+            iq_id,
+            via_get,
+            payload,
+            now,
+            s,
+            &self.cfg,
+            route,
+        );
+        self.dedup.remember(r.op_answer(), now);
+        self.next += 1;
+        let id = self.next;
+        self.ops.insert(id, r);
+        self.index(id);
+        self.reap(id);
+        (Some(id), out)
+    }
+
+    /// A non-op IQ set from a requester (a cancel). Duplicates get the same answer.
+    pub fn handle_iq_set(
+        &mut self,
+        from: &Jid,
+        id: &str,
+        payload: &Element,
+        now: Millis,
+    ) -> (Option<OpId>, OpOut) {
+        if let Some(again) = self.dedup.lookup(from, id, now) {
+            return (None, vec![Output::Send(again)]);
+        }
+        let token = payload
+            .attr("token")
+            .map(str::to_string)
+            .unwrap_or_default();
+        let target = self.by_token.get(&key(from, &token)).copied();
+        let (oid, out) = match target.and_then(|t| self.ops.get_mut(&t).map(|r| (t, r))) {
+            Some((t, r)) => {
+                let out = r.handle_iq_set(from, id, payload, now);
+                self.index(t);
+                self.reap(t);
+                (Some(t), out)
+            }
+            None => {
+                // Unknown op: a cancel is still answered ([VAP-OPS-054]); malformed input gets
+                // the IQ error of the table.
+                let answer = match VertebraPayload::from_element(payload) {
+                    Ok(_) => OutIq::result(from.clone(), id),
+                    Err(e) => match ProtocolError::from(e).to_wire().to_stanza_error() {
+                        Some(err) => OutIq {
+                            to: from.clone(),
+                            id: id.to_string(),
+                            body: IqBody::Error(err),
+                        },
+                        None => OutIq::result(from.clone(), id),
+                    },
+                };
+                (None, vec![Output::Send(answer)])
+            }
+        };
+        if let Some(Output::Send(a)) = out.first() {
+            if a.id == id && a.to == *from {
+                self.dedup.remember(a, now);
+            }
+        }
+        (oid, out)
+    }
+
+    /// An IQ result answering one of our IQ sets.
+    pub fn handle_iq_result(&mut self, from: &Jid, id: &str, now: Millis) -> Option<(OpId, OpOut)> {
+        let oid = *self.by_answer.get(&key(from, id))?;
+        let out = self.ops.get_mut(&oid)?.handle_iq_result(from, id, now);
+        self.index(oid);
+        self.reap(oid);
+        Some((oid, out))
+    }
+
+    /// An IQ error answering one of our IQ sets.
+    pub fn handle_iq_error(
+        &mut self,
+        from: &Jid,
+        id: &str,
+        error: &StanzaError,
+        now: Millis,
+    ) -> Option<(OpId, OpOut)> {
+        let oid = *self.by_answer.get(&key(from, id))?;
+        let out = self
+            .ops
+            .get_mut(&oid)?
+            .handle_iq_error(from, id, error, now);
+        self.index(oid);
+        self.reap(oid);
+        Some((oid, out))
+    }
+
+    fn with(
+        &mut self,
+        id: OpId,
+        f: impl FnOnce(&mut Responder) -> Result<OpOut, ProtocolError>,
+    ) -> Result<OpOut, ProtocolError> {
+        let r = self
+            .ops
+            .get_mut(&id)
+            .ok_or_else(|| ProtocolError::misuse("no such op"))?;
+        let out = f(r)?;
+        self.index(id);
+        self.reap(id);
+        Ok(out)
+    }
+
+    /// See [`Responder::authorize`].
+    pub fn authorize(
+        &mut self,
+        id: OpId,
+        d: Decision,
+        now: Millis,
+    ) -> Result<OpOut, ProtocolError> {
+        self.with(id, |r| Ok(r.authorize(d, now)))
+    }
+    /// See [`Responder::chunk`].
+    pub fn chunk(&mut self, id: OpId, args: Args, now: Millis) -> Result<OpOut, ProtocolError> {
+        self.with(id, |r| r.chunk(args, now))
+    }
+    /// See [`Responder::finish`].
+    pub fn finish(
+        &mut self,
+        id: OpId,
+        last: Option<Args>,
+        now: Millis,
+    ) -> Result<OpOut, ProtocolError> {
+        self.with(id, |r| r.finish(last, now))
+    }
+    /// See [`Responder::fail`].
+    pub fn fail(
+        &mut self,
+        id: OpId,
+        c: crate::Condition,
+        reason: impl Into<String>,
+        now: Millis,
+    ) -> Result<OpOut, ProtocolError> {
+        let reason = reason.into();
+        self.with(id, |r| r.fail(c, reason, now))
+    }
+
+    /// Fire due timers.
+    pub fn handle_timeout(&mut self, now: Millis) -> Vec<(OpId, OpOut)> {
+        let due: Vec<OpId> = self
+            .ops
+            .iter()
+            .filter(|(_, r)| r.next_timeout().is_some_and(|t| t <= now))
+            .map(|(c, _)| *c)
+            .collect();
+        due.into_iter()
+            .filter_map(|c| {
+                let out = self.ops.get_mut(&c)?.handle_timeout(now);
+                self.index(c);
+                self.reap(c);
+                Some((c, out))
+            })
+            .collect()
+    }
+
+    /// The earliest timer of all ops.
+    pub fn next_timeout(&self) -> Option<Millis> {
+        self.ops.values().filter_map(Responder::next_timeout).min()
+    }
+}
