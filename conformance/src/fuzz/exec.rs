@@ -590,6 +590,7 @@ impl<'a> Execution<'a> {
             b = b.append(v);
         }
         let id = format!("probe-{}-{}", self.epoch, self.probe_n);
+        self.judge.own_token(&t);
         let since = p.mark();
         p.send_iq_with_id("set", env.target(), &id, Some(b.build()))
             .await?;

@@ -69,6 +69,9 @@ pub struct Judge {
     /// Step index the current events belong to.
     pub step: usize,
     pub stanzas_judged: u64,
+    /// Last segments (lowercase) of the request tokens sent in this execution: lifecycle
+    /// stanzas for other ops (late traffic of an earlier execution) are not judged.
+    mine: HashSet<String>,
 }
 
 fn canon_answer(el: &Element) -> String {
@@ -123,6 +126,22 @@ impl Judge {
             Some(f) => f == self.target || crate::cases::util::same_jid(f, &self.target),
             None => false,
         }
+    }
+
+    /// Remember a request token as this execution's (probes call this too).
+    pub fn own_token(&mut self, token: &str) {
+        if let Some(last) = token.rsplit(':').next() {
+            self.mine.insert(last.to_ascii_lowercase());
+        }
+    }
+
+    fn is_mine(&self, composite: &str) -> bool {
+        let x = composite
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        self.mine.contains(&x)
     }
 
     /// The harness sent `el` (a whole stanza) through identity `via`.
@@ -280,6 +299,11 @@ impl Judge {
                     return;
                 };
                 if child.ns() != NS {
+                    return;
+                }
+                // Lifecycle stanzas of ops this execution did not start are not judged (late
+                // traffic of an earlier execution); ops the target starts itself always are.
+                if child.name() != "op" && !self.is_mine(child.attr("token").unwrap_or("")) {
                     return;
                 }
                 let p = match VertebraPayload::from_element(child) {
@@ -440,13 +464,19 @@ mod tests {
     #[test]
     fn bad_condition_and_leak_are_findings() {
         let mut j = Judge::new("a@x/a");
+        j.own_token("01");
         j.on_received("requester", &el("<iq xmlns='jabber:client' type='set' id='z' from='a@x/a'><error xmlns='http://xmlschema.engineyard.com/agent/api' token='01:02' type='error' condition='handler-failed'><string name='reason'>panicked at src/main.rs:3</string></error></iq>"));
         assert!(j.findings.iter().any(|f| f.oracle == "leak"));
         j.on_received("requester", &el("<iq xmlns='jabber:client' type='set' id='y' from='a@x/a'><error xmlns='http://xmlschema.engineyard.com/agent/api' token='01:02' type='error' condition='kaboom'/></iq>"));
         assert!(j.findings.iter().any(|f| f.oracle == "error-taxonomy"));
         // Stanzas from others are not judged.
         let mut k = Judge::new("a@x/a");
+        k.own_token("01");
         k.on_received("requester", &el("<iq xmlns='jabber:client' type='set' id='y' from='b@x/b'><error xmlns='http://xmlschema.engineyard.com/agent/api' token='01:02' type='error' condition='kaboom'/></iq>"));
         assert!(k.findings.is_empty());
+        // Lifecycle stanzas of ops this execution did not send are not judged.
+        let mut m = Judge::new("a@x/a");
+        m.on_received("requester", &el("<iq xmlns='jabber:client' type='set' id='y' from='a@x/a'><error xmlns='http://xmlschema.engineyard.com/agent/api' token='01:02' type='error' condition='kaboom'/></iq>"));
+        assert!(m.findings.is_empty());
     }
 }
