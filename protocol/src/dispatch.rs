@@ -374,7 +374,10 @@ impl Directory {
     }
 
     /// `/security/discover` (`[VAP-DSC-014]`…`[VAP-DSC-021]`, `[VAP-SEC-019]`): agents of the
-    /// requester's domain whose unexpired advertisement matches, least loaded first.
+    /// requester's domain whose unexpired advertisement matches (`[VAP-DSC-015]`), least loaded
+    /// first (`[VAP-DSC-016]`, `[VAP-LOAD-015]`), dead ones left out (`[VAP-DSC-017]`), never
+    /// the requester itself (`[VAP-DSC-018]`), at most `limit` (`[VAP-DSC-019]`), empty lists
+    /// when nothing matches (`[VAP-DSC-020]`).
     pub fn discover(
         &mut self,
         requester: &Jid,

@@ -343,7 +343,7 @@ impl DateTime {
         )
     }
 
-    /// Parse the accepted input forms (`[VAP-VAL]` dateTime): basic `YYYYMMDDTHH:MM:SS` or
+    /// Parse the accepted input forms (`[VAP-VAL-025]`, calendar-checked `[VAP-VAL-026]`): basic `YYYYMMDDTHH:MM:SS` or
     /// extended `YYYY-MM-DDTHH:MM:SS`, then optionally `Z` or `±HH:MM` / `±HHMM`. Without a zone
     /// the time is taken as UTC. The result is converted to UTC.
     pub fn parse(s: &str) -> Result<Self, DecodeError> {
@@ -415,7 +415,7 @@ impl DateTime {
         DateTime::from_unix_seconds(local.unix_seconds() - offset_secs)
     }
 
-    /// The canonical wire form `YYYYMMDDTHH:MM:SSZ`.
+    /// The canonical wire form `YYYYMMDDTHH:MM:SSZ` (`[VAP-VAL-024]`).
     pub fn to_wire(&self) -> String {
         format!(
             "{:04}{:02}{:02}T{:02}:{:02}:{:02}Z",
@@ -423,7 +423,7 @@ impl DateTime {
         )
     }
 
-    /// The JSON form `YYYY-MM-DDTHH:MM:SSZ` (RFC 3339).
+    /// The JSON form `YYYY-MM-DDTHH:MM:SSZ` (RFC 3339, `[VAP-VAL-039]`).
     pub fn to_rfc3339(&self) -> String {
         format!(
             "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
@@ -441,7 +441,7 @@ impl fmt::Display for DateTime {
 // ---------------------------------------------------------------------------------------------
 // Scalars: text forms
 
-/// Parse `i4` text (`[VAP-VAL]`): optional sign, decimal digits, signed 32-bit range. XML
+/// Parse `i4` text (`[VAP-VAL-009]`; `int`/`integer` accepted, `[VAP-VAL-011]`): optional sign, decimal digits, signed 32-bit range. XML
 /// whitespace around the number is ignored.
 pub fn parse_i4(text: &str) -> Result<i32, DecodeError> {
     let t = trim_xml_ws(text);
@@ -457,7 +457,7 @@ pub fn parse_i4(text: &str) -> Result<i32, DecodeError> {
 }
 
 /// Parse `double` text: decimal with optional fraction and exponent; must be finite
-/// (`NaN`, `INF` and overflow are rejected).
+/// (`NaN`, `INF` and overflow are rejected, `[VAP-VAL-012]`, `[VAP-VAL-013]`).
 pub fn parse_double(text: &str) -> Result<f64, DecodeError> {
     let t = trim_xml_ws(text);
     let bad = || DecodeError::new(Rule::BadDouble, format!("{text:?} is not a finite decimal"));
@@ -559,7 +559,8 @@ pub fn format_double(v: f64) -> String {
     out
 }
 
-/// Parse `boolean` text: `1`, `0`, `true`, `false` (XML whitespace around ignored).
+/// Parse `boolean` text: `1`, `0`, `true`, `false` (XML whitespace around ignored,
+/// `[VAP-VAL-015]`, `[VAP-VAL-016]`).
 pub fn parse_boolean(text: &str) -> Result<bool, DecodeError> {
     match trim_xml_ws(text) {
         "1" | "true" => Ok(true),
@@ -573,7 +574,7 @@ pub fn parse_boolean(text: &str) -> Result<bool, DecodeError> {
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
-/// RFC 4648 base64 with padding and no line breaks.
+/// RFC 4648 base64 with padding and no line breaks (`[VAP-VAL-022]`).
 pub fn encode_base64(data: &[u8]) -> String {
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
@@ -599,7 +600,7 @@ pub fn encode_base64(data: &[u8]) -> String {
     out
 }
 
-/// Decode RFC 4648 base64: XML whitespace anywhere is ignored; padding is required; unused
+/// Decode RFC 4648 base64 (`[VAP-VAL-023]`): XML whitespace anywhere is ignored; padding is required; unused
 /// trailing bits must be zero (so every byte string has exactly one accepted spelling modulo
 /// whitespace).
 pub fn decode_base64(text: &str) -> Result<Vec<u8>, DecodeError> {
@@ -715,13 +716,19 @@ impl Value {
         el
     }
 
-    /// Decode one value element (its `name` attribute is not looked at).
+    /// Decode one value element (its `name` attribute is not looked at; other attributes are
+    /// ignored, `[VAP-VAL-006]`, `[VAP-VAL-030]`). Unknown elements or namespaces are
+    /// `[VAP-VAL-005]`; text in containers `[VAP-VAL-007]`; strings exact `[VAP-VAL-017]`,
+    /// `[VAP-VAL-018]`, no children `[VAP-VAL-021]`; `nil` empty `[VAP-VAL-027]`; `res`
+    /// `[VAP-VAL-028]`; struct names `[VAP-VAL-031]`, `[VAP-VAL-032]`; depth ≤ 32 without
+    /// recursion past the limit `[VAP-VAL-033]`, `[VAP-VAL-034]`.
     pub fn from_element(el: &Element) -> Result<Value, DecodeError> {
         decode_value(el, 1)
     }
 
-    /// Check that this value can be encoded faithfully: finite doubles, XML-character strings,
-    /// non-empty unique struct names, depth ≤ [`MAX_DEPTH`].
+    /// Check that this value can be encoded faithfully: finite doubles (`[VAP-VAL-012]`),
+    /// XML-character strings (`[VAP-VAL-020]`), non-empty unique struct names, depth ≤
+    /// [`MAX_DEPTH`] (`[VAP-VAL-035]`). The JSON decoder applies the same rules (`[VAP-VAL-040]`).
     pub fn validate(&self) -> Result<(), DecodeError> {
         validate_value(self, 1)
     }
