@@ -145,9 +145,7 @@ fn problems(cases: &[CaseRecord]) -> Vec<String> {
             !(matches!(c.outcome, Outcome::Pass | Outcome::Info)
                 || c.disposition == Disposition::ExpectedFailure
                 || (c.outcome == Outcome::Skipped
-                    && c.reason
-                        .as_deref()
-                        .is_some_and(|r| r.starts_with("needs the embedded server"))))
+                    && c.reason.as_deref().is_some_and(|r| r.starts_with("needs "))))
                 || c.disposition == Disposition::Stale
         })
         .map(|c| {

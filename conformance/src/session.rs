@@ -40,6 +40,22 @@ pub trait TargetControl: Send + Sync {
     fn exited(&self) -> Option<String> {
         None
     }
+    /// Spawn mode only: SIGTERM the process; `Ok(Some(code))` when it exited within `budget`.
+    fn terminate(
+        &self,
+        _budget: Duration,
+    ) -> futures::future::BoxFuture<'_, Result<Option<i32>, String>> {
+        Box::pin(async { Err("not a spawned process".to_string()) })
+    }
+    /// Spawn mode only: run the command once more with some variables changed, until it exits
+    /// or `budget` passes; returns (exit code, stdout, stderr). The running instance is kept.
+    fn run_variant(
+        &self,
+        _env: Vec<(String, String)>,
+        _budget: Duration,
+    ) -> futures::future::BoxFuture<'_, Result<(Option<i32>, String, String), String>> {
+        Box::pin(async { Err("not a spawned process".to_string()) })
+    }
 }
 
 /// Raw injection into the agent's stream (embedded server only): any `from`, any bytes.

@@ -139,6 +139,44 @@ impl SpawnControl {
 }
 
 impl TargetControl for SpawnControl {
+    fn terminate(&self, budget: Duration) -> BoxFuture<'_, Result<Option<i32>, String>> {
+        Box::pin(SpawnControl::terminate(self, budget))
+    }
+
+    fn run_variant(
+        &self,
+        env: Vec<(String, String)>,
+        budget: Duration,
+    ) -> BoxFuture<'_, Result<(Option<i32>, String, String), String>> {
+        Box::pin(async move {
+            let (prog, args) = self.command.split_first().ok_or("no command")?;
+            let mut cmd = Command::new(prog);
+            cmd.args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true);
+            for (k, v) in &self.env {
+                cmd.env(k, v);
+            }
+            for (k, v) in &env {
+                cmd.env(k, v);
+            }
+            let child = cmd
+                .spawn()
+                .map_err(|e| format!("cannot start {prog:?}: {e}"))?;
+            match tokio::time::timeout(budget, child.wait_with_output()).await {
+                Ok(Ok(o)) => Ok((
+                    o.status.code(),
+                    String::from_utf8_lossy(&o.stdout).into_owned(),
+                    String::from_utf8_lossy(&o.stderr).into_owned(),
+                )),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Ok((None, String::new(), String::new())),
+            }
+        })
+    }
+
     fn restart(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
             {

@@ -354,3 +354,75 @@ pub async fn readvertise(cx: Ctx) -> CaseResult {
     );
     Ok(())
 }
+
+/// Spawn contract: logs to stderr only, a failed login exits non-zero with a message, SIGTERM
+/// exits 0 within 5 s.
+pub async fn spawn_process(cx: Ctx) -> CaseResult {
+    let Some(ctl) = cx.session.control.clone() else {
+        return Err(Abort::skipped(
+            "needs spawn mode (the harness starts the agent)",
+        ));
+    };
+    if cx.session.mode != crate::session::Mode::Spawn {
+        return Err(Abort::skipped(
+            "needs spawn mode (the harness starts the agent)",
+        ));
+    }
+    // Output so far (since start / last case) must be on stderr only.
+    let (out, err) = ctl.take_output();
+    cx.check(
+        "VAP-TPF-023",
+        out.trim().is_empty(),
+        "nothing on standard output (logs go to standard error)",
+        format!(
+            "stdout: {:?}; stderr has {} bytes",
+            out.chars().take(200).collect::<String>(),
+            err.len()
+        ),
+    );
+    // Wrong password: exit non-zero with a message.
+    let r = ctl
+        .run_variant(
+            vec![("VERTEBRA_PASSWORD".into(), "wrong-password".into())],
+            cx.budget(8000),
+        )
+        .await
+        .map_err(Abort::error)?;
+    cx.check(
+        "VAP-TPF-025",
+        r.0.is_some_and(|c| c != 0) && !r.2.trim().is_empty(),
+        "a non-zero exit and a message on standard error when authentication fails",
+        format!(
+            "exit {:?}; stderr {:?}",
+            r.0,
+            r.2.chars().take(200).collect::<String>()
+        ),
+    );
+    if !cx.session.password.is_empty() {
+        let leaked = r.2.contains("wrong-password")
+            || r.1.contains("wrong-password")
+            || err.contains(&cx.session.password)
+            || out.contains(&cx.session.password);
+        cx.check(
+            "VAP-SEC-023",
+            !leaked,
+            "no password in the agent's output",
+            format!("password seen in output: {leaked}"),
+        );
+    }
+    // SIGTERM: exit 0 within 5 s; then the harness restarts it.
+    let code = ctl
+        .terminate(std::time::Duration::from_secs(5))
+        .await
+        .map_err(Abort::error)?;
+    cx.check(
+        "VAP-TPF-024",
+        code == Some(0),
+        "exit status 0 within 5 s of SIGTERM",
+        format!("{code:?}"),
+    );
+    ctl.restart()
+        .await
+        .map_err(|e| Abort::error(format!("could not restart the agent: {e}")))?;
+    Ok(())
+}
