@@ -492,7 +492,7 @@ fn expect(el: &Element, name: &str) -> Result<(), DecodeError> {
             format!("expected <{name}>, got <{}>", el.name()),
         ));
     }
-    if el.ns() != NS {
+    if !el.has_ns(NS) {
         return Err(DecodeError::new(
             Rule::WrongNamespace,
             format!("<{}> is in namespace {:?}, not {NS}", el.name(), el.ns()),
@@ -794,7 +794,7 @@ impl VertebraPayload {
 
     /// Whether an element looks like a Vertebra payload at all (right namespace, known name).
     pub fn is_vertebra(el: &Element) -> bool {
-        el.ns() == NS
+        el.has_ns(NS)
             && matches!(
                 el.name(),
                 "op" | "ack" | "nack" | "data" | "final" | "error" | "cancel" | "load"
@@ -812,13 +812,13 @@ impl VertebraPayload {
             el.name(),
             "op" | "ack" | "nack" | "data" | "final" | "error" | "cancel" | "load"
         );
-        if el.ns() == NS && !known {
+        if el.has_ns(NS) && !known {
             return Err(DecodeError::new(
                 Rule::UnexpectedElement,
                 format!("<{}> is not a Vertebra element", el.name()),
             ));
         }
-        if el.ns() != NS {
+        if !el.has_ns(NS) {
             return Err(DecodeError::new(
                 Rule::WrongNamespace,
                 format!("<{}> is in namespace {:?}, not {NS}", el.name(), el.ns()),

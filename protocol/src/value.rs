@@ -788,7 +788,7 @@ fn validate_args(a: &Args, depth: usize) -> Result<(), DecodeError> {
 }
 
 fn check_ns(el: &Element) -> Result<(), DecodeError> {
-    if el.ns() != NS {
+    if !el.has_ns(NS) {
         return Err(DecodeError::new(
             Rule::UnknownValueType,
             format!(
@@ -919,7 +919,7 @@ pub fn decode_named(
             }
             // [VAP-VER-009] unnamed res = key-less; [VAP-VER-010] other unnamed ignored.
             (NamedMode::Legacy, None) => {
-                if c.name() == "res" && c.ns() == NS {
+                if c.name() == "res" && c.has_ns(NS) {
                     if let Value::Res(r) = decode_value(c, depth)? {
                         unnamed_res.push(r);
                     }
