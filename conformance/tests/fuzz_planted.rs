@@ -46,6 +46,9 @@ fn child_agent() {
     });
 }
 
+/// The fixed input budget of every run here (seeded, so each planted bug is found within it).
+const BUDGET: u64 = 100;
+
 struct Run {
     report: FuzzReport,
     /// Oracles that fired on the replays of the saved, minimized trace.
@@ -66,7 +69,7 @@ async fn fuzz_and_replay(args: &[&str], seed: u64, inputs: u64, rss_mb: u64, tri
         inputs,
         probe_every: 8,
         max_trials: trials,
-        minimize_time: Duration::from_secs(25),
+        minimize_time: Duration::from_secs(120),
         out: Some(dir.path().to_path_buf()),
         replay_flags: fuzz::attach_flags(&t, &command),
         max_findings: 1,
@@ -146,7 +149,7 @@ async fn planted_reordered_duplicate_is_found_minimized_and_replayed() {
     let r = fuzz_and_replay(
         &["--reference", "--mutant", "reexecute-reordered-duplicate"],
         1,
-        150,
+        BUDGET,
         48,
         60,
     )
@@ -181,14 +184,14 @@ async fn planted_leak_is_found_in_spawn_mode() {
         "--test-threads",
         "1",
     ];
-    let r = fuzz_and_replay(&args, 2, 200, 24, 8).await;
+    let r = fuzz_and_replay(&args, 2, BUDGET, 24, 8).await;
     check_found(&r, "memory-growth", 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_reference_agent_survives_the_same_budget() {
     for seed in [1u64] {
-        let r = fuzz_and_replay(&["--reference"], seed, 150, 48, 40).await;
+        let r = fuzz_and_replay(&["--reference"], seed, BUDGET, 48, 40).await;
         assert!(
             r.report.findings.is_empty(),
             "seed {seed}: {:?}",
@@ -198,7 +201,7 @@ async fn real_reference_agent_survives_the_same_budget() {
                 .map(|f| (&f.finding, &f.trace.steps))
                 .collect::<Vec<_>>()
         );
-        assert_eq!(r.report.inputs, 150);
+        assert_eq!(r.report.inputs, BUDGET);
         assert!(r.report.stanzas_judged > 150, "{}", r.report.stanzas_judged);
     }
 }

@@ -511,23 +511,27 @@ impl<'a> Execution<'a> {
 
     async fn checkpoint_inner(&mut self) -> Option<Finding> {
         let env = self.env;
-        let end = Instant::now() + env.budget(3000);
         self.collect();
-        while self.judge.open_ops() > 0 && Instant::now() < end {
-            self.wait_any(Duration::from_millis(50)).await;
-            self.collect();
-        }
-        let settled = self.judge.open_ops() == 0;
         if let Some(f) = self.take_finding() {
             return Some(f);
         }
         if let Some(f) = self.exit_finding() {
             return Some(f);
         }
+        // Liveness first: a dead target never settles its open ops.
         if let Some(f) = self.barrier().await {
             return Some(f);
         }
         if let Some(f) = self.probe().await {
+            return Some(f);
+        }
+        let end = Instant::now() + env.budget(3000);
+        while self.judge.open_ops() > 0 && Instant::now() < end {
+            self.wait_any(Duration::from_millis(50)).await;
+            self.collect();
+        }
+        let settled = self.judge.open_ops() == 0;
+        if let Some(f) = self.take_finding() {
             return Some(f);
         }
         if settled {

@@ -220,7 +220,7 @@ pub async fn run_steps_for(
         }
     }
     let f = match oracle {
-        Some(o) if !needs_probes(o) => x.settle(env_budget(env, 1500)).await,
+        Some(o) if !needs_probes(o) => x.settle(env_budget(env, 700)).await,
         _ => x.checkpoint().await,
     };
     (f, x.observed)
