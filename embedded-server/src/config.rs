@@ -32,7 +32,8 @@ impl SaslMechanism {
 ///
 /// All limits are per server instance. Defaults: domain `localhost`, no accounts, PLAIN only,
 /// 256 KiB stanzas, 1024 connections, 4096 queued stanzas per connection, 5 s write stall
-/// limit, 10 s to authenticate and bind, 300 s idle read timeout, trace on with 10 000 events,
+/// limit, 10 s to authenticate and bind, 300 s idle read timeout, trace on with 10 000 events
+/// of at most 8 KiB of XML each,
 /// seed 0.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -65,6 +66,10 @@ pub struct ServerConfig {
     pub trace: bool,
     /// Events kept in the trace (and the live-subscription buffer).
     pub trace_capacity: usize,
+    /// Longest XML text kept per trace event; longer stanzas are cut and marked
+    /// `…[truncated N bytes]`. Worst-case trace memory ≈ `trace_capacity × trace_max_xml`
+    /// (80 MiB with the defaults; typical stanzas are far smaller).
+    pub trace_max_xml: usize,
     /// Seed for every random choice the server makes (resource names, stream ids, SCRAM
     /// salts, probabilistic faults, random write splits).
     pub seed: u64,
@@ -86,6 +91,7 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(300),
             trace: true,
             trace_capacity: DEFAULT_TRACE_CAPACITY,
+            trace_max_xml: 8 * 1024,
             seed: 0,
         }
     }

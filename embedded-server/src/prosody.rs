@@ -110,12 +110,33 @@ fn config_text(dir: &Path, domain: &str, port: u16) -> String {
 }
 
 impl Prosody {
-    /// Starts Prosody for `domain` with the given (user, password) accounts.
+    /// Starts Prosody for `domain` with the given (user, password) accounts, using the
+    /// `prosody` and `prosodyctl` found on `PATH` (or in `/usr/bin`, `/usr/sbin`).
     pub async fn start(domain: &str, accounts: &[(&str, &str)]) -> Result<ProsodyHandle> {
         let prosody = find_binary("prosody")
             .ok_or_else(|| Error::ProsodyNotInstalled("`prosody` not found on PATH".into()))?;
         let prosodyctl = find_binary("prosodyctl")
             .ok_or_else(|| Error::ProsodyNotInstalled("`prosodyctl` not found on PATH".into()))?;
+        Self::start_with(&prosody, &prosodyctl, domain, accounts).await
+    }
+
+    /// Like [`Prosody::start`] with explicit paths to the two binaries. A path that is not
+    /// an existing file gives [`Error::ProsodyNotInstalled`].
+    pub async fn start_with(
+        prosody: &Path,
+        prosodyctl: &Path,
+        domain: &str,
+        accounts: &[(&str, &str)],
+    ) -> Result<ProsodyHandle> {
+        for b in [prosody, prosodyctl] {
+            if !b.is_file() {
+                return Err(Error::ProsodyNotInstalled(format!(
+                    "{} does not exist",
+                    b.display()
+                )));
+            }
+        }
+        let prosodyctl = prosodyctl.to_path_buf();
         let dir = tempfile::Builder::new()
             .prefix("vertebra-prosody-")
             .tempdir()?;
@@ -273,9 +294,15 @@ pub async fn prosody_or_fail(
     domain: &str,
     accounts: &[(&str, &str)],
 ) -> Result<Option<ProsodyHandle>> {
-    match Prosody::start(domain, accounts).await {
+    skip_unless_ci(Prosody::start(domain, accounts).await, in_ci())
+}
+
+/// The decision behind [`prosody_or_fail`]: a missing Prosody becomes `Ok(None)` (with a
+/// printed skip notice) only when `ci` is false; every other outcome passes through.
+pub fn skip_unless_ci<T>(result: Result<T>, ci: bool) -> Result<Option<T>> {
+    match result {
         Ok(h) => Ok(Some(h)),
-        Err(Error::ProsodyNotInstalled(why)) if !in_ci() => {
+        Err(Error::ProsodyNotInstalled(why)) if !ci => {
             eprintln!(
                 "SKIPPED (not CI): Prosody is not installed ({why}); the Prosody half of this \
                  test did not run. Under CI=true this is a failure."

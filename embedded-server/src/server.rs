@@ -77,7 +77,7 @@ impl EmbeddedServer {
             }),
             passwords: Mutex::new(HashMap::new()),
             faults: Faults::new(config.seed),
-            trace: Trace::new(config.trace, config.trace_capacity),
+            trace: Trace::new(config.trace, config.trace_capacity, config.trace_max_xml),
             next_conn: AtomicU64::new(1),
             active: AtomicUsize::new(0),
             idle: Notify::new(),
@@ -1084,8 +1084,14 @@ async fn connection(shared: Arc<Shared>, tcp: TcpStream, id: ConnId) {
             io: cs.clone(),
         },
     );
-    let negotiated =
-        tokio::time::timeout(shared.config.handshake_timeout, negotiate(&shared, io, &cs)).await;
+    let mut stop_early = shared.shutdown.subscribe();
+    let negotiated = tokio::select! {
+        r = tokio::time::timeout(shared.config.handshake_timeout, negotiate(&shared, io, &cs)) => r,
+        _ = stop_early.wait_for(|v| *v) => {
+            shared.router.lock().expect("router").conns.remove(&id);
+            return;
+        }
+    };
     let (mut stream, jid) = match negotiated {
         Ok(Ok(Negotiated::Bound(s, j))) => (s, j),
         _ => {

@@ -3,7 +3,9 @@
 //! Memory is bounded: the snapshot buffer keeps the most recent
 //! [`ServerConfig::trace_capacity`](crate::ServerConfig::trace_capacity) events (default
 //! [`DEFAULT_TRACE_CAPACITY`]); older events are discarded and counted in
-//! [`Trace::dropped`]. Live subscribers ([`Trace::subscribe`]) get a bounded broadcast channel
+//! [`Trace::dropped`]. Each event keeps at most
+//! [`ServerConfig::trace_max_xml`](crate::ServerConfig::trace_max_xml) bytes of XML (default
+//! 8 KiB), so the worst case is about 80 MiB with the defaults. Live subscribers ([`Trace::subscribe`]) get a bounded broadcast channel
 //! of the same capacity; a subscriber that falls behind loses the oldest events and is told so
 //! by `RecvError::Lagged`.
 
@@ -62,6 +64,7 @@ pub struct Trace {
 struct TraceInner {
     enabled: AtomicBool,
     capacity: usize,
+    max_xml: usize,
     start: Instant,
     seq: AtomicU64,
     dropped: AtomicU64,
@@ -79,13 +82,14 @@ impl std::fmt::Debug for Trace {
 }
 
 impl Trace {
-    pub(crate) fn new(enabled: bool, capacity: usize) -> Self {
+    pub(crate) fn new(enabled: bool, capacity: usize, max_xml: usize) -> Self {
         let capacity = capacity.max(1);
         let (tx, _) = broadcast::channel(capacity);
         Trace {
             inner: Arc::new(TraceInner {
                 enabled: AtomicBool::new(enabled),
                 capacity,
+                max_xml: max_xml.max(64),
                 start: Instant::now(),
                 seq: AtomicU64::new(0),
                 dropped: AtomicU64::new(0),
@@ -157,7 +161,16 @@ impl Trace {
         if !self.is_enabled() {
             return;
         }
-        let xml = xml();
+        let mut xml = xml();
+        if xml.len() > self.inner.max_xml {
+            let mut cut = self.inner.max_xml;
+            while !xml.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let dropped = xml.len() - cut;
+            xml.truncate(cut);
+            xml.push_str(&format!("…[truncated {dropped} bytes]"));
+        }
         let mut buf = self.inner.buf.lock().expect("trace lock");
         let ev = TraceEvent {
             seq: self.inner.seq.fetch_add(1, Ordering::Relaxed),
