@@ -156,7 +156,7 @@ impl Prosody {
             handle.add_account(u, p).await?;
         }
         let console = std::fs::File::create(handle.dir.path().join("console.log"))?;
-        let child = Command::new(&prosody)
+        let child = Command::new(prosody)
             .arg("-F")
             .arg("--config")
             .arg(&cfg)
