@@ -122,12 +122,11 @@ impl Gen {
         if !self.pending.is_empty() {
             return self.pending.remove(0);
         }
-        let s = if self.cfg.dispatcher {
+        if self.cfg.dispatcher {
             self.dispatcher_step()
         } else {
             self.agent_step()
-        };
-        s
+        }
     }
 
     fn step(

@@ -121,7 +121,7 @@ impl Judge {
         });
     }
 
-    fn from_target(&self, el: &Element) -> bool {
+    fn sent_by_target(&self, el: &Element) -> bool {
         match el.attr("from") {
             Some(f) => f == self.target || crate::cases::util::same_jid(f, &self.target),
             None => false,
@@ -184,7 +184,7 @@ impl Judge {
 
     /// The harness identity `via` received `el` (a whole stanza).
     pub fn on_received(&mut self, via: &str, el: &Element) {
-        if !self.from_target(el) {
+        if !self.sent_by_target(el) {
             return;
         }
         self.stanzas_judged += 1;
