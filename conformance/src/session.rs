@@ -26,6 +26,9 @@ impl Mode {
     }
 }
 
+/// A variant run of a spawned command: (exit code, stdout, stderr).
+pub type VariantRun = (Option<i32>, String, String);
+
 /// Control over the implementation's process or in-process instance.
 pub trait TargetControl: Send + Sync {
     /// Restart the implementation (spawn mode / reference). Returns `Err` when not possible.
@@ -53,7 +56,7 @@ pub trait TargetControl: Send + Sync {
         &self,
         _env: Vec<(String, String)>,
         _budget: Duration,
-    ) -> futures::future::BoxFuture<'_, Result<(Option<i32>, String, String), String>> {
+    ) -> futures::future::BoxFuture<'_, Result<VariantRun, String>> {
         Box::pin(async { Err("not a spawned process".to_string()) })
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::attach::wait_ready;
 use crate::peer::Peer;
-use crate::session::TargetControl;
+use crate::session::{TargetControl, VariantRun};
 use futures::future::BoxFuture;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -147,7 +147,7 @@ impl TargetControl for SpawnControl {
         &self,
         env: Vec<(String, String)>,
         budget: Duration,
-    ) -> BoxFuture<'_, Result<(Option<i32>, String, String), String>> {
+    ) -> BoxFuture<'_, Result<VariantRun, String>> {
         Box::pin(async move {
             let (prog, args) = self.command.split_first().ok_or("no command")?;
             let mut cmd = Command::new(prog);
