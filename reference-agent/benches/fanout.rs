@@ -10,6 +10,8 @@ use vertebra_reference_agent::protocol::{Args, ResourceScope, Value};
 use vertebra_reference_agent::requester::{call_all, discover};
 
 fn main() {
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .try_init();
     let n: usize = std::env::var("FANOUT_AGENTS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -35,6 +37,7 @@ fn main() {
         for a in &agents {
             a.wait_online(Duration::from_secs(120)).await.unwrap();
         }
+        println!("{n} agents online after {:.1?}", t0.elapsed());
         let req = bus.requester("req").await.unwrap();
         loop {
             let l = discover(&req, &bus.djid(), "/bench/fan", &ResourceScope::new(), None, Duration::from_secs(10)).await.unwrap();

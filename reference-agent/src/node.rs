@@ -1276,6 +1276,10 @@ fn on_op(node: &Node, from: Jid, id: String, op: Op) {
     };
     let fast =
         pre == Some(true) && op.version == Version::V1_0 && misbehave != Misbehaviour::SkipAck;
+    log::trace!(
+        "op {} from {from}: pre-authorized {pre:?}, fast path {fast}",
+        op.op_type
+    );
     let r = OpResult {
         token: op_token.clone(),
         ack: fast,
