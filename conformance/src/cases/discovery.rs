@@ -255,6 +255,17 @@ pub async fn advertised(cx: Ctx) -> CaseResult {
         .filter_map(|r| r.vchild().and_then(|c| c.attr("type")).map(str::to_string))
         .filter(|t| !normalized_path(t))
         .collect();
+    let bad_res: Vec<String> = mine
+        .iter()
+        .flat_map(|a| a.operations.iter().cloned())
+        .filter(|p| !p.starts_with('/'))
+        .collect();
+    cx.check(
+        "VAP-RES-001",
+        bad_res.is_empty(),
+        "every advertised operation path starts with /",
+        format!("not starting with /: {bad_res:?}"),
+    );
     cx.check(
         "VAP-OPS-012",
         bad_paths.is_empty(),
@@ -367,6 +378,23 @@ pub async fn spawn_process(cx: Ctx) -> CaseResult {
         return Err(Abort::skipped(
             "needs spawn mode (the harness starts the agent)",
         ));
+    }
+    // It is online as VERTEBRA_JID over the harness's plaintext loopback server.
+    let agent = agent(&cx)?;
+    let up = cx
+        .req()
+        .ping(&agent, cx.budget(2000))
+        .await
+        .unwrap_or(false);
+    for req in ["VAP-TPF-017", "VAP-TPF-018"] {
+        cx.check(
+            req,
+            up,
+            format!(
+                "logged in as VERTEBRA_JID {agent} at VERTEBRA_SERVER over plaintext loopback c2s"
+            ),
+            format!("answers ping at {agent}: {up}"),
+        );
     }
     // Output so far (since start / last case) must be on stderr only.
     let (out, err) = ctl.take_output();
