@@ -55,6 +55,7 @@ type Xs = XmlStream<Io, FallibleStreamElement>;
 const READ_BUFFER: usize = 8 * 1024;
 const WRITE_BATCH: usize = 64;
 const READ_BATCH: usize = 64;
+const WRITE_COALESCE: usize = 64 * 1024;
 
 /// Entry point: `EmbeddedServer::start(config)`.
 pub struct EmbeddedServer;
@@ -506,9 +507,16 @@ impl Shared {
     }
 }
 
+fn serialize_stanza(s: &Stanza) -> String {
+    match xso::to_vec(s) {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(e) => format!("<!-- unserialisable: {e} -->"),
+    }
+}
+
 fn serialize(item: &Outgoing) -> String {
     let bytes = match item {
-        Outgoing::Stanza(s) => xso::to_vec(s),
+        Outgoing::Stanza(s) => return serialize_stanza(s),
         Outgoing::Element(e) => xso::to_vec(e),
     };
     match bytes {
@@ -628,6 +636,8 @@ struct ConnIo {
     seen_bound: bool,
     split: Option<SplitSpec>,
     rng: Prng,
+    wbuf: Vec<u8>,
+    wpos: usize,
 }
 
 impl ConnIo {
@@ -663,6 +673,26 @@ impl AsyncRead for ConnIo {
     }
 }
 
+impl ConnIo {
+    /// Writes the coalescing buffer to the socket.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.wpos < self.wbuf.len() {
+            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.wbuf[self.wpos..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.shared.socket_writes.fetch_add(1, Ordering::Relaxed);
+            self.wpos += n;
+        }
+        self.wbuf.clear();
+        self.wpos = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Writes are coalesced in a buffer (up to [`WRITE_COALESCE`] bytes) and reach the socket
+/// on flush, so a batch of stanzas costs one system call. With split writes active every
+/// piece is written to the socket separately instead.
 impl AsyncWrite for ConnIo {
     fn poll_write(
         mut self: Pin<&mut Self>,
@@ -670,21 +700,30 @@ impl AsyncWrite for ConnIo {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         self.refresh_split();
-        let n = match self.split {
-            None => buf.len(),
+        let piece = match self.split {
+            None => {
+                if self.wbuf.len() >= WRITE_COALESCE {
+                    ready!(self.poll_drain(cx))?;
+                }
+                self.wbuf.extend_from_slice(buf);
+                return Poll::Ready(Ok(buf.len()));
+            }
             Some(SplitSpec::Fixed(k)) => k.max(1).min(buf.len()),
             Some(SplitSpec::Random { max }) => (1 + self.rng.below(max.max(1))).min(buf.len()),
         };
-        let r = ready!(Pin::new(&mut self.tcp).poll_write(cx, &buf[..n]));
+        ready!(self.poll_drain(cx))?;
+        let r = ready!(Pin::new(&mut self.tcp).poll_write(cx, &buf[..piece]));
         if r.is_ok() {
             self.shared.socket_writes.fetch_add(1, Ordering::Relaxed);
         }
         Poll::Ready(r)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_drain(cx))?;
         Pin::new(&mut self.tcp).poll_flush(cx)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_drain(cx))?;
         Pin::new(&mut self.tcp).poll_shutdown(cx)
     }
 }
@@ -757,6 +796,8 @@ fn conn_io(shared: &Arc<Shared>, tcp: TcpStream, id: ConnId) -> (Io, Arc<ConnSha
         seen_bound: false,
         split: None,
         rng: Prng::new(shared.faults.seed() ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+        wbuf: Vec::new(),
+        wpos: 0,
     };
     (BufReader::with_capacity(READ_BUFFER, io), cs)
 }
@@ -1265,7 +1306,7 @@ fn handle_inbound(
                 Direction::In,
                 id,
                 Some(jid_any),
-                || serialize(&Outgoing::Stanza(crate::router::clone_stanza(&stanza))),
+                || serialize_stanza(&stanza),
                 None,
             );
             let deliveries = shared
