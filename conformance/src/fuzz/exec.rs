@@ -462,7 +462,7 @@ impl<'a> Execution<'a> {
         Some(Finding {
             oracle: "liveness".into(),
             requirement: "VAP-TRN-025".into(),
-            detail: format!("no answer to XEP-0199 ping within {:?}", env.budget(3000)),
+            detail: format!("no answer to XEP-0199 ping within {:?}", env.budget(5000)),
             at_step: self.judge.step,
         })
     }

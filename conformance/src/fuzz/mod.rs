@@ -102,6 +102,9 @@ pub struct FuzzReport {
     pub stanzas_judged: u64,
     pub restarts: u64,
     pub findings: Vec<Found>,
+    /// Findings whose minimized trace did not fail again on confirmation (timing, load):
+    /// reported, but not counted as findings.
+    pub unconfirmed: Vec<Found>,
     /// Findings of an oracle that had already fired (not minimized again).
     pub repeats: u64,
     pub stopped: Option<String>,
@@ -289,6 +292,7 @@ pub async fn fuzz(env: &Env, cfg: &FuzzConfig) -> FuzzReport {
         stanzas_judged: 0,
         restarts: 0,
         findings: Vec::new(),
+        unconfirmed: Vec::new(),
         repeats: 0,
         stopped: None,
     };
@@ -346,7 +350,13 @@ pub async fn fuzz(env: &Env, cfg: &FuzzConfig) -> FuzzReport {
                         r.steps_before, r.steps_after, r.trials, r.replay
                     );
                 }
-                report.findings.push(r);
+                if r.confirmed {
+                    report.findings.push(r);
+                } else {
+                    // Let the oracle fire again later: it may reproduce then.
+                    seen.remove(&r.finding.oracle);
+                    report.unconfirmed.push(r);
+                }
             } else {
                 report.repeats += 1;
             }
@@ -631,6 +641,9 @@ pub fn cli_fuzz(a: FuzzArgs) -> i32 {
             "seed": rep.seed, "inputs": rep.inputs, "elapsed_s": rep.elapsed_s,
             "inputs_per_s": rep.inputs_per_s, "stanzas_judged": rep.stanzas_judged,
             "restarts": rep.restarts, "repeats": rep.repeats, "stopped": rep.stopped,
+            "unconfirmed": rep.unconfirmed.iter().map(|f| serde_json::json!({
+                "oracle": f.finding.oracle, "detail": f.finding.detail, "trace": f.path,
+            })).collect::<Vec<_>>(),
             "findings": rep.findings.iter().map(|f| serde_json::json!({
                 "oracle": f.finding.oracle, "requirement": f.finding.requirement,
                 "detail": f.finding.detail, "steps_before": f.steps_before,
@@ -654,6 +667,15 @@ pub fn cli_fuzz(a: FuzzArgs) -> i32 {
                 f.trials,
                 if f.confirmed { "reproduces" } else { "did NOT reproduce on confirmation" },
                 f.replay
+            );
+        }
+        for f in &rep.unconfirmed {
+            println!(
+                "unconfirmed (did not fail again when replayed; timing or load?): {} [{}] {} — trace {}",
+                f.finding.oracle,
+                f.finding.requirement,
+                f.finding.detail,
+                f.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
             );
         }
         if let Some(s) = &rep.stopped {
