@@ -108,6 +108,9 @@ pub struct Behaviour {
     pub default_auth: AuthPolicy,
     /// Cache TTL (seconds) returned with authorization answers.
     pub auth_ttl: i32,
+    /// Put an extra foreign child into every IQ result answering a Vertebra IQ set (and next
+    /// to `<op>` in op results), which receivers must ignore [VAP-TRN-009].
+    pub result_junk: bool,
 }
 
 impl Default for Behaviour {
@@ -118,6 +121,7 @@ impl Default for Behaviour {
             auth: HashMap::new(),
             default_auth: AuthPolicy::Deny,
             auth_ttl: 0,
+            result_junk: false,
         }
     }
 }
@@ -300,7 +304,11 @@ impl Peer {
                             let el2 = el.clone();
                             tokio::spawn(async move { me.serve_dispatcher_op(el2).await });
                         } else if c.name() != "op" && lock(&self.shared.behaviour).auto_result {
-                            self.spawn_send(iq_result_for(&el, None));
+                            let mut r = iq_result_for(&el, None);
+                            if lock(&self.shared.behaviour).result_junk {
+                                r.append_child(junk());
+                            }
+                            self.spawn_send(r);
                         }
                     }
                 }
@@ -572,7 +580,11 @@ impl Peer {
         let tok = format!("{x}:{}", random_hex());
         let op_type = op.attr("type").unwrap_or("").to_string();
         let result = Element::builder("op", NS).at("token", tok.as_str()).build();
-        if self.send(iq_result_for(&iq, Some(result))).await.is_err() {
+        let mut answer = iq_result_for(&iq, Some(result));
+        if lock(&self.shared.behaviour).result_junk {
+            answer.append_child(junk());
+        }
+        if self.send(answer).await.is_err() {
             return;
         }
         let values: Vec<Element> = match op_type.as_str() {
@@ -770,6 +782,13 @@ impl tokio_xmpp::connect::ServerConnector for NoDelayConnector {
         .await?;
         Ok((pending, sasl::common::ChannelBinding::None))
     }
+}
+
+/// A child no receiver understands (for IQ-result tolerance checks).
+fn junk() -> Element {
+    Element::builder("junk", "urn:example:vertebra-conformance:junk")
+        .append("ignore me")
+        .build()
 }
 
 fn feature(var: &str) -> Element {

@@ -299,3 +299,28 @@ pub async fn in_order(cx: Ctx) -> CaseResult {
     let _ = req.ping(&agent, cx.budget(1000)).await;
     Ok(())
 }
+
+/// Extra children in IQ results (from the requester and from the dispatcher) are ignored.
+pub async fn result_payload_ignored(cx: Ctx) -> CaseResult {
+    let dsp = dsp(&cx)?;
+    dsp.behaviour(|b| b.result_junk = true);
+    cx.req().behaviour(|b| b.result_junk = true);
+    let r = call(
+        &cx,
+        "/vertebra/test/stream",
+        5000,
+        vec![i4("count", 2), i4("size", 1)],
+        3000,
+    )
+    .await;
+    dsp.behaviour(|b| b.result_junk = false);
+    cx.req().behaviour(|b| b.result_junk = false);
+    let (_c, o) = r?;
+    cx.check(
+        "VAP-TRN-009",
+        o.term_name() == "final" && o.data().len() == 2,
+        "the op completes although every IQ result (authorize op result, ack/data results) carries an extra child",
+        o.describe(),
+    );
+    Ok(())
+}
