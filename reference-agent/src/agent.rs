@@ -175,13 +175,15 @@ impl AgentBuilder {
                 .features
                 .push(vertebra_protocol::FEATURE_TEST_PROFILE.to_string());
         }
-        let node = Node::start(self.cfg);
+        let node = Node::start_quiet(self.cfg);
         for (_, reg) in self.handlers {
             reg(&node);
         }
         if self.test_profile {
             register_test_profile(&node);
         }
+        // Advertise only once every handler is registered ([VAP-DSC-001]).
+        node.begin_serving();
         Agent { node }
     }
 }

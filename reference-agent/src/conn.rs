@@ -21,7 +21,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use sasl::common::Credentials;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_xmpp::connect::{DnsConfig, ServerConnector, TcpServerConnector};
+use tokio_xmpp::connect::DnsConfig;
 use tokio_xmpp::parsers::{
     disco::{DiscoInfoQuery, DiscoInfoResult, Identity},
     iq::Iq,
@@ -33,7 +33,7 @@ use tokio_xmpp::parsers::{
     stanza_error::{DefinedCondition, ErrorType, StanzaError},
 };
 use tokio_xmpp::stanzastream::{Connection, Event as StreamEvent, StanzaStream, StreamEvent as SE};
-use tokio_xmpp::xmlstream::{StreamHeader, Timeouts};
+use tokio_xmpp::xmlstream::{initiate_stream, StreamHeader, Timeouts};
 use tokio_xmpp::Stanza;
 
 /// Where and as whom to connect.
@@ -187,7 +187,7 @@ fn random_hex(n: usize) -> String {
 }
 
 async fn login_once(
-    connector: &TcpServerConnector,
+    server: &DnsConfig,
     jid: &Jid,
     password: &str,
     timeouts: Timeouts,
@@ -196,7 +196,22 @@ async fn login_once(
         .node()
         .map(|n| n.as_str().to_owned())
         .unwrap_or_default();
-    let (pending, channel_binding) = connector.connect(jid, ns::JABBER_CLIENT, timeouts).await?;
+    // Our own TCP set-up (instead of tokio-xmpp's TcpServerConnector) for TCP_NODELAY:
+    // without it, back-to-back stanzas (op result then final) wait for delayed ACKs.
+    let tcp = server.resolve().await?;
+    let _ = tcp.set_nodelay(true);
+    let pending = initiate_stream(
+        tokio::io::BufStream::new(tcp),
+        ns::JABBER_CLIENT,
+        StreamHeader {
+            to: Some(Cow::Borrowed(jid.domain().as_str())),
+            from: None,
+            id: None,
+        },
+        timeouts,
+    )
+    .await?;
+    let channel_binding = sasl::common::ChannelBinding::None;
     let (features, stream) = pending.recv_features().await?;
     let creds = Credentials::default()
         .with_username(username)
@@ -236,7 +251,7 @@ impl Conn {
             auth_failed: std::sync::atomic::AtomicBool::new(false),
             no_reconnect: std::sync::atomic::AtomicBool::new(false),
         });
-        let connector = TcpServerConnector::from(DnsConfig::addr(&opts.server));
+        let connector = DnsConfig::addr(&opts.server);
         let sh = shared.clone();
         let o = opts.clone();
         let reconnector = Box::new(

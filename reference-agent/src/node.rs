@@ -431,6 +431,8 @@ struct Inner {
     inflight: AtomicU32,
     load_override: Mutex<Option<f64>>,
     load_changed: Notify,
+    ops_changed: Notify,
+    serving: std::sync::atomic::AtomicBool,
     presence_hook: RwLock<Option<PresenceHook>>,
     admission: RwLock<Option<AdmissionHook>>,
     iq_hooks: RwLock<HashMap<String, IqHook>>,
@@ -462,8 +464,7 @@ fn domain(j: &Jid) -> &str {
 }
 
 impl Node {
-    /// Start a node (connects in the background; use [`Node::wait_online`]).
-    pub fn start(cfg: NodeConfig) -> Node {
+    fn start_inner(cfg: NodeConfig) -> Node {
         let (conn, incoming) = Conn::connect(cfg.connect.clone());
         let mut features = vec![
             vertebra_protocol::FEATURE_1_0.to_string(),
@@ -498,6 +499,8 @@ impl Node {
                 inflight: AtomicU32::new(0),
                 load_override: Mutex::new(None),
                 load_changed: Notify::new(),
+                ops_changed: Notify::new(),
+                serving: std::sync::atomic::AtomicBool::new(false),
                 presence_hook: RwLock::new(None),
                 admission: RwLock::new(None),
                 iq_hooks: RwLock::new(HashMap::new()),
@@ -507,11 +510,33 @@ impl Node {
             }),
         };
         tokio::spawn(router(node.clone(), incoming));
-        if node.inner.cfg.serve && node.inner.cfg.dispatcher.is_some() {
-            tokio::spawn(load_reporter(node.clone()));
-            tokio::spawn(advertiser(node.clone()));
-        }
         node
+    }
+
+    /// Start a node and, for a serving node with a dispatcher, its load reports and
+    /// advertisements. Handlers registered later are advertised on the next refresh, which
+    /// [`Node::handle`] triggers at once.
+    pub fn start(cfg: NodeConfig) -> Node {
+        let node = Self::start_quiet(cfg);
+        node.begin_serving();
+        node
+    }
+
+    /// Like [`Node::start`] without load reports and advertisements; call
+    /// [`Node::begin_serving`] once the handlers are registered.
+    pub fn start_quiet(cfg: NodeConfig) -> Node {
+        Self::start_inner(cfg)
+    }
+
+    /// Start load reports and advertisements (once; no-op without a dispatcher).
+    pub fn begin_serving(&self) {
+        if self.inner.cfg.serve
+            && self.inner.cfg.dispatcher.is_some()
+            && !self.inner.serving.swap(true, Ordering::SeqCst)
+        {
+            tokio::spawn(load_reporter(self.clone()));
+            tokio::spawn(advertiser(self.clone()));
+        }
     }
 
     /// The connection.
@@ -541,6 +566,7 @@ impl Node {
             .write()
             .unwrap()
             .insert(operation.to_owned(), Arc::new(h));
+        self.inner.ops_changed.notify_one();
     }
 
     /// Registered operation paths, sorted.
@@ -1676,6 +1702,7 @@ async fn advertiser(node: Node) {
         };
         tokio::select! {
             _ = tokio::time::sleep(next) => {}
+            _ = node.inner.ops_changed.notified() => {}
             r = session.changed() => { if r.is_err() { return; } }
             _ = stop.changed() => return,
         }
