@@ -3,8 +3,8 @@
 //!
 //! * A generated segment is 32 lowercase hex characters (128 bits) from the OS CSPRNG
 //!   (`getrandom`).
-//! * On input any `[0-9A-Fa-f]+` segment is accepted (legacy peers), up to
-//!   [`MAX_SEGMENT_LEN`] characters; tokens are compared exactly (case-sensitive).
+//! * On input any `[0-9A-Fa-f]+` segment is accepted (`[VAP-OPS-005]`; [`MAX_SEGMENT_LEN`] is
+//!   only the stanza-size bound); tokens are compared exactly (case-sensitive, `[VAP-OPS-004]`).
 //! * More than two `:`-separated segments are rejected ([`crate::error::Rule::TooManyTokenSegments`]).
 //! * Rotation: the op result carries `X:S` where `X` is the last segment of the incoming token
 //!   and `S` is fresh.
@@ -16,8 +16,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{DecodeError, Rule};
 
-/// Upper bound on the length of one token segment accepted on input.
-pub const MAX_SEGMENT_LEN: usize = 128;
+/// Upper bound on the length of one token segment accepted on input. The spec sets no limit
+/// (`[VAP-OPS-005]`: any `[0-9A-Fa-f]+`); this bound only equals the largest stanza a peer
+/// should send (`[VAP-TRN-004]`, 65 536 bytes), so no spec-conforming token is refused.
+pub const MAX_SEGMENT_LEN: usize = 65_536;
 
 /// One token segment: non-empty ASCII hex, as received (case kept; compared exactly).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -221,14 +223,10 @@ macro_rules! string_serde {
     };
 }
 
-string_serde!(Token, "Token", "^[0-9A-Fa-f]{1,128}$");
+string_serde!(Token, "Token", "^[0-9A-Fa-f]+$");
 string_serde!(
     RequestToken,
     "RequestToken",
-    "^[0-9A-Fa-f]{1,128}(:[0-9A-Fa-f]{1,128})?$"
+    "^[0-9A-Fa-f]+(:[0-9A-Fa-f]+)?$"
 );
-string_serde!(
-    OpToken,
-    "OpToken",
-    "^[0-9A-Fa-f]{1,128}:[0-9A-Fa-f]{1,128}$"
-);
+string_serde!(OpToken, "OpToken", "^[0-9A-Fa-f]+:[0-9A-Fa-f]+$");

@@ -208,3 +208,12 @@ fn payload_dispatch() {
         Rule::WrongNamespace
     );
 }
+
+#[test]
+fn long_token_segments_are_accepted() {
+    // [VAP-OPS-005] sets no maximum: a 300-digit segment is a token.
+    let long = "a".repeat(300);
+    let t = RequestToken::parse(&long).unwrap();
+    let s = Token::generate().unwrap();
+    assert_eq!(t.rotate(s.clone()).to_string(), format!("{long}:{s}"));
+}
