@@ -108,6 +108,18 @@ pub async fn run(req: RunRequest) -> i32 {
                 return exit::ENVIRONMENT;
             }
         },
+        // The reference's known bugs (reported, with reasons) are expected failures in
+        // reference mode, so the run gates on anything new and flags fixed ones as stale.
+        None if req.target.reference && req.target.mutant.is_none() => {
+            let b = crate::selftest::reference_baseline();
+            if !req.quiet {
+                println!(
+                    "reference mode: using the built-in reference baseline ({} known reference bugs, see conformance/reference-baseline.json); --baseline FILE overrides",
+                    b.entries.len()
+                );
+            }
+            b
+        }
         None => Baseline::default(),
     };
     let selection = Selection {
