@@ -114,6 +114,32 @@ fn codec() {
             ratio
         );
     }
+    // Where the time goes (data stanza).
+    let doc = data_stanza();
+    let el = parse_element(doc.as_bytes(), None).expect("parses");
+    let p = VertebraPayload::from_element(&el).expect("decodes");
+    let enc = p.to_element();
+    let mut buf = Vec::new();
+    let budget = Duration::from_millis(500);
+    let parse = rate(
+        || drop(black_box(parse_element(doc.as_bytes(), None))),
+        budget,
+    );
+    let decode = rate(
+        || drop(black_box(VertebraPayload::from_element(&el))),
+        budget,
+    );
+    let build = rate(|| drop(black_box(p.to_element())), budget);
+    let write = rate(
+        || {
+            buf.clear();
+            write_into(black_box(&enc), &mut buf).expect("writes")
+        },
+        budget,
+    );
+    println!(
+        "data breakdown, operations per second: parse {parse:.0}  decode {decode:.0}  build {build:.0}  write {write:.0}"
+    );
     let g = total_ratio
         .iter()
         .product::<f64>()
