@@ -183,7 +183,7 @@ fn payload() -> impl Strategy<Value = VertebraPayload> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, .. ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 150, .. ProptestConfig::default() })]
 
     #[test]
     fn values_round_trip(v in value()) {
