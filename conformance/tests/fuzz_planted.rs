@@ -47,7 +47,7 @@ fn child_agent() {
 }
 
 /// The fixed input budget of every run here (seeded, so each planted bug is found within it).
-const BUDGET: u64 = 100;
+const BUDGET: u64 = 60;
 
 struct Run {
     report: FuzzReport,
@@ -76,6 +76,16 @@ async fn fuzz_and_replay(args: &[&str], seed: u64, inputs: u64, rss_mb: u64, tri
         ..FuzzConfig::default()
     };
     let report = fuzz::fuzz(&env, &cfg).await;
+    eprintln!(
+        "{args:?}: {} inputs, {:.1} s, findings {:?}",
+        report.inputs,
+        report.elapsed_s,
+        report
+            .findings
+            .iter()
+            .map(|f| (&f.finding.oracle, f.steps_before, f.steps_after, f.trials))
+            .collect::<Vec<_>>()
+    );
     let mut replays = Vec::new();
     let mut saved = None;
     if let Some(f) = report.findings.first() {

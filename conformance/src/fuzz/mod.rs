@@ -223,7 +223,7 @@ pub async fn run_steps_for(
         }
     }
     let f = match oracle {
-        Some(o) if !needs_probes(o) => x.settle(env_budget(env, 700)).await,
+        Some(o) if !needs_probes(o) => x.settle(env_budget(env, 300)).await,
         _ => x.checkpoint().await,
     };
     (f, x.observed)
@@ -242,16 +242,22 @@ pub async fn minimize(
     max_trials: usize,
     time: Duration,
 ) -> (Vec<Step>, usize) {
-    let restart = needs_restart(oracle);
+    // Restart only when the previous trial may have left the target dead or bloated (it
+    // reproduced such a finding, or it is the first trial after one).
+    let dirty = std::sync::atomic::AtomicBool::new(needs_restart(oracle));
     let deadline = Instant::now() + time;
+    let dirty = &dirty;
     minimize::ddmin(steps, max_trials, |c: Vec<Step>| {
         let e = epoch.fetch_add(1, Ordering::Relaxed);
         async move {
             if Instant::now() >= deadline {
                 return false;
             }
+            let restart = dirty.load(Ordering::Relaxed);
             let (f, _) = run_steps_for(env, &c, e, restart, false, Some(oracle)).await;
-            f.is_some_and(|f| f.oracle == oracle)
+            let hit = f.is_some_and(|f| f.oracle == oracle);
+            dirty.store(hit && needs_restart(oracle), Ordering::Relaxed);
+            hit
         }
     })
     .await
