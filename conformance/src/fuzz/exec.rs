@@ -525,7 +525,7 @@ impl<'a> Execution<'a> {
         if let Some(f) = self.probe().await {
             return Some(f);
         }
-        let end = Instant::now() + env.budget(3000);
+        let end = Instant::now() + env.budget(1000);
         while self.judge.open_ops() > 0 && Instant::now() < end {
             self.wait_any(Duration::from_millis(50)).await;
             self.collect();
@@ -534,11 +534,13 @@ impl<'a> Execution<'a> {
         if let Some(f) = self.take_finding() {
             return Some(f);
         }
-        if settled {
+        {
             if let Some(base) = self.counter_base {
                 if let Some(v) = self.read_counter().await {
                     let (acked, open) = self.judge.counter_model();
-                    if v > base + acked + open || v < base + acked {
+                    // More increments than calls is always wrong; fewer only once every op
+                    // has settled (an acked call increments after its ack).
+                    if v > base + acked + open || (settled && v < base + acked) {
                         return Some(Finding {
                             oracle: "counter-mismatch".into(),
                             requirement: "VAP-TPF-015".into(),

@@ -34,6 +34,9 @@ const NACK_REASONS: &[&str] = &["not-authorized", "authorization-unavailable"];
 
 #[derive(Debug, Clone)]
 struct Request {
+    /// How long the harness waits for this op's terminal when settling (legacy ops and
+    /// unusable timeouts: not at all).
+    wait: std::time::Duration,
     /// The (via, IQ id) was reused with another payload (an IQ id collision).
     collided: bool,
     payload: String,
@@ -46,6 +49,8 @@ struct Request {
 
 #[derive(Debug, Clone)]
 struct OpState {
+    /// Until when settling waits for its terminal.
+    until: std::time::Instant,
     via: String,
     counter_inc: bool,
     acked: bool,
@@ -168,7 +173,15 @@ impl Judge {
             .requests
             .get(&key)
             .is_some_and(|r| r.collided || r.payload != payload);
+        let wait_ms = match (
+            child.attr("version"),
+            child.attr("timeout").and_then(|t| t.parse::<u64>().ok()),
+        ) {
+            (Some(_), Some(ms)) if ms > 0 => ms.min(4000) + 500,
+            _ => 0,
+        };
         let req = Request {
+            wait: std::time::Duration::from_millis(wait_ms),
             collided,
             payload,
             token: child.attr("token").unwrap_or("").to_string(),
@@ -279,6 +292,7 @@ impl Judge {
                             }
                             self.composite.insert(key.clone(), tok.clone());
                             let st = self.ops.entry(tok).or_insert(OpState {
+                                until: std::time::Instant::now() + req.wait,
                                 via: via.to_string(),
                                 counter_inc: req.counter_inc,
                                 acked: false,
@@ -437,7 +451,11 @@ impl Judge {
 
     /// Ops still without a terminal stanza (for settling).
     pub fn open_ops(&self) -> usize {
-        self.ops.values().filter(|s| !s.terminal).count()
+        let now = std::time::Instant::now();
+        self.ops
+            .values()
+            .filter(|s| !s.terminal && s.until > now)
+            .count()
     }
 }
 
