@@ -21,7 +21,11 @@ fn regression_traces_are_cases_and_rejudge_offline() {
     for t in &traces {
         let id = t.id.as_deref().unwrap();
         assert!(id.starts_with("FUZZ-REG-"), "{id}");
-        assert!(ids.contains(&id), "{id} not registered as a case");
+        assert!(
+            ids.contains(&id),
+            "{id} not registered as a case: {:?}",
+            &ids[ids.len().saturating_sub(4)..]
+        );
         assert!(!t.steps.is_empty());
         let f = t.finding.as_ref().expect("a regression keeps its finding");
         // Stanza-level findings are still judged failures offline, from the recorded wire.

@@ -16,9 +16,14 @@ pub fn default_dir() -> PathBuf {
     if let Ok(d) = std::env::var("VERTEBRA_REGRESSIONS") {
         return PathBuf::from(d);
     }
-    let local = PathBuf::from("fixtures/traces/regressions");
-    if local.is_dir() {
-        return local;
+    // The working directory or one of its parents (repository root, `conformance/`, …).
+    if let Ok(cwd) = std::env::current_dir() {
+        for dir in cwd.ancestors() {
+            let d = dir.join("fixtures/traces/regressions");
+            if d.is_dir() {
+                return d;
+            }
+        }
     }
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/traces/regressions")
 }
