@@ -25,8 +25,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_xmpp::parsers::jid::{FullJid, Jid};
+use vertebra_protocol::error::Travel;
 use vertebra_protocol::payloads::test_ops;
-use vertebra_protocol::{Args, Condition, ErrorType, Resource, ResourceScope, Value};
+use vertebra_protocol::{Args, Condition, Resource, ResourceScope, Value};
 
 use crate::config::{ConfigError, Misbehaviour, SpawnEnv};
 use crate::conn::{ConnError, ConnectOptions};
@@ -228,24 +229,28 @@ pub fn register_test_profile(node: &Node) {
         Ok(Args::new())
     });
     node.handle(test_ops::SLEEP, |c: Call| async move {
-        let ms = c.i4("ms")?.max(0) as u64;
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-        Ok(Args::new().with("slept", Value::I4(ms as i32)))
+        // [VAP-TPF-004]: `ms` i4 >= 0.
+        let ms = c.i4("ms")?;
+        if ms < 0 {
+            return Err(HandlerError::bad_value("ms must be >= 0"));
+        }
+        tokio::time::sleep(Duration::from_millis(ms as u64)).await;
+        // [VAP-TPF-009]: final without values.
+        Ok(Args::new())
     });
     node.handle(test_ops::FAIL, |c: Call| async move {
-        let cond = c.args.get_str("condition").unwrap_or("handler-failed");
+        // [VAP-TPF-004]: `condition` string is required.
+        let cond = c.string("condition")?;
         let reason = c.args.get_str("reason").unwrap_or("requested failure");
         let condition = Condition::parse(cond);
-        let t = condition.error_type();
-        Err(HandlerError::with(
-            if condition == Condition::HandlerFailed {
-                ErrorType::Error
-            } else {
-                t
-            },
-            condition,
-            reason,
-        ))
+        // [VAP-TPF-012]: only conditions that travel as an <error> (10-errors.md) are allowed;
+        // [VAP-TPF-011]: the type is the one the table assigns ([VAP-ERR-001]).
+        let Travel::Error(t) = condition.travel() else {
+            return Err(HandlerError::bad_value(format!(
+                "{cond:?} is not an error condition"
+            )));
+        };
+        Err(HandlerError::with(t, condition, reason))
     });
     let counter = Arc::new(AtomicI32::new(0));
     node.handle(test_ops::COUNTER, move |c: Call| {

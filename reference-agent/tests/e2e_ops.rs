@@ -94,13 +94,36 @@ async fn scenario(kind: ServerKind) {
         &req,
         Jid::from(j1.clone()),
         test_ops::FAIL,
-        Args::new().with("reason", Value::String("disk full".into())),
+        Args::new()
+            .with("condition", Value::String("handler-failed".into()))
+            .with("reason", Value::String("disk full".into())),
         Duration::from_secs(5),
     )
     .await
     .unwrap_err();
     assert_eq!(e.condition, "handler-failed");
     assert_eq!(e.reason.as_deref(), Some("disk full"));
+    // [VAP-TPF-004] / [VAP-TPF-012]: missing or non-error condition is bad-value
+    for args in [
+        Args::new().with("reason", Value::String("no condition".into())),
+        Args::new()
+            .with("condition", Value::String("no-such-condition".into()))
+            .with("reason", Value::String("x".into())),
+    ] {
+        let e = call_direct(
+            &req,
+            Jid::from(j1.clone()),
+            test_ops::FAIL,
+            args,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            (e.kind.as_str(), e.condition.as_str()),
+            ("fatal", "bad-value")
+        );
+    }
 
     // no capable agent is a terminal error, not a hang
     let e = call_single(
