@@ -1374,7 +1374,6 @@ async fn serve_op(
     let misbehave = node.inner.cfg.misbehave;
     let deadline = received + Duration::from_millis(op.timeout_ms() as u64);
     let left = || deadline.saturating_duration_since(Instant::now());
-    let legacy = op.version == Version::Legacy;
     let send_err = |t: ErrorType, c: Condition, reason: String| {
         let e = OpError {
             token: token.clone(),
@@ -1474,7 +1473,7 @@ async fn serve_op(
         tokio::select! {
             chunk = drx.recv(), if inflight.len() < window && handler_done.is_none() => {
                 let Some(chunk) = chunk else { continue };
-                let d = Data { token: token.clone(), seq: if legacy { None } else { Some(seq) }, args: chunk };
+                let d = Data { token: token.clone(), seq: Some(seq), args: chunk };
                 seq += 1;
                 sent += 1;
                 let el = encode_misbehaving(d.to_element(), misbehave);
@@ -1497,7 +1496,7 @@ async fn serve_op(
                 });
                 // Flush chunks the handler queued before returning.
                 while let Ok(chunk) = drx.try_recv() {
-                    let d = Data { token: token.clone(), seq: if legacy { None } else { Some(seq) }, args: chunk };
+                    let d = Data { token: token.clone(), seq: Some(seq), args: chunk };
                     seq += 1;
                     sent += 1;
                     let el = encode_misbehaving(d.to_element(), misbehave);
@@ -1532,17 +1531,18 @@ async fn serve_op(
         Ok(last) => {
             let mut fin = Final {
                 token: token.clone(),
-                count: if legacy { None } else { Some(sent) },
+                // [VAP-VER-008]: seq and count toward legacy requesters too.
+                count: Some(sent),
                 args: Args::new(),
             };
             if !last.is_empty() {
-                if !legacy && fast_final_ok(&op) {
+                if fast_final_ok(&op) {
                     fin.args = last;
                     fin.count = Some(sent + 1);
                 } else {
                     let d = Data {
                         token: token.clone(),
-                        seq: if legacy { None } else { Some(seq) },
+                        seq: Some(seq),
                         args: last,
                     };
                     if send_set(
