@@ -1321,3 +1321,112 @@ pub async fn handler_paths(cx: Ctx) -> CaseResult {
     );
     Ok(())
 }
+
+/// Ops wrong in several ways get the outcome of the first failing check of §3.15
+/// ([VAP-OPS-084]): token syntax before values and handler, values before handler, handler
+/// before authorization.
+pub async fn check_order(cx: Ctx) -> CaseResult {
+    let agent = agent(&cx)?;
+    let missing = "/vertebra/test/no-such-operation";
+    // 1 before 4 and 5: a malformed token on an op with a bad value and no handler.
+    let (el, _) = op(missing, 5000, vec![v("i4", "n", "not-a-number")]);
+    let bad = format!("{}::", crate::peer::random_hex());
+    let el = with_attr(el, "token", Some(&bad));
+    let c = send_op(cx.req(), &agent, el, "-", None).await?;
+    let r = cx
+        .req()
+        .wait_response(c.since, &c.id, cx.budget(2000))
+        .await;
+    cx.check(
+        "VAP-OPS-084",
+        r.as_ref().and_then(|r| r.iq_type()) == Some("error")
+            && r.as_ref().and_then(iq_error_condition).as_deref() == Some("bad-request"),
+        "malformed token + bad value + no handler: IQ error bad-request (check 1)",
+        match &r {
+            None => "no answer".into(),
+            Some(r) => r.xml(),
+        },
+    );
+    // 4 before 5: a bad value on an op no handler serves.
+    let (_c, o) = call(&cx, missing, 5000, vec![v("i4", "n", "not-a-number")], 3000).await?;
+    cx.check(
+        "VAP-OPS-084",
+        o.error().is_some_and(|(_, c)| c == "bad-value"),
+        "bad value + no handler: <error condition=\"bad-value\"> (check 4 before 5)",
+        o.describe(),
+    );
+    // 5 before 7: a requester the dispatcher denies calls an op no handler serves.
+    let (el, t) = op(missing, 5000, vec![i4("n", 1)]);
+    let c = send_op(&cx.session.stranger, &agent, el, &t, None).await?;
+    let o = observe(&cx, &cx.session.stranger, &c, cx.budget(3000), false).await;
+    cx.check(
+        "VAP-OPS-084",
+        o.error().is_some_and(|(_, c)| c == "no-handler"),
+        "denied requester + no handler: <error condition=\"no-handler\">, no nack (check 5 before 7)",
+        o.describe(),
+    );
+    Ok(())
+}
+
+/// An op from another XMPP domain that also has a bad value and no handler: the domain check
+/// (2) comes before the values (4) and the handler lookup (5) ([VAP-OPS-084]).
+pub async fn check_order_domain(cx: Ctx) -> CaseResult {
+    let agent = agent(&cx)?;
+    let missing = "/vertebra/test/no-such-operation";
+    let Some(inj) = injector(&cx) else {
+        return Err(Abort::skipped(
+            "needs the embedded server (a real server cannot send a foreign `from`)",
+        ));
+    };
+    let mark = inj.mark();
+    let (el, t) = op(missing, 5000, vec![v("i4", "n", "not-a-number")]);
+    let iq = Element::builder("iq", crate::peer::NS_CLIENT)
+        .at("type", "set")
+        .at("id", format!("f{}", &t[..8]))
+        .at("from", "mallory@elsewhere.example/x")
+        .at("to", agent.as_str())
+        .append(el)
+        .build();
+    inj.inject_el(iq).map_err(Abort::error)?;
+    let end = tokio::time::Instant::now() + cx.budget(2000);
+    let mut first: Option<String> = None;
+    while tokio::time::Instant::now() < end {
+        first = inj
+            .sent_by(&agent, mark)
+            .iter()
+            .filter(|e| e.attr("type") == Some("set"))
+            .flat_map(|e| {
+                e.children()
+                    .filter(|c| {
+                        c.ns() == NS
+                            && c.attr("token")
+                                .is_some_and(|k| k.starts_with(&format!("{t}:")))
+                    })
+                    .map(|c| {
+                        format!(
+                            "{}{}{}",
+                            c.name(),
+                            c.attr("reason")
+                                .map(|r| format!(" reason={r}"))
+                                .unwrap_or_default(),
+                            c.attr("condition")
+                                .map(|r| format!(" condition={r}"))
+                                .unwrap_or_default()
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .next();
+        if first.is_some() {
+            break;
+        }
+        tokio::time::sleep(cx.budget(20)).await;
+    }
+    cx.check(
+        "VAP-OPS-084",
+        first.as_deref() == Some("nack reason=not-authorized"),
+        "other domain + bad value + no handler: <nack reason=\"not-authorized\"> (check 2)",
+        format!("first lifecycle stanza: {first:?}"),
+    );
+    Ok(())
+}
