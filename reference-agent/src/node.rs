@@ -1466,13 +1466,19 @@ async fn serve_op(
     let ignore_cancel = misbehave == Misbehaviour::IgnoreCancel;
     let far = Instant::now() + Duration::from_secs(86_400 * 365);
     let dl = if ignore_deadline { far } else { deadline };
+    // [VAP-OPS-035]: at most `window` data IQs unanswered; chunks the handler queued before
+    // returning are drained through the same window-gated branch.
+    let mut drx_open = true;
     let fail = loop {
-        if handler_done.is_some() && inflight.is_empty() {
+        if handler_done.is_some() && !drx_open && inflight.is_empty() {
             break None;
         }
         tokio::select! {
-            chunk = drx.recv(), if inflight.len() < window && handler_done.is_none() => {
-                let Some(chunk) = chunk else { continue };
+            chunk = drx.recv(), if drx_open && inflight.len() < window => {
+                let Some(chunk) = chunk else {
+                    drx_open = false;
+                    continue;
+                };
                 let d = Data { token: token.clone(), seq: Some(seq), args: chunk };
                 seq += 1;
                 sent += 1;
@@ -1494,17 +1500,8 @@ async fn serve_op(
                     Ok(r) => r,
                     Err(_) => Err(HandlerError::new("handler panicked")),
                 });
-                // Flush chunks the handler queued before returning.
-                while let Ok(chunk) = drx.try_recv() {
-                    let d = Data { token: token.clone(), seq: Some(seq), args: chunk };
-                    seq += 1;
-                    sent += 1;
-                    let el = encode_misbehaving(d.to_element(), misbehave);
-                    let n = node.clone();
-                    let f = from.clone();
-                    let w = left();
-                    inflight.push(Box::pin(async move { send_set(&n, &f, el, w).await }));
-                }
+                // No more chunks: buffered ones are still received (within the window).
+                drx.close();
             }
             _ = tokio::time::sleep_until(dl) => {
                 task.abort();
