@@ -22,6 +22,7 @@ use tokio_xmpp::parsers::{
     stanza_error::{DefinedCondition, ErrorType as XmppErrorType, StanzaError},
 };
 use vertebra_protocol::payloads::{AuthorizeRequest, AuthorizeResponse, OP_AUTHORIZE};
+use vertebra_protocol::responder::Decision;
 use vertebra_protocol::{
     Ack, Args, Cancel, Condition, Data, ErrorType, Final, Load, Nack, Op, OpError, OpResult,
     OpToken, RequestToken, Resource, ResourceScope, Scope, Token, Value, Version, VertebraPayload,
@@ -186,7 +187,8 @@ impl Call {
 /// Who decides whether an op may run ([VAP-SEC-006], [VAP-SEC-010]).
 #[derive(Debug, Clone)]
 pub enum Authorizer {
-    /// Ask this dispatcher (`/security/authorize`), deny on timeout.
+    /// Ask this dispatcher (`/security/authorize`); no answer within 2 s nacks
+    /// `authorization-unavailable` ([VAP-SEC-009]).
     Dispatcher(FullJid),
     /// A local policy.
     Local(Arc<Policy>),
@@ -1211,9 +1213,17 @@ fn authorize_now(node: &Node, from: &Jid, op: &str, scope: &ResourceScope) -> Op
     }
 }
 
-async fn authorize_remote(node: &Node, from: &Jid, op: &Resource, scope: &ResourceScope) -> bool {
+/// Ask the dispatcher ([VAP-SEC-008]). No answer within 2 s, or an authorize op that ends
+/// with anything but a final carrying a `response`, is [`Decision::Unavailable`]
+/// ([VAP-SEC-009]).
+async fn authorize_remote(
+    node: &Node,
+    from: &Jid,
+    op: &Resource,
+    scope: &ResourceScope,
+) -> Decision {
     let (Authorizer::Dispatcher(d), Some(me)) = (&node.inner.cfg.authorizer, node.jid()) else {
-        return false;
+        return Decision::Unavailable;
     };
     let req = AuthorizeRequest {
         from: from.clone(),
@@ -1230,12 +1240,12 @@ async fn authorize_remote(node: &Node, from: &Jid, op: &Resource, scope: &Resour
             ..Default::default()
         },
     );
-    // [VAP-SEC-009] no answer within 2 s → deny.
+    // [VAP-SEC-009] no answer within 2 s, or no usable response → unavailable.
     let Ok(Ok(chunks)) = tokio::time::timeout(AUTHORIZE_TIMEOUT, fut).await else {
-        return false;
+        return Decision::Unavailable;
     };
     let Ok(r) = AuthorizeResponse::from_args(&merged(&chunks)) else {
-        return false;
+        return Decision::Unavailable;
     };
     if r.authorized && r.ttl > 0 {
         // [VAP-SEC-011] / [VAP-SEC-012]
@@ -1244,7 +1254,11 @@ async fn authorize_remote(node: &Node, from: &Jid, op: &Resource, scope: &Resour
             Instant::now() + Duration::from_secs(r.ttl as u64),
         );
     }
-    r.authorized
+    if r.authorized {
+        Decision::Authorized
+    } else {
+        Decision::Denied
+    }
 }
 
 fn on_op(node: &Node, from: Jid, id: String, op: Op) {
@@ -1412,20 +1426,27 @@ async fn serve_op(
         return;
     };
     if !fast {
-        let allowed = match pre {
-            Some(a) => a,
+        let decision = match pre {
+            Some(true) => Decision::Authorized,
+            Some(false) => Decision::Denied,
             None => {
                 tokio::select! {
-                    a = authorize_remote(node, &from, &operation, &scope) => a,
-                    _ = tokio::time::sleep_until(deadline) => false,
+                    d = authorize_remote(node, &from, &operation, &scope) => d,
+                    _ = tokio::time::sleep_until(deadline) => Decision::Denied,
                 }
             }
         };
-        if !allowed {
+        let refusal = match decision {
+            Decision::Authorized => None,
             // [VAP-SEC-008] / [VAP-SEC-025]: no rule detail.
+            Decision::Denied => Some(Condition::NotAuthorized),
+            // [VAP-SEC-009]
+            Decision::Unavailable => Some(Condition::AuthorizationUnavailable),
+        };
+        if let Some(reason) = refusal {
             let n = Nack {
                 token: token.clone(),
-                reason: Condition::NotAuthorized,
+                reason,
             };
             let _ = send_set(node, &from, n.to_element(), left()).await;
             return;
