@@ -408,6 +408,7 @@ pub const PARALLEL_SAFE: &[&str] = &[
     "OPS-PROFILE-001",
     "OPS-LEGACY-001",
     "OPS-PATH-001",
+    "OPS-IQID-001",
     "SEC-AUTHZ-002",
     "SEC-LEAK-001",
     "ROB-IQ-001",

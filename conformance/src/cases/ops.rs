@@ -1430,3 +1430,68 @@ pub async fn check_order_domain(cx: Ctx) -> CaseResult {
     );
     Ok(())
 }
+
+/// The IQ ids of the agent's own IQ sets to one requester are not reused for a different
+/// stanza ([VAP-OPS-069]; sampled over this case, not the full 300 s window).
+pub async fn iq_ids_unique(cx: Ctx) -> CaseResult {
+    let agent = agent(&cx)?;
+    let since = cx.req().mark();
+    for count in [4, 3] {
+        // An op that does not end still leaves its IQ sets to compare.
+        call_b(
+            &cx,
+            "/vertebra/test/stream",
+            5000,
+            vec![i4("count", count), i4("size", 1)],
+            3000,
+        )
+        .await?;
+    }
+    let (_c, _o) = call_b(&cx, "/vertebra/test/echo", 5000, vec![i4("n", 1)], 3000).await?;
+    let sets = cx.req().collect(since, |r| {
+        r.iq_type() == Some("set") && r.from().is_some_and(|f| same_jid(f, &agent))
+    });
+    let reused = reused_iq_ids(sets.iter().map(|r| &r.el));
+    if reused.is_empty() && sets.len() < 2 {
+        return Err(Abort::untestable(format!(
+            "the agent sent {} IQ sets to the requester",
+            sets.len()
+        )));
+    }
+    cx.check(
+        "VAP-OPS-069",
+        reused.is_empty(),
+        format!(
+            "distinct ids for distinct IQ sets from the agent ({} IQ sets seen)",
+            sets.len()
+        ),
+        if reused.is_empty() {
+            format!("{} IQ sets, ids all distinct", sets.len())
+        } else {
+            format!("ids reused for different stanzas: {reused:?}")
+        },
+    );
+    Ok(())
+}
+
+/// Ids that carry two different IQ stanzas (a retransmission carries the same stanza).
+pub fn reused_iq_ids<'a>(iqs: impl Iterator<Item = &'a Element>) -> Vec<String> {
+    let mut seen: std::collections::BTreeMap<String, String> = Default::default();
+    let mut reused = Vec::new();
+    for iq in iqs {
+        let id = iq.attr("id").unwrap_or("").to_string();
+        let body = iq.children().map(String::from).collect::<Vec<_>>().join("");
+        match seen.get(&id) {
+            Some(b) if *b != body => {
+                if !reused.contains(&id) {
+                    reused.push(id);
+                }
+            }
+            Some(_) => {}
+            None => {
+                seen.insert(id, body);
+            }
+        }
+    }
+    reused
+}
