@@ -1495,3 +1495,26 @@ pub fn reused_iq_ids<'a>(iqs: impl Iterator<Item = &'a Element>) -> Vec<String> 
     }
     reused
 }
+
+#[cfg(test)]
+mod tests {
+    use super::reused_iq_ids;
+    use minidom::Element;
+
+    fn iq(id: &str, seq: &str) -> Element {
+        format!(
+            "<iq xmlns='jabber:client' type='set' id='{id}'><data xmlns='{}' token='a:b' seq='{seq}'/></iq>",
+            crate::peer::NS
+        )
+        .parse()
+        .unwrap()
+    }
+
+    #[test]
+    fn reused_ids_are_found_and_retransmissions_are_not() {
+        let same = [iq("a", "0"), iq("a", "0"), iq("b", "1")];
+        assert!(reused_iq_ids(same.iter()).is_empty());
+        let reused = [iq("a", "0"), iq("b", "1"), iq("a", "2")];
+        assert_eq!(reused_iq_ids(reused.iter()), vec!["a".to_string()]);
+    }
+}
