@@ -21,8 +21,10 @@ use tokio_xmpp::parsers::{
     presence::{Presence, Type as PresenceType},
     stanza_error::{DefinedCondition, ErrorType as XmppErrorType, StanzaError},
 };
+use vertebra_protocol::error::Travel;
 use vertebra_protocol::payloads::{AuthorizeRequest, AuthorizeResponse, OP_AUTHORIZE};
 use vertebra_protocol::responder::Decision;
+use vertebra_protocol::stanza::OpDecodeError;
 use vertebra_protocol::{
     Ack, Args, Cancel, Condition, Data, ErrorType, Final, Load, Nack, Op, OpError, OpResult,
     OpToken, RequestToken, Resource, ResourceScope, Scope, Token, Value, Version, VertebraPayload,
@@ -463,6 +465,12 @@ fn stanza_err(t: XmppErrorType, c: DefinedCondition) -> StanzaError {
 
 fn domain(j: &Jid) -> &str {
     j.domain().as_str()
+}
+
+/// Whether `from` is of our own XMPP domain ([VAP-SEC-021]).
+fn is_own_domain(node: &Node, from: &Jid) -> bool {
+    node.jid()
+        .is_some_and(|j| j.domain().as_str() == domain(from))
 }
 
 impl Node {
@@ -1075,38 +1083,57 @@ fn on_iq(node: &Node, from: Jid, id: String, set: bool, payload: Element) {
     let decoded = VertebraPayload::from_element(&payload);
     let p = match decoded {
         Ok(p) => p,
-        Err(e) => {
-            // A decodable token + a value-level problem: op result, then error bad-value
-            // ([VAP-OPS-051]); anything else: IQ error bad-request ([VAP-TRN-010]).
-            if is_op && e.rule.condition() == Condition::BadValue {
-                if let Some(tok) = payload
-                    .attr("token")
-                    .and_then(|t| RequestToken::parse(t).ok())
+        Err(_) => {
+            // An op with a usable token: op result, then the outcome of the first failing
+            // check in the order of [VAP-OPS-084]: foreign domain → nack not-authorized
+            // ([VAP-SEC-021]); version → error unsupported-version ([VAP-VER-004]); timeout,
+            // window, type, values → error bad-value ([VAP-OPS-018], [VAP-OPS-051]).
+            // Anything else: IQ error bad-request ([VAP-OPS-006], [VAP-TRN-010]).
+            let op_err = if is_op {
+                Op::decode(&payload).err()
+            } else {
+                None
+            };
+            if let Some(OpDecodeError {
+                token: Some(tok),
+                error,
+                ..
+            }) = op_err
+            {
+                let condition = error.rule.condition();
+                if let (Travel::Error(error_type), Ok(ot)) =
+                    (condition.travel(), tok.rotate_fresh())
                 {
-                    if let Ok(ot) = tok.rotate_fresh() {
-                        let r = OpResult {
-                            token: ot.clone(),
-                            ack: false,
-                        };
-                        answer(
-                            node,
-                            from.clone(),
-                            id,
-                            Stanza2::Result(Some(r.to_element())),
-                        );
-                        let n = node.clone();
-                        tokio::spawn(async move {
-                            let err = OpError {
-                                token: ot,
-                                error_type: ErrorType::Fatal,
-                                condition: Some(Condition::BadValue),
-                                reason: Some("a value could not be decoded".into()),
-                            };
-                            let _ = send_set(&n, &from, err.to_element(), Duration::from_secs(10))
-                                .await;
-                        });
-                        return;
-                    }
+                    let r = OpResult {
+                        token: ot.clone(),
+                        ack: false,
+                    };
+                    answer(
+                        node,
+                        from.clone(),
+                        id,
+                        Stanza2::Result(Some(r.to_element())),
+                    );
+                    let terminal = if is_own_domain(node, &from) {
+                        OpError {
+                            token: ot,
+                            error_type,
+                            condition: Some(condition),
+                            reason: Some(error.to_string()),
+                        }
+                        .to_element()
+                    } else {
+                        Nack {
+                            token: ot,
+                            reason: Condition::NotAuthorized,
+                        }
+                        .to_element()
+                    };
+                    let n = node.clone();
+                    tokio::spawn(async move {
+                        let _ = send_set(&n, &from, terminal, Duration::from_secs(10)).await;
+                    });
+                    return;
                 }
             }
             answer(
@@ -1284,10 +1311,7 @@ fn on_op(node: &Node, from: Jid, id: String, op: Op) {
             op_token.requester = t;
         }
     }
-    let own_domain = node
-        .jid()
-        .map(|j| j.domain().as_str() == domain(&from))
-        .unwrap_or(false);
+    let own_domain = is_own_domain(node, &from);
     let handler = node
         .inner
         .handlers
