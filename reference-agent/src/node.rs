@@ -569,7 +569,8 @@ impl Node {
         self.inner.conn.bound_jid()
     }
 
-    /// Register a handler for an operation path (exact match).
+    /// Register a handler for an operation path; it also serves ops whose type has this path
+    /// as a segment-wise ancestor, unless a deeper registered path does ([VAP-RES-017]).
     pub fn handle(&self, operation: &str, h: impl Handler) {
         self.inner
             .handlers
@@ -1288,6 +1289,23 @@ async fn authorize_remote(
     }
 }
 
+/// The handler that serves an op type: among the registered paths equal to or a segment-wise
+/// ancestor of it ([VAP-RES-013], never a string prefix, [VAP-RES-010]), the one with the most
+/// segments ([VAP-RES-017]). Handlers provide no scoping resources of their own, so an op
+/// without scoping resources is in scope for every one of them ([VAP-RES-015]).
+fn select_handler(node: &Node, op_type: &str) -> Option<Arc<dyn Handler>> {
+    let target = Resource::parse(op_type).ok()?;
+    let handlers = node.inner.handlers.read().unwrap();
+    handlers
+        .iter()
+        .filter_map(|(path, h)| {
+            let path = Resource::parse(path).ok()?;
+            path.is_prefix_of(&target).then(|| (path.depth(), h))
+        })
+        .max_by_key(|(depth, _)| *depth)
+        .map(|(_, h)| h.clone())
+}
+
 fn on_op(node: &Node, from: Jid, id: String, op: Op) {
     let received = Instant::now();
     let misbehave = node.inner.cfg.misbehave;
@@ -1312,13 +1330,7 @@ fn on_op(node: &Node, from: Jid, id: String, op: Op) {
         }
     }
     let own_domain = is_own_domain(node, &from);
-    let handler = node
-        .inner
-        .handlers
-        .read()
-        .unwrap()
-        .get(&op.op_type)
-        .cloned();
+    let handler = select_handler(node, &op.op_type);
     let scope = op_scope(&op);
     // Decide now whether the fast path applies ([VAP-OPS-024], never for legacy [VAP-OPS-026]).
     let pre = if !own_domain || handler.is_none() {
