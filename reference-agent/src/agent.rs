@@ -214,11 +214,19 @@ impl Agent {
 pub fn register_test_profile(node: &Node) {
     node.handle(test_ops::ECHO, |c: Call| async move { Ok(c.args.clone()) });
     node.handle(test_ops::STREAM, |c: Call| async move {
+        // [VAP-TPF-004]: `count` i4 0..=10000, `size` i4 0..=60000 (absent: 0).
         let count = c.i4("count")?;
-        let size = c.args.get_i4("size").unwrap_or(0).clamp(0, 60_000) as usize;
-        if count < 0 {
-            return Err(HandlerError::bad_value("count must be >= 0"));
+        if !(0..=10_000).contains(&count) {
+            return Err(HandlerError::bad_value("count must be 0..=10000"));
         }
+        let size = match c.args.get("size") {
+            None => 0,
+            Some(_) => c.i4("size")?,
+        };
+        if !(0..=60_000).contains(&size) {
+            return Err(HandlerError::bad_value("size must be 0..=60000"));
+        }
+        let size = size as usize;
         for i in 0..count {
             let mut a = Args::new().with("index", Value::I4(i));
             if size > 0 {
@@ -270,6 +278,7 @@ pub fn register_test_profile(node: &Node) {
             return Err(HandlerError::bad_value("value must be finite and >= 0"));
         }
         c.node().set_load(Some(v));
-        Ok(Args::new().with("value", Value::Double(v)))
+        // 12.2: final without values.
+        Ok(Args::new())
     });
 }

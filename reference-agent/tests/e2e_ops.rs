@@ -103,17 +103,34 @@ async fn scenario(kind: ServerKind) {
     .unwrap_err();
     assert_eq!(e.condition, "handler-failed");
     assert_eq!(e.reason.as_deref(), Some("disk full"));
-    // [VAP-TPF-004] / [VAP-TPF-012]: missing or non-error condition is bad-value
-    for args in [
-        Args::new().with("reason", Value::String("no condition".into())),
-        Args::new()
-            .with("condition", Value::String("no-such-condition".into()))
-            .with("reason", Value::String("x".into())),
+    // [VAP-TPF-004] / [VAP-TPF-012]: missing, out-of-range or non-error arguments are bad-value
+    for (op, args) in [
+        (
+            test_ops::FAIL,
+            Args::new().with("reason", Value::String("no condition".into())),
+        ),
+        (
+            test_ops::FAIL,
+            Args::new()
+                .with("condition", Value::String("no-such-condition".into()))
+                .with("reason", Value::String("x".into())),
+        ),
+        (test_ops::SLEEP, Args::new().with("ms", Value::I4(-5))),
+        (
+            test_ops::STREAM,
+            Args::new().with("count", Value::I4(10_001)),
+        ),
+        (
+            test_ops::STREAM,
+            Args::new()
+                .with("count", Value::I4(1))
+                .with("size", Value::I4(60_001)),
+        ),
     ] {
         let e = call_direct(
             &req,
             Jid::from(j1.clone()),
-            test_ops::FAIL,
+            op,
             args,
             Duration::from_secs(5),
         )
@@ -121,7 +138,8 @@ async fn scenario(kind: ServerKind) {
         .unwrap_err();
         assert_eq!(
             (e.kind.as_str(), e.condition.as_str()),
-            ("fatal", "bad-value")
+            ("fatal", "bad-value"),
+            "{op}"
         );
     }
 
