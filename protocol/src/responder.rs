@@ -199,6 +199,14 @@ impl Responder {
             )));
             return (r, out);
         }
+        // Tenant isolation comes right after the token, before the version, the values and the
+        // handler lookup ([VAP-SEC-021], order of checks [VAP-OPS-084]).
+        if from.domain() != cfg.own_jid.domain() {
+            r.send_op_result(false, &mut out);
+            r.close_with_nack(Condition::NotAuthorized, now, &mut out);
+            r.op = decoded.ok();
+            return (r, out);
+        }
         let op = match decoded {
             Ok(op) => op,
             Err(e) => {
@@ -212,13 +220,6 @@ impl Responder {
         };
         r.deadline = now + Millis::from(op.timeout_ms()); // [VAP-OPS-060], [VAP-VER-006]
         r.window = usize::from(op.window());
-        // Tenant isolation before handler lookup ([VAP-SEC-021]).
-        if from.domain() != cfg.own_jid.domain() {
-            r.send_op_result(false, &mut out);
-            r.close_with_nack(Condition::NotAuthorized, now, &mut out);
-            r.op = Some(op);
-            return (r, out);
-        }
         let decision = route(&op);
         r.op = Some(op);
         match decision {

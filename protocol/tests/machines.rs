@@ -495,3 +495,42 @@ fn bad_op_gets_op_result_then_bad_value_or_iq_error() {
         other => panic!("{other:?}"),
     }
 }
+
+/// [VAP-OPS-084]: the requester's domain is checked before the version and the values, so a
+/// foreign op that is also malformed is nacked `not-authorized`, not answered `bad-value`.
+#[test]
+fn foreign_domain_is_checked_before_values_and_version() {
+    let cfg = ResponderConfig {
+        own_jid: j("agent@example.net/agent"),
+        values_on_final: true,
+    };
+    for op in [
+        r#"<op xmlns="http://xmlschema.engineyard.com/agent/api" version="1.0" token="ab" type="/x"/>"#,
+        r#"<op xmlns="http://xmlschema.engineyard.com/agent/api" version="2.0" token="ab" type="/x" timeout="5"/>"#,
+    ] {
+        let el = xml::parse_element(op.as_bytes(), None).unwrap();
+        let (r, out) = Responder::receive_op(
+            j("ops@other.example/console"),
+            "i1",
+            false,
+            &el,
+            0,
+            Token::generate().unwrap(),
+            &cfg,
+            |_| Route::NoHandler,
+        );
+        let names: Vec<_> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Send(s) => Some(match &s.body {
+                    IqBody::Result(Some(e)) => format!("result:{}", e.name()),
+                    IqBody::Set(e) => format!("{}:{}", e.name(), e.attr("reason").unwrap_or("")),
+                    other => format!("{other:?}"),
+                }),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(names, vec!["result:op", "nack:not-authorized"], "{op}");
+        assert_eq!(r.end_condition(), Some(&Condition::NotAuthorized));
+    }
+}
