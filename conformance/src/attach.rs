@@ -35,6 +35,21 @@ pub struct TargetArgs {
     /// Password of --jid (or set VERTEBRA_HARNESS_PASSWORD; never logged).
     #[arg(long)]
     pub password: Option<String>,
+    /// --server mode: a separate account (full JID) for the harness's authorized requester.
+    /// Without it the requester is another resource of --jid, so the agent's load presence to
+    /// the dispatcher's bare JID also reaches it and LOAD-REPORT-001 is UNTESTABLE.
+    #[arg(long, value_name = "FULLJID")]
+    pub requester_jid: Option<String>,
+    /// Password of --requester-jid (or set VERTEBRA_REQUESTER_PASSWORD; never logged).
+    #[arg(long)]
+    pub requester_password: Option<String>,
+    /// --server mode: a separate account (full JID) for the requester the harness's dispatcher
+    /// denies. Without it the stranger shares --jid's bare JID (not a real stranger).
+    #[arg(long, value_name = "FULLJID")]
+    pub stranger_jid: Option<String>,
+    /// Password of --stranger-jid (or set VERTEBRA_STRANGER_PASSWORD; never logged).
+    #[arg(long)]
+    pub stranger_password: Option<String>,
     /// Full JID of the agent under test (--server mode).
     #[arg(long, value_name = "FULLJID")]
     pub agent: Option<String>,
@@ -217,7 +232,11 @@ pub struct Plan {
     /// The dispatcher identity the harness plays for the agent under test.
     pub dsp_jid: Option<FullJid>,
     pub req_jid: FullJid,
+    /// Password of `req_jid` when it is a separate account (default: `password`).
+    pub req_password: Option<String>,
     pub stranger_jid: FullJid,
+    /// Password of `stranger_jid` when it is a separate account (default: `password`).
+    pub stranger_password: Option<String>,
     /// Agent under test.
     pub agent: Option<String>,
     /// Dispatcher under test and the harness identities acting as agents towards it.
@@ -232,12 +251,25 @@ pub async fn connect_session(plan: Plan, trace: &Trace) -> Result<Session, Strin
     let login = Duration::from_secs(10);
     let addr = plan.addr.as_str();
     let pw = plan.password.as_str();
-    let req = Peer::connect("requester", addr, plan.req_jid, pw, trace.clone(), login).await?;
+    let req_pw = plan
+        .req_password
+        .clone()
+        .unwrap_or_else(|| plan.password.clone());
+    let stranger_pw = plan.stranger_password.as_deref().unwrap_or(pw);
+    let req = Peer::connect(
+        "requester",
+        addr,
+        plan.req_jid,
+        &req_pw,
+        trace.clone(),
+        login,
+    )
+    .await?;
     let stranger = Peer::connect(
         "stranger",
         addr,
         plan.stranger_jid,
-        pw,
+        stranger_pw,
         trace.clone(),
         login,
     )
@@ -265,9 +297,9 @@ pub async fn connect_session(plan: Plan, trace: &Trace) -> Result<Session, Strin
             )
             .parse::<FullJid>()
             {
-                Ok(j) => {
-                    Some(Peer::connect("requester", addr, j, pw, dsp_trace.clone(), login).await?)
-                }
+                Ok(j) => Some(
+                    Peer::connect("requester", addr, j, &req_pw, dsp_trace.clone(), login).await?,
+                ),
                 Err(_) => None,
             };
             let trace = &dsp_trace;
@@ -312,6 +344,7 @@ pub async fn connect_session(plan: Plan, trace: &Trace) -> Result<Session, Strin
         load_interval_ms: plan.load_interval_ms,
         addr: plan.addr.clone(),
         password: plan.password.clone(),
+        req_password: req_pw,
         reference_policy: plan.mode == Mode::Reference,
     })
 }
@@ -377,14 +410,60 @@ async fn attach_server(
     let bare = jid.to_bare();
     let run = &random_hex()[..8];
     let res = |r: &str| full(&format!("{bare}/{r}-{run}"));
+    let (req_jid, req_password) = separate_account(
+        "requester",
+        args.requester_jid.as_deref(),
+        args.requester_password.as_deref(),
+        "VERTEBRA_REQUESTER_PASSWORD",
+        run,
+    )?;
+    let (stranger_jid, stranger_password) = separate_account(
+        "stranger",
+        args.stranger_jid.as_deref(),
+        args.stranger_password.as_deref(),
+        "VERTEBRA_STRANGER_PASSWORD",
+        run,
+    )?;
+    let req_jid = match req_jid {
+        Some(j) => j,
+        None => {
+            eprintln!(
+                "warning: no --requester-jid: the requester is a resource of {bare}, the \
+                 dispatcher's own account, so the agent's load presence to {bare} reaches it \
+                 too (RFC 6121); LOAD-REPORT-001 will be UNTESTABLE. Pass a separate account \
+                 with --requester-jid/--requester-password."
+            );
+            res("requester")?
+        }
+    };
+    let stranger_jid = match stranger_jid {
+        Some(j) => j,
+        None => {
+            eprintln!(
+                "warning: no --stranger-jid: the stranger is a resource of {bare}, the \
+                 dispatcher's own account, not a real stranger for authorization. Pass a \
+                 separate account with --stranger-jid/--stranger-password."
+            );
+            res("stranger")?
+        }
+    };
+    for (what, j) in [("requester", &req_jid), ("stranger", &stranger_jid)] {
+        if args.agent.is_some() && j.to_bare() == bare && j.resource() == jid.resource() {
+            return Err(format!(
+                "--{what}-jid must not be the dispatcher identity --jid"
+            ));
+        }
+    }
     let plan = Plan {
         mode: Mode::Server,
         addr: server.to_string(),
         domain: jid.domain().to_string(),
         password,
         dsp_jid: args.agent.as_ref().map(|_| jid.clone()),
-        req_jid: res("requester")?,
-        stranger_jid: res("stranger")?,
+        req_jid,
+        req_password,
+        stranger_jid,
+        stranger_password,
         agent: args.agent.clone(),
         dispatcher: match &args.dispatcher {
             Some(d) => Some((
@@ -416,6 +495,37 @@ async fn attach_server(
         target,
         mode: Mode::Server,
     })
+}
+
+/// A separate harness account given on the command line: its full JID (a fresh resource is
+/// added to a bare JID) and password (flag, else `env`). `None` when no JID was given.
+fn separate_account(
+    what: &str,
+    jid: Option<&str>,
+    password: Option<&str>,
+    env: &str,
+    run: &str,
+) -> Result<(Option<FullJid>, Option<String>), String> {
+    let Some(j) = jid else {
+        if password.is_some() {
+            return Err(format!("--{what}-password needs --{what}-jid"));
+        }
+        return Ok((None, None));
+    };
+    let j = match j.parse::<FullJid>() {
+        Ok(f) => f,
+        Err(_) => {
+            let b = j
+                .parse::<jid::BareJid>()
+                .map_err(|e| format!("--{what}-jid {j:?} is not a JID: {e}"))?;
+            full(&format!("{b}/{what}-{run}"))?
+        }
+    };
+    let pw = password
+        .map(str::to_string)
+        .or_else(|| std::env::var(env).ok())
+        .ok_or_else(|| format!("--{what}-jid needs --{what}-password or {env}"))?;
+    Ok((Some(j), Some(pw)))
 }
 
 async fn attach_spawn(
@@ -467,7 +577,9 @@ async fn attach_spawn(
         password: pw,
         dsp_jid: (args.role == Role::Agent).then(|| dsp_jid.clone()),
         req_jid: full(&format!("requester@{domain}/harness"))?,
+        req_password: None,
         stranger_jid: full(&format!("stranger@{domain}/harness"))?,
+        stranger_password: None,
         agent: (args.role == Role::Agent).then(|| impl_jid.to_string()),
         dispatcher: match args.role {
             Role::Dispatcher => Some((

@@ -52,7 +52,7 @@ pub struct CoverageArgs {
     pub json: bool,
 }
 
-/// Redact the value following `--password`.
+/// Redact the value following `--password` (and `--requester-password`, `--stranger-password`).
 pub fn redact(argv: &[String]) -> Vec<String> {
     let mut out = Vec::new();
     let mut hide = false;
@@ -60,11 +60,14 @@ pub fn redact(argv: &[String]) -> Vec<String> {
         if hide {
             out.push("<redacted>".into());
             hide = false;
-        } else if a == "--password" {
+        } else if a.starts_with("--") && a.ends_with("password") && !a.contains('=') {
             out.push(a.clone());
             hide = true;
-        } else if a.starts_with("--password=") {
-            out.push("--password=<redacted>".into());
+        } else if let Some((k, _)) = a
+            .split_once('=')
+            .filter(|(k, _)| k.starts_with("--") && k.ends_with("password"))
+        {
+            out.push(format!("{k}=<redacted>"));
         } else {
             out.push(a.clone());
         }

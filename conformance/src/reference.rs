@@ -161,7 +161,9 @@ pub async fn attach_reference(
         password: pw.clone(),
         dsp_jid: Some(dsp_jid.clone()),
         req_jid: full(&format!("requester@{domain}/harness"))?,
+        req_password: None,
         stranger_jid: full(&format!("stranger@{domain}/harness"))?,
+        stranger_password: None,
         agent: Some(agent_jid.to_string()),
         dispatcher: Some((
             refd_jid.to_string(),

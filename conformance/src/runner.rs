@@ -482,7 +482,7 @@ async fn case_requester(
         &format!("requester-{}", c.id),
         &session.addr,
         jid,
-        &session.password,
+        &session.req_password,
         trace.clone(),
         std::time::Duration::from_secs(10),
     )

@@ -113,6 +113,9 @@ pub struct Session {
     /// Server address and the harness identities' password (extra identities per case).
     pub addr: String,
     pub password: String,
+    /// Password of the requester account (`req_bare`); equals `password` unless --server mode
+    /// was given a separate requester account.
+    pub req_password: String,
     /// Bare JID under which extra requester identities log in (`<bare>/<resource>`).
     pub req_bare: String,
     /// Trace the dispatcher-side identities record into.

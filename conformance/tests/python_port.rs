@@ -408,8 +408,9 @@ mod harness {
     }
 
     /// Server mode through a real Prosody: the agent is started first (readiness = its
-    /// "online" log line), then the harness plays the dispatcher. Every MUST must pass except
-    /// the baselined CR case (spec finding A1, which the Rust agent fails too).
+    /// "online" log line), then the harness plays the dispatcher; its requester and stranger are
+    /// separate accounts. Every MUST must pass except the cases baselined in
+    /// ports/python/conformance-baseline-prosody.json.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn harness_passes_the_python_agent_through_prosody() {
         let _serial = super::SERIAL.lock().await;
@@ -423,6 +424,10 @@ mod harness {
         let addr = server.addr().to_string();
         server.add_account("dispatcher", "dpw").await.unwrap();
         server.add_account("agent", "apw").await.unwrap();
+        // Separate accounts for the harness's requester and stranger: the agent's load
+        // presence to the dispatcher's bare JID must not reach them [VAP-LOAD-007].
+        server.add_account("requester", "rpw").await.unwrap();
+        server.add_account("stranger", "spw").await.unwrap();
         let mut child = Killed(
             Command::new(agent_cmd)
                 .arg("-v")
@@ -466,6 +471,14 @@ mod harness {
                 "dispatcher@localhost/dispatcher",
                 "--agent",
                 "agent@localhost/agent",
+                "--requester-jid",
+                "requester@localhost/harness",
+                "--requester-password",
+                "rpw",
+                "--stranger-jid",
+                "stranger@localhost/harness",
+                "--stranger-password",
+                "spw",
                 "--load-interval-ms",
                 "200",
                 "--baseline",

@@ -28,6 +28,17 @@ fn valid(l: &LoadReport) -> Result<(), String> {
 pub async fn periodic(cx: Ctx) -> CaseResult {
     let dsp = dsp(&cx)?;
     let agent = agent(&cx)?;
+    // [VAP-LOAD-007] load presence goes to the dispatcher's bare JID; when the harness's
+    // requesters are resources of that same account (--server without --requester-jid), the
+    // server delivers it to them as well (RFC 6121) — a harness setup defect, not the agent's.
+    let dsp_bare = dsp.jid.to_bare().to_string();
+    if cx.session.req_bare == dsp_bare {
+        return Err(Abort::untestable(format!(
+            "the harness's requester identities share the dispatcher's bare JID {dsp_bare}, so \
+             load presence to it also reaches them; give --server a separate account with \
+             --requester-jid/--requester-password"
+        )));
+    }
     let mine = |l: &LoadReport| same_jid(&l.from, &agent) && !l.unavailable;
     let first = dsp
         .wait_load(Instant::now(), cx.budget(2500), mine)
@@ -72,7 +83,6 @@ pub async fn periodic(cx: Ctx) -> CaseResult {
         format!("a report at least every {interval} ms (+{tol} ms tolerance)"),
         format!("{} reports, gaps {gaps:?} ms", reports.len()),
     );
-    let dsp_bare = dsp.jid.to_bare().to_string();
     cx.check(
         "VAP-LOAD-001",
         reports.iter().all(|r| same_jid(&r.to, &dsp_bare)),

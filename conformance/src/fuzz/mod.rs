@@ -156,7 +156,7 @@ pub fn env_from_session(
         dispatcher: dsp.unwrap_or_default(),
         target,
         domain: s.domain.clone(),
-        secrets: vec![s.password.clone()],
+        secrets: vec![s.password.clone(), s.req_password.clone()],
     };
     let test_profile = !dispatcher && s.has_feature(crate::cases::util::F_TEST);
     Ok(Env {
