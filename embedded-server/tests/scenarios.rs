@@ -181,6 +181,14 @@ async fn presence_to_bare_jid_reaches_available_resources(s: &TestServer) {
     let mut b3 = raw(s, "bob", "b3").await; // never sends initial presence
     let mut alice = raw(s, "alice", "a").await;
     b1.send(Presence::available()).await.unwrap();
+    // A ping round trip on b1's own stream proves the server has processed b1's initial
+    // presence before b2 sends its own (two connections give no ordering otherwise).
+    let ping = Iq::from_get("sync-b1", tokio_xmpp::parsers::ping::Ping)
+        .with_to(s.domain().parse().unwrap());
+    b1.send(ping).await.unwrap();
+    b1.recv_until(T, |st| is_iq_reply(st, "sync-b1"))
+        .await
+        .expect("b1's ping answered");
     b2.send(Presence::available()).await.unwrap();
     // b1 sees b2's initial presence once both are available (own-resource broadcast):
     // use that to make sure both are available before alice sends.
