@@ -30,16 +30,24 @@ impl SaslMechanism {
 
 /// Configuration of an [`EmbeddedServer`](crate::EmbeddedServer).
 ///
-/// All limits are per server instance. Defaults: domain `localhost`, no accounts, PLAIN only,
+/// All limits are per server instance. Defaults: domain `localhost`, no extra domains, no
+/// accounts, PLAIN only,
 /// 256 KiB stanzas, 1024 connections, 4096 queued stanzas per connection, 5 s write stall
 /// limit, 10 s to authenticate and bind, 300 s idle read timeout, trace on with 10 000 events
 /// of at most 8 KiB of XML each,
 /// seed 0.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// The served XMPP domain (a JID domainpart).
+    /// The primary served XMPP domain (a JID domainpart).
     pub domain: String,
-    /// Initial accounts: (localpart, password).
+    /// Further served domains (e.g. `other.localhost`), empty by default. Accounts may live
+    /// in any served domain; stanzas between served domains are routed locally, as if the
+    /// domains were federated servers; a client connecting to a domain that is not served
+    /// gets a `<host-unknown/>` stream error, and stanzas to unserved domains get
+    /// `remote-server-not-found`.
+    pub extra_domains: Vec<String>,
+    /// Initial accounts: (user, password), where user is a localpart (an account of
+    /// [`domain`](Self::domain)) or a bare JID `user@served-domain` (any served domain).
     pub accounts: Vec<(String, String)>,
     /// Offered SASL mechanisms, in no particular order (clients pick).
     pub mechanisms: Vec<SaslMechanism>,
@@ -79,6 +87,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             domain: "localhost".into(),
+            extra_domains: Vec::new(),
             accounts: Vec::new(),
             mechanisms: vec![SaslMechanism::Plain],
             scram_iterations: 4096,
@@ -106,7 +115,14 @@ impl ServerConfig {
         }
     }
 
-    /// Adds an account.
+    /// Serves one more domain (see [`extra_domains`](Self::extra_domains)).
+    pub fn with_extra_domain(mut self, domain: impl Into<String>) -> Self {
+        self.extra_domains.push(domain.into());
+        self
+    }
+
+    /// Adds an account: `user` is a localpart of the primary domain, or a bare JID
+    /// `user@domain` in any served domain.
     pub fn with_account(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
         self.accounts.push((user.into(), password.into()));
         self
@@ -135,9 +151,13 @@ pub enum Error {
     /// The configured domain is not a valid JID domainpart.
     #[error("invalid XMPP domain {0:?}")]
     InvalidDomain(String),
-    /// The account name is not a valid JID localpart.
+    /// The account name is not a valid JID localpart (or bare JID).
     #[error("invalid account name {0:?}")]
     InvalidAccount(String),
+    /// The account's domain is not served by this server (add it to
+    /// [`ServerConfig::extra_domains`] or with `ServerHandle::add_domain`).
+    #[error("domain {0:?} is not served by this server")]
+    UnknownDomain(String),
     /// An injected stanza has no usable `to`.
     #[error("stanza has no valid 'to' attribute")]
     NoRecipient,

@@ -23,6 +23,33 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Several domains
+//!
+//! Besides [`ServerConfig::domain`] the server can serve extra domains
+//! ([`ServerConfig::extra_domains`], [`ServerConfig::with_extra_domain`],
+//! [`ServerHandle::add_domain`]). Accounts are named by localpart (primary domain) or by bare
+//! JID (any served domain); stanzas between served domains are routed locally by the same
+//! rules, as if the domains were federated servers. Logging in to an unserved domain gets a
+//! `<host-unknown/>` stream error; stanzas to an unserved domain get
+//! `remote-server-not-found`; an account in an unserved domain is
+//! [`Error::UnknownDomain`].
+//!
+//! ```no_run
+//! # async fn demo() -> vertebra_embedded_server::Result<()> {
+//! use vertebra_embedded_server::{EmbeddedServer, ServerConfig};
+//! let server = EmbeddedServer::start(
+//!     ServerConfig::new("localhost")
+//!         .with_extra_domain("other.localhost")
+//!         .with_account("requester", "pw")                 // requester@localhost
+//!         .with_account("stranger@other.localhost", "pw"), // stranger@other.localhost
+//! )
+//! .await?;
+//! server.add_account("agent@other.localhost", "pw")?;
+//! assert_eq!(server.domains(), ["localhost", "other.localhost"]);
+//! assert_eq!(server.bare_jid("agent@other.localhost")?.to_string(), "agent@other.localhost");
+//! # Ok(()) }
+//! ```
+//!
 //! Clients connect with plain TCP (e.g. tokio-xmpp's `Client::new_plaintext` with
 //! `DnsConfig::addr`) and authenticate with SASL PLAIN (SCRAM-SHA-1/SCRAM-SHA-256 can be
 //! enabled in [`ServerConfig::mechanisms`]).

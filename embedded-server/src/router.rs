@@ -25,7 +25,13 @@
 //!   priority (`normal`/`chat`), or all non-negative ones (`headline`); with no such resource
 //!   the sender gets `service-unavailable` (no offline storage), except for `error` messages,
 //!   which never cause errors;
-//! * anything addressed to another domain → `remote-server-not-found` (IQ get/set, messages).
+//! * anything addressed to a domain the server does not serve → `remote-server-not-found`
+//!   (IQ get/set, messages).
+//!
+//! A router can serve several domains ([`Router::add_domain`]); accounts live in any served
+//! domain ([`Router::add_account_jid`]) and stanzas between served domains are routed
+//! locally by the same rules, as if the domains were federated servers. Each served domain
+//! answers disco#info/ping for itself.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -101,7 +107,9 @@ pub const SERVER_IDENTITY_NAME: &str = "Vertebra embedded test server";
 #[derive(Debug)]
 pub struct Router {
     domain: BareJid,
-    accounts: HashSet<String>,
+    /// Every served domain, the primary one included.
+    domains: BTreeSet<BareJid>,
+    accounts: HashSet<BareJid>,
     sessions: HashMap<FullJid, Session>,
     resources: HashMap<BareJid, BTreeSet<FullJid>>,
 }
@@ -110,6 +118,7 @@ impl Router {
     /// A router for `domain` (a JID domainpart, e.g. `localhost`).
     pub fn new(domain: BareJid) -> Self {
         Router {
+            domains: [domain.clone()].into_iter().collect(),
             domain,
             accounts: HashSet::new(),
             sessions: HashMap::new(),
@@ -117,19 +126,57 @@ impl Router {
         }
     }
 
-    /// The served domain.
+    /// The primary served domain (the one given to [`Router::new`]).
     pub fn domain(&self) -> &BareJid {
         &self.domain
     }
 
-    /// Registers an account (localpart only).
-    pub fn add_account(&mut self, user: &str) {
-        self.accounts.insert(user.to_owned());
+    /// Serves one more domain (a bare JID without localpart, e.g. `other.localhost`).
+    /// Returns `false` if `domain` has a localpart (and then does nothing).
+    pub fn add_domain(&mut self, domain: BareJid) -> bool {
+        if domain.node().is_some() {
+            return false;
+        }
+        self.domains.insert(domain);
+        true
     }
 
-    /// Whether the localpart is a known account.
+    /// Whether `domain` (a domainpart) is served.
+    pub fn serves(&self, domain: &str) -> bool {
+        self.domains.iter().any(|d| d.domain().as_str() == domain)
+    }
+
+    /// Every served domain, sorted.
+    pub fn domains(&self) -> Vec<BareJid> {
+        self.domains.iter().cloned().collect()
+    }
+
+    /// Registers an account in the primary domain (localpart only). A localpart that is not
+    /// valid in a JID is ignored.
+    pub fn add_account(&mut self, user: &str) {
+        if let Ok(b) = BareJid::new(&format!("{user}@{}", self.domain)) {
+            self.accounts.insert(b);
+        }
+    }
+
+    /// Registers an account by bare JID, in any domain. Returns `false` (and does nothing)
+    /// if the JID has no localpart or its domain is not served.
+    pub fn add_account_jid(&mut self, account: &BareJid) -> bool {
+        if account.node().is_none() || !self.serves(account.domain().as_str()) {
+            return false;
+        }
+        self.accounts.insert(account.clone());
+        true
+    }
+
+    /// Whether the localpart is a known account of the primary domain.
     pub fn has_account(&self, user: &str) -> bool {
-        self.accounts.contains(user)
+        BareJid::new(&format!("{user}@{}", self.domain)).is_ok_and(|b| self.accounts.contains(&b))
+    }
+
+    /// Whether the bare JID is a known account (any served domain).
+    pub fn has_account_jid(&self, account: &BareJid) -> bool {
+        self.accounts.contains(account)
     }
 
     /// The connection of a bound session.
@@ -165,8 +212,8 @@ impl Router {
             .unwrap_or_default()
     }
 
-    /// Binds a resource for `user` on connection `conn`. `requested` is the client's
-    /// resource, or `None` to use `generated`.
+    /// Binds a resource for `user` (a localpart of the primary domain) on connection `conn`.
+    /// `requested` is the client's resource, or `None` to use `generated`.
     pub fn bind(
         &mut self,
         user: &str,
@@ -179,6 +226,20 @@ impl Router {
             Ok(b) => b,
             Err(_) => return BindOutcome::BadResource,
         };
+        self.bind_jid(&bare, requested, generated, conn, policy)
+    }
+
+    /// Binds a resource for the account `bare` (any served domain) on connection `conn`.
+    /// `requested` is the client's resource, or `None` to use `generated`.
+    pub fn bind_jid(
+        &mut self,
+        bare: &BareJid,
+        requested: Option<&str>,
+        generated: &str,
+        conn: ConnId,
+        policy: ConflictPolicy,
+    ) -> BindOutcome {
+        let bare = bare.clone();
         let resource = requested.filter(|r| !r.is_empty()).unwrap_or(generated);
         let full = match bare.with_resource_str(resource) {
             Ok(f) => f,
@@ -267,13 +328,13 @@ impl Router {
         let Some(to) = to else {
             return Target::NoTo;
         };
-        if to.domain() != self.domain.domain() {
+        if !self.serves(to.domain().as_str()) {
             return Target::Remote;
         }
-        let Some(node) = to.node() else {
+        if to.node().is_none() {
             return Target::Server;
-        };
-        if !self.accounts.contains(node.as_str()) {
+        }
+        if !self.accounts.contains(&to.to_bare()) {
             return Target::UnknownUser;
         }
         match to.try_as_full() {
@@ -442,9 +503,7 @@ impl Router {
             Iq::Set { payload, .. } => (payload, false),
             Iq::Result { .. } | Iq::Error { .. } => return Vec::new(),
         };
-        let exists = owner
-            .node()
-            .is_some_and(|n| self.accounts.contains(n.as_str()));
+        let exists = self.accounts.contains(owner);
         if !exists {
             return self.iq_error(
                 from,

@@ -63,17 +63,18 @@ pub struct EmbeddedServer;
 impl EmbeddedServer {
     /// Binds `127.0.0.1:0` and starts serving on the current tokio runtime.
     pub async fn start(config: ServerConfig) -> Result<ServerHandle> {
-        let domain = BareJid::new(&config.domain)
-            .ok()
-            .filter(|d| d.node().is_none())
-            .ok_or_else(|| Error::InvalidDomain(config.domain.clone()))?;
+        let domain = parse_domain(&config.domain)?;
+        let mut router = Router::new(domain.clone());
+        for d in &config.extra_domains {
+            router.add_domain(parse_domain(d)?);
+        }
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (sessions_tx, _) = watch::channel(0u64);
         let shared = Arc::new(Shared {
             router: Mutex::new(RouterState {
-                router: Router::new(domain.clone()),
+                router,
                 conns: HashMap::new(),
             }),
             passwords: Mutex::new(HashMap::new()),
@@ -124,20 +125,48 @@ impl ServerHandle {
         self.addr
     }
 
-    /// The served domain.
+    /// The primary served domain ([`ServerConfig::domain`]).
     pub fn domain(&self) -> &str {
         self.shared.domain.as_str()
     }
 
-    /// Adds (or changes the password of) an account at runtime.
+    /// Every served domain (primary and extra), sorted.
+    pub fn domains(&self) -> Vec<String> {
+        self.shared
+            .router
+            .lock()
+            .expect("router")
+            .router
+            .domains()
+            .into_iter()
+            .map(|d| d.to_string())
+            .collect()
+    }
+
+    /// Serves one more domain from now on (like [`ServerConfig::extra_domains`]).
+    pub fn add_domain(&self, domain: &str) -> Result<()> {
+        let d = parse_domain(domain)?;
+        self.shared
+            .router
+            .lock()
+            .expect("router")
+            .router
+            .add_domain(d);
+        Ok(())
+    }
+
+    /// Adds (or changes the password of) an account at runtime. `user` is a localpart of
+    /// the primary domain or a bare JID `user@domain` in any served domain
+    /// ([`Error::UnknownDomain`] otherwise).
     pub fn add_account(&self, user: &str, password: &str) -> Result<()> {
         self.shared.add_account(user, password)
     }
 
-    /// The bare JID `user@domain`.
+    /// The bare JID of an account name: `user@domain` for a localpart (primary domain), or
+    /// `user` itself when it already is a bare JID with a localpart. The account need not
+    /// exist.
     pub fn bare_jid(&self, user: &str) -> Result<BareJid> {
-        BareJid::new(&format!("{user}@{}", self.shared.domain))
-            .map_err(|_| Error::InvalidAccount(user.into()))
+        self.shared.account_jid(user)
     }
 
     /// Fault-injection rules.
@@ -329,7 +358,7 @@ struct Shared {
     config: ServerConfig,
     domain: BareJid,
     router: Mutex<RouterState>,
-    passwords: Mutex<HashMap<String, String>>,
+    passwords: Mutex<HashMap<BareJid, String>>,
     faults: Faults,
     trace: Trace,
     next_conn: AtomicU64,
@@ -401,27 +430,39 @@ impl Kill {
 }
 
 impl Shared {
+    /// `user` (localpart of the primary domain) or `user@domain` as a bare JID.
+    fn account_jid(&self, user: &str) -> Result<BareJid> {
+        let text = if user.contains('@') {
+            user.to_owned()
+        } else {
+            format!("{user}@{}", self.domain)
+        };
+        BareJid::new(&text)
+            .ok()
+            .filter(|b| b.node().is_some())
+            .ok_or_else(|| Error::InvalidAccount(user.into()))
+    }
+
     fn add_account(&self, user: &str, password: &str) -> Result<()> {
-        let bare = BareJid::new(&format!("{user}@{}", self.domain))
-            .map_err(|_| Error::InvalidAccount(user.into()))?;
-        let node = bare
-            .node()
-            .ok_or_else(|| Error::InvalidAccount(user.into()))?
-            .to_string();
+        let bare = self.account_jid(user)?;
+        let mut st = self.router.lock().expect("router");
+        if !st.router.add_account_jid(&bare) {
+            return Err(Error::UnknownDomain(bare.domain().to_string()));
+        }
+        drop(st);
         self.passwords
             .lock()
             .expect("passwords")
-            .insert(node.clone(), password.to_owned());
-        self.router
-            .lock()
-            .expect("router")
-            .router
-            .add_account(&node);
+            .insert(bare, password.to_owned());
         Ok(())
     }
 
-    fn password(&self, user: &str) -> Option<String> {
-        self.passwords.lock().expect("passwords").get(user).cloned()
+    fn password(&self, account: &BareJid) -> Option<String> {
+        self.passwords
+            .lock()
+            .expect("passwords")
+            .get(account)
+            .cloned()
     }
 
     fn random(&self) -> u64 {
@@ -527,10 +568,17 @@ fn serialize(item: &Outgoing) -> String {
 
 // ----- SASL account store adapters ------------------------------------------------------
 
+/// The account store as the SASL mechanisms see it: usernames are localparts of the domain
+/// the client's stream was opened to.
 #[derive(Clone)]
-struct Accounts(Arc<Shared>);
+struct Accounts(Arc<Shared>, BareJid);
 
 impl Accounts {
+    fn password(&self, user: &str) -> Option<String> {
+        let bare = BareJid::new(&format!("{user}@{}", self.1)).ok()?;
+        self.0.password(&bare)
+    }
+
     fn salt(&self, user: &str) -> Vec<u8> {
         let mut h = self.0.config.seed ^ 0x5A17;
         for b in user.bytes() {
@@ -545,7 +593,7 @@ impl Validator<secret::Plain> for Accounts {
         let Identity::Username(user) = identity else {
             return Err(ValidatorError::AuthenticationFailed);
         };
-        match self.0.password(user) {
+        match self.password(user) {
             Some(pw) if pw == value.0 => Ok(()),
             _ => Err(ValidatorError::AuthenticationFailed),
         }
@@ -558,7 +606,6 @@ impl Provider<secret::Pbkdf2Sha1> for Accounts {
             return Err(ProviderError::AuthenticationFailed);
         };
         let pw = self
-            .0
             .password(user)
             .ok_or(ProviderError::AuthenticationFailed)?;
         Ok(secret::Pbkdf2Sha1::derive(
@@ -576,7 +623,6 @@ impl Provider<secret::Pbkdf2Sha256> for Accounts {
             return Err(ProviderError::AuthenticationFailed);
         };
         let pw = self
-            .0
             .password(user)
             .ok_or(ProviderError::AuthenticationFailed)?;
         Ok(secret::Pbkdf2Sha256::derive(
@@ -590,11 +636,12 @@ sasl::impl_validator_using_provider!(Accounts, secret::Pbkdf2Sha256);
 
 fn make_mechanism(
     shared: &Arc<Shared>,
+    domain: &BareJid,
     m: &XmppMechanism,
     initial: &[u8],
 ) -> Option<Box<dyn SaslServerMechanism + Send>> {
     let offered = |x: SaslMechanism| shared.config.mechanisms.contains(&x);
-    let accounts = Accounts(shared.clone());
+    let accounts = Accounts(shared.clone(), domain.clone());
     // The sasl crate's SCRAM server rejects a gs2 header of "n" (client without channel
     // binding) when given ChannelBinding::None; with an empty tls-unique binding it accepts
     // "n,," and computes the right `c=biws`. A "y" client gets ChannelBinding::None.
@@ -834,6 +881,14 @@ async fn reject(shared: Arc<Shared>, tcp: TcpStream, id: ConnId) {
     .await;
 }
 
+/// A served domain: a valid JID domainpart.
+fn parse_domain(d: &str) -> Result<BareJid> {
+    BareJid::new(d)
+        .ok()
+        .filter(|b| b.node().is_none())
+        .ok_or_else(|| Error::InvalidDomain(d.to_owned()))
+}
+
 fn stream_error(c: StreamCondition, text: &str) -> StreamError {
     StreamError::new(c, "en", text)
 }
@@ -855,18 +910,32 @@ enum Negotiated {
 }
 
 async fn negotiate(shared: &Arc<Shared>, io: Io, cs: &Arc<ConnShared>) -> io::Result<Negotiated> {
-    let domain = shared.domain.to_string();
     let mut accepted = accept_stream(io, ns::JABBER_CLIENT, timeouts(&shared.config)).await?;
     let to = accepted.take_header().to.map(|c| c.into_owned());
+    // The stream's domain: the one the client asked for, if served.
+    let served = to
+        .as_deref()
+        .and_then(|t| BareJid::new(t).ok())
+        .filter(|d| {
+            d.node().is_none()
+                && shared
+                    .router
+                    .lock()
+                    .expect("router")
+                    .router
+                    .serves(d.domain().as_str())
+        });
+    let domain_jid = served.clone().unwrap_or_else(|| shared.domain.clone());
+    let domain = domain_jid.to_string();
     let stream_id = format!("{:016x}", shared.random());
     let pending = accepted
         .send_header(header(&domain, Some(stream_id)))
         .await?;
-    if to.as_deref() != Some(domain.as_str()) {
+    if served.is_none() {
         pending
             .send_error(&stream_error(
                 StreamCondition::HostUnknown,
-                "this server only serves its configured domain",
+                "this server does not serve the requested domain",
             ))
             .await?;
         return Ok(Negotiated::Closed);
@@ -920,7 +989,8 @@ async fn negotiate(shared: &Arc<Shared>, io: Io, cs: &Arc<ConnShared>) -> io::Re
             }
         };
         cs.since_mark.store(0, Ordering::Release);
-        let Some(mut mech) = make_mechanism(shared, &auth.mechanism, &auth.data) else {
+        let Some(mut mech) = make_mechanism(shared, &domain_jid, &auth.mechanism, &auth.data)
+        else {
             sasl_failure(&mut stream, SaslCondition::InvalidMechanism).await?;
             continue;
         };
@@ -979,6 +1049,9 @@ async fn negotiate(shared: &Arc<Shared>, io: Io, cs: &Arc<ConnShared>) -> io::Re
             }
         }
     };
+    // Validated by the mechanism against the account store, so this parses.
+    let account = BareJid::new(&format!("{user}@{domain}"))
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     let mut accepted = stream
         .accept_reset(&XmppStreamElement::Sasl(Nonza::Success(Success {
             data: success_data,
@@ -1033,8 +1106,8 @@ async fn negotiate(shared: &Arc<Shared>, io: Io, cs: &Arc<ConnShared>) -> io::Re
         let generated = format!("res-{:012x}", shared.random() & 0xFFFF_FFFF_FFFF);
         let outcome = {
             let mut st = shared.router.lock().expect("router");
-            let o = st.router.bind(
-                &user,
+            let o = st.router.bind_jid(
+                &account,
                 query.resource.as_deref(),
                 &generated,
                 cs.id,
@@ -1329,7 +1402,7 @@ fn handle_inbound(
                 if name.to_string() == "iq" && is_request {
                     if let Some(id_) = header.id.clone() {
                         let reply = Iq::Error {
-                            from: Some(shared.domain.clone().into()),
+                            from: Some(BareJid::from_parts(None, jid.domain()).into()),
                             to: Some(jid.clone().into()),
                             id: id_,
                             error: StanzaError {
