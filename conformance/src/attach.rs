@@ -199,6 +199,10 @@ pub fn full(s: &str) -> Result<FullJid, String> {
         .map_err(|e| format!("{s:?} is not a full JID: {e}"))
 }
 
+/// The second domain the embedded server serves, and the harness account in it.
+pub const FOREIGN_DOMAIN: &str = "elsewhere.example";
+pub const FOREIGN_USER: &str = "outsider";
+
 /// Start the embedded server with the harness accounts.
 pub async fn start_embedded(domain: &str) -> Result<(Arc<ServerHandle>, String), String> {
     let pw = random_hex();
@@ -212,9 +216,14 @@ pub async fn start_embedded(domain: &str) -> Result<(Arc<ServerHandle>, String),
         "agent2",
         "agent3",
         "refdispatcher",
+        crate::session::AUX_USER,
     ] {
         cfg = cfg.with_account(u, pw.clone());
     }
+    // A second served domain: harness identities of another tenant (cross-domain cases).
+    cfg = cfg
+        .with_extra_domain(FOREIGN_DOMAIN)
+        .with_account(format!("{FOREIGN_USER}@{FOREIGN_DOMAIN}"), pw.clone());
     cfg.trace_capacity = 20_000;
     let server = EmbeddedServer::start(cfg)
         .await
@@ -244,6 +253,8 @@ pub struct Plan {
     pub inject: Option<Arc<dyn Injector>>,
     pub control: Option<Arc<dyn TargetControl>>,
     pub load_interval_ms: Option<u64>,
+    /// A harness identity in another served domain (embedded server), for dispatcher cases.
+    pub foreign_jid: Option<FullJid>,
 }
 
 /// Log the harness identities in and build the session (before the implementation is ready).
@@ -317,11 +328,17 @@ pub async fn connect_session(plan: Plan, trace: &Trace) -> Result<Session, Strin
                     .await?,
                 );
             }
+            let foreign = match plan.foreign_jid {
+                Some(j) => {
+                    Some(Peer::connect("outsider", addr, j, pw, dsp_trace.clone(), login).await?)
+                }
+                None => None,
+            };
             Some(DispatcherTarget {
                 jid,
                 requester,
                 agents,
-                foreign: None,
+                foreign,
             })
         }
         None => None,
@@ -475,6 +492,7 @@ async fn attach_server(
         inject: None,
         control: None,
         load_interval_ms: None,
+        foreign_jid: None,
     };
     let session = connect_session(plan, trace).await?;
     if let Some(a) = &session.agent {
@@ -561,12 +579,12 @@ async fn attach_spawn(
     if !env_dispatcher.is_empty() {
         env.push(("VERTEBRA_DISPATCHER".to_string(), env_dispatcher));
     }
-    let control = Arc::new(crate::spawn::SpawnControl::new(
-        command.to_vec(),
-        env,
-        impl_jid.to_string(),
-        ready,
-    ));
+    let mut control =
+        crate::spawn::SpawnControl::new(command.to_vec(), env, impl_jid.to_string(), ready);
+    if args.role == Role::Agent {
+        control = control.with_aux(format!("{}@{domain}/agent", crate::session::AUX_USER));
+    }
+    let control = Arc::new(control);
     let inject: Arc<dyn Injector> = Arc::new(EmbeddedInjector {
         server: server.clone(),
     });
@@ -595,6 +613,7 @@ async fn attach_spawn(
         inject: Some(inject),
         control: Some(control.clone()),
         load_interval_ms: Some(args.load_interval_ms),
+        foreign_jid: Some(full(&format!("{FOREIGN_USER}@{FOREIGN_DOMAIN}/agent"))?),
     };
     // The harness (dispatcher role) must be online before the agent starts.
     let session = connect_session(plan, trace).await?;

@@ -3,7 +3,6 @@
 use crate::attach::{self, Attached, TargetArgs};
 use crate::baseline::Baseline;
 use crate::case::LevelLookup;
-use crate::cases::CASES;
 use crate::report::exit;
 use crate::reqindex::ReqIndex;
 use crate::runner::{self, RunConfig, RunOutput, Selection};
@@ -138,7 +137,8 @@ pub async fn run(req: RunRequest) -> i32 {
         attach::attach(&req.target, &req.command, req.time_scale, &trace).await;
     let (target, mode) = match &attached {
         Ok(a) => (a.target.clone(), a.mode.as_str().to_string()),
-        Err(_) => (describe_target(&req), "unknown".into()),
+        // The mode the arguments asked for, also when attaching failed.
+        Err(_) => (describe_target(&req), requested_mode(&req).into()),
     };
     let cfg = RunConfig {
         time_scale: req.time_scale,
@@ -170,6 +170,17 @@ pub async fn run(req: RunRequest) -> i32 {
     }
 }
 
+/// The attach mode the arguments select (what the header shows even when attaching failed).
+pub fn requested_mode(req: &RunRequest) -> &'static str {
+    if req.target.reference {
+        "reference"
+    } else if !req.command.is_empty() {
+        "spawn"
+    } else {
+        "server"
+    }
+}
+
 fn describe_target(req: &RunRequest) -> String {
     if req.target.reference {
         "reference agent + dispatcher".into()
@@ -186,8 +197,9 @@ fn describe_target(req: &RunRequest) -> String {
 
 /// `list`
 pub fn list(json: bool) -> i32 {
+    let cases = crate::fuzz::regress::all_cases();
     if json {
-        let v: Vec<serde_json::Value> = CASES
+        let v: Vec<serde_json::Value> = cases
             .iter()
             .map(|c| {
                 serde_json::json!({
@@ -199,7 +211,7 @@ pub fn list(json: bool) -> i32 {
             .collect();
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
-        for c in CASES {
+        for c in cases {
             println!(
                 "{:<22} {:<11} {:<60} {}",
                 c.id,
@@ -208,7 +220,7 @@ pub fn list(json: bool) -> i32 {
                 c.requirements.join(" ")
             );
         }
-        println!("{} cases", CASES.len());
+        println!("{} cases", cases.len());
     }
     exit::CONFORMANT
 }
@@ -217,7 +229,9 @@ pub fn list(json: bool) -> i32 {
 pub fn explain(id: &str) -> i32 {
     let idx = crate::reqsource::load();
     let up = id.to_ascii_uppercase();
-    if let Some(c) = crate::cases::find(&up) {
+    // The suite's cases and the promoted fuzz regression cases (FUZZ-REG-NNN).
+    let all = crate::fuzz::regress::all_cases();
+    if let Some(c) = all.iter().find(|c| c.id.eq_ignore_ascii_case(&up)) {
         println!("{} — {}", c.id, c.title);
         println!(
             "area: {}   subject: {:?}   budget: {} ms",
@@ -249,7 +263,7 @@ pub fn explain(id: &str) -> i32 {
                 i.page
             );
             println!("  {}", i.text);
-            let cases: Vec<_> = CASES
+            let cases: Vec<_> = all
                 .iter()
                 .filter(|c| c.requirements.contains(&i.id.as_str()))
                 .collect();

@@ -12,9 +12,10 @@ use futures::future::BoxFuture;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vertebra_reference_agent::agent::{Agent, AgentBuilder};
-use vertebra_reference_agent::config::Misbehaviour;
+use vertebra_reference_agent::config::{Misbehaviour, SpawnEnv};
 use vertebra_reference_agent::conn::ConnectOptions;
 use vertebra_reference_agent::dispatcher::{Dispatcher, DispatcherConfig};
+use vertebra_reference_agent::node::Call;
 use vertebra_reference_agent::policy::PolicyFile;
 
 pub const ACCOUNTS: &[&str] = &[
@@ -26,7 +27,27 @@ pub const ACCOUNTS: &[&str] = &[
     "agent2",
     "agent3",
     "refdispatcher",
+    crate::session::AUX_USER,
 ];
+
+/// Harness-side mutants: the reference agent configured into one violation the agent code
+/// cannot be asked for (its spawn-environment handling), each with the requirements it breaks.
+pub const HARNESS_MUTANTS: &[(&str, &[&str])] = &[
+    // The second instance enters test mode whatever VERTEBRA_TEST_PROFILE says.
+    (
+        "aux-test-mode-always",
+        &["VAP-TPF-002", "VAP-SEC-027", "VAP-TPF-020"],
+    ),
+    // The second instance provides its resource at `/`, so out-of-scope ops are served.
+    ("aux-scope-everything", &["VAP-RES-014"]),
+];
+
+pub fn harness_mutant(name: &str) -> Option<&'static [&'static str]> {
+    HARNESS_MUTANTS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, t)| *t)
+}
 
 /// Advertisement TTL the reference agent uses in reference mode (short, so re-advertising
 /// is observable within a case's budget).
@@ -45,9 +66,71 @@ pub struct ReferenceControl {
     agent_jid: String,
     pinger: Mutex<Option<crate::peer::Peer>>,
     ready: Duration,
+    /// Spawn-contract variables of the aux instance (without VERTEBRA_TEST_PROFILE).
+    aux_env: Vec<(String, String)>,
+    aux_jid: String,
+    aux: Mutex<Option<Agent>>,
+    harness_mutant: Option<&'static str>,
+}
+
+impl ReferenceControl {
+    async fn start_aux_inner(&self, test_profile: Option<String>) -> Result<String, String> {
+        self.stop_aux_inner().await;
+        let mut vars = self.aux_env.clone();
+        if let Some(v) = test_profile {
+            vars.push(("VERTEBRA_TEST_PROFILE".into(), v));
+        }
+        // The reference's own reading of the spawn contract (as its binary does).
+        let env =
+            SpawnEnv::from_lookup(|k| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
+                .map_err(|e| e.to_string())?;
+        let mut b = AgentBuilder::from_env(&env)
+            .map_err(|e| e.to_string())?
+            .handle(crate::session::SCOPED_OP, |c: Call| async move {
+                Ok(c.args.clone())
+            });
+        b = match self.harness_mutant {
+            Some("aux-scope-everything") => b.resource(crate::session::SCOPED_KEY, "/"),
+            _ => b.resource(crate::session::SCOPED_KEY, crate::session::SCOPED_PATH),
+        };
+        if self.harness_mutant == Some("aux-test-mode-always") {
+            b = b.test_profile(true);
+        }
+        let a = b.start();
+        *self.aux.lock().unwrap_or_else(|e| e.into_inner()) = Some(a.clone());
+        a.wait_online(self.ready).await.map_err(|e| e.to_string())?;
+        let p = self
+            .pinger
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(p) = p {
+            wait_ready(&p, &self.aux_jid, self.ready).await?;
+        }
+        Ok(self.aux_jid.clone())
+    }
+
+    async fn stop_aux_inner(&self) {
+        let old = self.aux.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(a) = old {
+            a.shutdown().await;
+        }
+    }
 }
 
 impl TargetControl for ReferenceControl {
+    fn start_aux(&self, test_profile: Option<String>) -> BoxFuture<'_, Result<String, String>> {
+        Box::pin(self.start_aux_inner(test_profile))
+    }
+
+    fn stop_aux(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.stop_aux_inner())
+    }
+
+    fn aux_scoped(&self) -> bool {
+        true
+    }
+
     fn restart(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
             let old = self.agent.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -102,35 +185,41 @@ pub async fn attach_reference(
     trace: &Trace,
     server: Option<Server>,
 ) -> Result<Attached, String> {
+    let harness_mutant = args
+        .mutant
+        .as_deref()
+        .and_then(|m| HARNESS_MUTANTS.iter().find(|(n, _)| *n == m))
+        .map(|(n, _)| *n);
     let mutant = match args.mutant.as_deref() {
         None => Misbehaviour::None,
+        Some(_) if harness_mutant.is_some() => Misbehaviour::None,
         Some(m) => Misbehaviour::parse(m).ok_or_else(|| format!("unknown mutant {m:?}"))?,
     };
     let ready = Duration::from_secs_f64(args.ready_timeout * scale);
     let domain = "localhost";
     let mut guards: Vec<Guard> = Vec::new();
-    let (addr, pw, inject): (String, String, Option<Arc<dyn Injector>>) =
-        match server.unwrap_or(Server::Embedded) {
-            Server::Embedded => {
-                let (srv, pw) = crate::attach::start_embedded(domain).await?;
-                let addr = srv.addr().to_string();
-                let inj: Arc<dyn Injector> = Arc::new(EmbeddedInjector {
-                    server: srv.clone(),
-                });
-                guards.push(Box::new(srv));
-                (addr, pw, Some(inj))
-            }
-            Server::Prosody => {
-                let pw = random_hex();
-                let accts: Vec<(&str, &str)> = ACCOUNTS.iter().map(|a| (*a, pw.as_str())).collect();
-                let p = vertebra_embedded_server::prosody::Prosody::start(domain, &accts)
-                    .await
-                    .map_err(|e| format!("Prosody: {e}"))?;
-                let addr = p.addr().to_string();
-                guards.push(Box::new(p));
-                (addr, pw, None)
-            }
-        };
+    let server_kind = server.unwrap_or(Server::Embedded);
+    let (addr, pw, inject): (String, String, Option<Arc<dyn Injector>>) = match server_kind {
+        Server::Embedded => {
+            let (srv, pw) = crate::attach::start_embedded(domain).await?;
+            let addr = srv.addr().to_string();
+            let inj: Arc<dyn Injector> = Arc::new(EmbeddedInjector {
+                server: srv.clone(),
+            });
+            guards.push(Box::new(srv));
+            (addr, pw, Some(inj))
+        }
+        Server::Prosody => {
+            let pw = random_hex();
+            let accts: Vec<(&str, &str)> = ACCOUNTS.iter().map(|a| (*a, pw.as_str())).collect();
+            let p = vertebra_embedded_server::prosody::Prosody::start(domain, &accts)
+                .await
+                .map_err(|e| format!("Prosody: {e}"))?;
+            let addr = p.addr().to_string();
+            guards.push(Box::new(p));
+            (addr, pw, None)
+        }
+    };
     let agent_jid = full(&format!("agent@{domain}/agent"))?;
     let dsp_jid = full(&format!("dispatcher@{domain}/dispatcher"))?;
     let refd_jid = full(&format!("refdispatcher@{domain}/dispatcher"))?;
@@ -147,12 +236,26 @@ pub async fn attach_reference(
                 .start()
         }
     };
+    let aux_jid = full(&format!("{}@{domain}/agent", crate::session::AUX_USER))?;
     let control = Arc::new(ReferenceControl {
         make: Box::new(make),
         agent: Mutex::new(None),
         agent_jid: agent_jid.to_string(),
         pinger: Mutex::new(None),
         ready,
+        aux_env: vec![
+            ("VERTEBRA_SERVER".into(), addr.clone()),
+            ("VERTEBRA_JID".into(), aux_jid.to_string()),
+            ("VERTEBRA_PASSWORD".into(), pw.clone()),
+            ("VERTEBRA_DISPATCHER".into(), dsp_jid.to_string()),
+            (
+                "VERTEBRA_LOAD_INTERVAL_MS".into(),
+                args.load_interval_ms.to_string(),
+            ),
+        ],
+        aux_jid: aux_jid.to_string(),
+        aux: Mutex::new(None),
+        harness_mutant,
     });
     let plan = Plan {
         mode: Mode::Reference,
@@ -176,6 +279,14 @@ pub async fn attach_reference(
         inject,
         control: Some(control.clone()),
         load_interval_ms: Some(args.load_interval_ms),
+        foreign_jid: match server_kind {
+            Server::Embedded => Some(full(&format!(
+                "{}@{}/agent",
+                crate::attach::FOREIGN_USER,
+                crate::attach::FOREIGN_DOMAIN
+            ))?),
+            Server::Prosody => None,
+        },
     };
     // Harness identities first (the agent advertises to the harness dispatcher on start).
     let session = connect_session(plan, trace).await?;
@@ -198,9 +309,10 @@ pub async fn attach_reference(
     read_features(&session, ready).await?;
     guards.push(Box::new(DispatcherGuard(dispatcher)));
     guards.push(Box::new(control));
-    let target = match mutant {
-        Misbehaviour::None => "reference agent + dispatcher".to_string(),
-        m => format!("reference agent + dispatcher, mutant {}", m.name()),
+    let target = match (mutant, harness_mutant) {
+        (_, Some(h)) => format!("reference agent + dispatcher, harness mutant {h}"),
+        (Misbehaviour::None, None) => "reference agent + dispatcher".to_string(),
+        (m, None) => format!("reference agent + dispatcher, mutant {}", m.name()),
     };
     Ok(Attached {
         session: Arc::new(session),

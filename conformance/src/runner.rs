@@ -387,6 +387,10 @@ pub const PARALLEL_SAFE: &[&str] = &[
     "OPS-STREAM-001",
     "OPS-STREAM-002",
     "OPS-SLEEP-001",
+    "OPS-DEADLINE-001",
+    // Only observe what the agent sends on its own (advertisements, load reports).
+    "DSC-ADVERTISE-002",
+    "LOAD-REPORT-001",
     "OPS-CANCEL-001",
     "OPS-CANCEL-002",
     "OPS-CANCEL-003",
@@ -497,8 +501,39 @@ async fn case_requester(
     Some(p)
 }
 
-/// Three groups at once: parallel-safe agent cases (several at a time, then the remaining
-/// agent cases one by one) and the dispatcher cases one by one.
+/// Agent cases that run one after the other while the parallel-safe cases run: they use the
+/// session's own requester and trace and share only the counter with other cases (no
+/// parallel-safe case calls it). The fuzz regression cases (`FUZZ-REG-*`) replay on the session's requester and join this lane.
+pub const COUNTER_LANE: &[&str] = &[
+    "OPS-DUPLICATE-001",
+    "OPS-COUNTER-001",
+    "OPS-ACK-001",
+    "SEC-AUTHZ-001",
+];
+
+/// Parallel-safe cases that wait longest (started first so the pool drains evenly).
+const LONG_FIRST: &[&str] = &[
+    "SEC-AUTHZ-002",
+    "DSC-ADVERTISE-002",
+    "LOAD-REPORT-001",
+    "OPS-STREAM-002",
+    "OPS-IQID-001",
+    "OPS-CANCEL-003",
+    "OPS-DEADLINE-001",
+];
+
+/// Cases on a second instance of the agent (one at a time; independent of the agent under
+/// test's state), run next to the other lanes.
+pub const AUX_LANE: &[&str] = &["SEC-TESTMODE-001", "OPS-SCOPE-001", "OPS-SCOPE-002"];
+
+fn in_counter_lane(c: &CaseDef) -> bool {
+    COUNTER_LANE.contains(&c.id) || c.id.starts_with("FUZZ-REG-")
+}
+
+/// Three groups at once: parallel-safe agent cases (several at a time) next to the counter
+/// lane (one by one on the session's requester), then the remaining agent cases one by one
+/// (they restart the agent, flood it or change what the harness dispatcher answers); and
+/// the dispatcher cases one by one.
 async fn run_grouped(
     chosen: &[&'static CaseDef],
     session: &Arc<Session>,
@@ -508,30 +543,51 @@ async fn run_grouped(
     emitter: &Emitter<'_>,
 ) -> std::io::Result<()> {
     use futures::StreamExt;
-    let par: Vec<&'static CaseDef> = chosen
+    let mut par: Vec<&'static CaseDef> = chosen
         .iter()
         .copied()
         .filter(|c| c.subject == Subject::Agent && PARALLEL_SAFE.contains(&c.id))
         .collect();
+    par.sort_by_key(|c| !LONG_FIRST.contains(&c.id));
+    let lane: Vec<&'static CaseDef> = chosen
+        .iter()
+        .copied()
+        .filter(|c| {
+            c.subject == Subject::Agent && !PARALLEL_SAFE.contains(&c.id) && in_counter_lane(c)
+        })
+        .collect();
     let seq: Vec<&'static CaseDef> = chosen
         .iter()
         .copied()
-        .filter(|c| c.subject == Subject::Agent && !PARALLEL_SAFE.contains(&c.id))
+        .filter(|c| {
+            c.subject == Subject::Agent
+                && !PARALLEL_SAFE.contains(&c.id)
+                && !in_counter_lane(c)
+                && !AUX_LANE.contains(&c.id)
+        })
+        .collect();
+    let aux: Vec<&'static CaseDef> = chosen
+        .iter()
+        .copied()
+        .filter(|c| c.subject == Subject::Agent && AUX_LANE.contains(&c.id))
         .collect();
     let dsp: Vec<&'static CaseDef> = chosen
         .iter()
         .copied()
         .filter(|c| c.subject == Subject::Dispatcher)
         .collect();
-    let agents = async {
+    let pool = async {
         let mut stream =
             futures::stream::iter(par.into_iter().enumerate().map(|(n, c)| async move {
                 let t = Trace::new();
                 let req = case_requester(session, c, &t, n).await;
-                let rec = if req.is_some() || session.agent.is_none() {
-                    run_case(c, session, &t, cfg.time_scale, levels, req.clone()).await
-                } else {
-                    run_case(c, session, trace, cfg.time_scale, levels, None).await
+                let rec = match &req {
+                    Some(r) => {
+                        run_case(c, session, &t, cfg.time_scale, levels, Some(r.clone())).await
+                    }
+                    // No extra identity (or no agent): one at a time on the session's
+                    // requester would race the counter lane, so report it on its own trace.
+                    None => run_case(c, session, &t, cfg.time_scale, levels, None).await,
                 };
                 if let Some(r) = req {
                     r.close().await;
@@ -542,6 +598,31 @@ async fn run_grouped(
         while let Some(rec) = stream.next().await {
             emitter.emit(rec)?;
         }
+        Ok::<(), std::io::Error>(())
+    };
+    let counter_lane = async {
+        for c in lane {
+            emitter.emit(run_case(c, session, trace, cfg.time_scale, levels, None).await)?;
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    let aux_lane = async {
+        let t = Trace::new();
+        for (n, c) in aux.into_iter().enumerate() {
+            let req = case_requester(session, c, &t, 100 + n).await;
+            let rec = run_case(c, session, &t, cfg.time_scale, levels, req.clone()).await;
+            if let Some(r) = req {
+                r.close().await;
+            }
+            emitter.emit(rec)?;
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    let agents = async {
+        let (p, l, x) = tokio::join!(pool, counter_lane, aux_lane);
+        p?;
+        l?;
+        x?;
         for c in seq {
             emitter.emit(run_case(c, session, trace, cfg.time_scale, levels, None).await)?;
         }

@@ -26,6 +26,14 @@ impl Mode {
     }
 }
 
+/// Account (localpart) of the second instance of the agent under test.
+pub const AUX_USER: &str = "agentaux";
+/// Application operation the reference aux agent serves (not a test-profile operation).
+pub const SCOPED_OP: &str = "/app/scoped";
+/// Key and path of the keyed resource the reference aux agent provides.
+pub const SCOPED_KEY: &str = "cluster";
+pub const SCOPED_PATH: &str = "/cluster/rd00";
+
 /// A variant run of a spawned command: (exit code, stdout, stderr).
 pub type VariantRun = (Option<i32>, String, String);
 
@@ -42,6 +50,26 @@ pub trait TargetControl: Send + Sync {
     /// Exit status if the process has exited.
     fn exited(&self) -> Option<String> {
         None
+    }
+    /// Start a second instance of the implementation ("aux") on the spare account
+    /// [`AUX_USER`]`@<domain>/agent`, with the spawn-contract variables of the first except
+    /// `VERTEBRA_TEST_PROFILE` = `test_profile` (`None`: unset). In reference mode the aux
+    /// agent also serves the application operation [`SCOPED_OP`] providing the resource
+    /// [`SCOPED_KEY`] = [`SCOPED_PATH`] (the resource-scoping cases). Returns its full JID once
+    /// it answers a ping; any previous aux instance is stopped first.
+    fn start_aux(
+        &self,
+        _test_profile: Option<String>,
+    ) -> futures::future::BoxFuture<'_, Result<String, String>> {
+        Box::pin(async { Err("this attach mode cannot start a second instance".to_string()) })
+    }
+    /// Stop the aux instance (if any).
+    fn stop_aux(&self) -> futures::future::BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+    /// Whether the aux instance serves [`SCOPED_OP`] with [`SCOPED_KEY`] = [`SCOPED_PATH`].
+    fn aux_scoped(&self) -> bool {
+        false
     }
     /// Spawn mode only: SIGTERM the process; `Ok(Some(code))` when it exited within `budget`.
     fn terminate(

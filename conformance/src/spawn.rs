@@ -26,6 +26,9 @@ pub struct SpawnControl {
     exit: Arc<Mutex<Option<String>>>,
     /// The harness identity used to ping (set after the session is connected).
     pub pinger: Mutex<Option<Peer>>,
+    /// Full JID of the second instance ([`TargetControl::start_aux`]), when offered.
+    pub aux_jid: Option<String>,
+    aux: tokio::sync::Mutex<Option<Child>>,
 }
 
 fn push_capped(buf: &Mutex<String>, line: &str) {
@@ -58,6 +61,58 @@ impl SpawnControl {
             stderr: Arc::new(Mutex::new(String::new())),
             exit: Arc::new(Mutex::new(None)),
             pinger: Mutex::new(None),
+            aux_jid: None,
+            aux: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Offer a second instance logging in as `jid` (same password).
+    pub fn with_aux(mut self, jid: String) -> SpawnControl {
+        self.aux_jid = Some(jid);
+        self
+    }
+
+    async fn start_aux_inner(&self, test_profile: Option<String>) -> Result<String, String> {
+        let jid = self
+            .aux_jid
+            .clone()
+            .ok_or("no account for a second instance")?;
+        self.stop_aux_inner().await;
+        let (prog, args) = self.command.split_first().ok_or("no command")?;
+        let mut cmd = Command::new(prog);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.env("VERTEBRA_JID", &jid);
+        cmd.env_remove("VERTEBRA_TEST_PROFILE");
+        if let Some(v) = &test_profile {
+            cmd.env("VERTEBRA_TEST_PROFILE", v);
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {prog:?}: {e}"))?;
+        *self.aux.lock().await = Some(child);
+        let pinger = self
+            .pinger
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match pinger {
+            Some(p) => wait_ready(&p, &jid, self.ready_budget).await?,
+            None => return Err("no harness identity to ping with".into()),
+        }
+        Ok(jid)
+    }
+
+    async fn stop_aux_inner(&self) {
+        let mut g = self.aux.lock().await;
+        if let Some(mut c) = g.take() {
+            let _ = c.kill().await;
         }
     }
 
@@ -139,6 +194,14 @@ impl SpawnControl {
 }
 
 impl TargetControl for SpawnControl {
+    fn start_aux(&self, test_profile: Option<String>) -> BoxFuture<'_, Result<String, String>> {
+        Box::pin(self.start_aux_inner(test_profile))
+    }
+
+    fn stop_aux(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.stop_aux_inner())
+    }
+
     fn terminate(&self, budget: Duration) -> BoxFuture<'_, Result<Option<i32>, String>> {
         Box::pin(SpawnControl::terminate(self, budget))
     }
