@@ -58,7 +58,7 @@ class Gems(Actor):
 
     @operation("/gem/boom")
     async def boom(self, ctx):
-        raise RuntimeError("secret path /home/x/.ssh")
+        raise RuntimeError("secret path /srv/keys/.ssh/id_rsa")
 
     @operation("/gem/oops")
     async def oops(self, ctx):
@@ -186,7 +186,7 @@ async def test_handler_failures_do_not_leak_internals():
     bus, agent, req, gems, calls = setup()
     r = await req.call(AGENT, "/gem/boom")
     assert r.outcome == "handler-failed" and r.error_type == "error"
-    assert "/home" not in r.reason and "secret" not in r.reason
+    assert "/srv" not in r.reason and ".ssh" not in r.reason and "secret" not in r.reason
     r = await req.call(AGENT, "/gem/oops")
     assert r.outcome == "handler-failed" and r.reason == "gem index unavailable"
 
@@ -308,6 +308,21 @@ async def test_malformed_ops():
         "error", "cancel", "cancelled")
     assert await outcome(op("/vertebra/test/fail", {"condition": "nope", "reason": "r"})) == (
         "error", "fatal", "bad-value")
+
+
+@async_test
+async def test_profile_optional_arguments():
+    """``stream`` without ``size`` sends no payload, ``fail`` without ``reason`` still ends with
+    the condition [VAP-TPF-004] [VAP-TPF-007] [VAP-TPF-011] (SPEC-FINDINGS B11, B17)."""
+    bus, agent, req, gems, calls = setup()
+    r = await req.call(AGENT, "/vertebra/test/stream", {"count": 2})
+    assert r.outcome == "final" and r.chunks == [{"index": 0}, {"index": 1}]
+    r = await req.call(AGENT, "/vertebra/test/stream", {"count": 1, "size": 0})
+    assert r.outcome == "final" and r.chunks == [{"index": 0}]
+    r = await req.call(AGENT, "/vertebra/test/fail", {"condition": "handler-failed"})
+    assert (r.outcome, r.error_type) == ("handler-failed", "error") and r.reason
+    r = await req.call(AGENT, "/vertebra/test/fail", {"reason": "no condition"})
+    assert r.outcome == "bad-value"
 
 
 @async_test

@@ -353,6 +353,7 @@ class AgentCore:
 
         served = _Served(frm, token, received + timeout_ms / 1000.0, window, legacy)
         self._served[token] = served
+        self._load_changed()  # one more op in flight [VAP-LOAD-006]
         scoping = {k: v for k, v in values.items() if isinstance(v, Resource)}  # [VAP-RES-011]
         foreign = domain(frm) != domain(self.transport.jid)  # [VAP-SEC-021]
         reg = None if foreign or problem or op_type is None else select_handler(
@@ -624,7 +625,7 @@ class AgentCore:
             self.dispatchers[0], "/security/authorize", args, timeout_ms=budget_ms, grace_s=0.0
         )
         answer = result.merged()
-        if not result.ok or "response" not in answer:  # [VAP-SEC-009]
+        if not result.ok or not isinstance(answer.get("response"), str):  # [VAP-SEC-009]
             log.warning("authorization for %s failed: %s", op.token, result.outcome)
             return False, "authorization-unavailable"
         allowed = answer.get("response") == "authorized"  # [VAP-SEC-008]
@@ -809,11 +810,14 @@ class AgentCore:
     # -- load --------------------------------------------------------------------------------
 
     def _full(self) -> bool:
-        return self.reject_when_full and self.inflight() >= self.capacity
+        """At capacity: as many acked ops running as ``capacity`` [VAP-OPS-082]."""
+        running = sum(1 for s in self._served.values() if s.acked and not s.terminal_sent)
+        return self.reject_when_full and running >= self.capacity
 
     def inflight(self) -> int:
-        """Ops acked and not yet ended [VAP-LOAD-002]."""
-        return sum(1 for s in self._served.values() if s.acked and not s.terminal_sent)
+        """Ops accepted (op result sent) and not yet ended, acked or not [VAP-LOAD-002] (the
+        ``inflight`` row of spec §7.2; SPEC-FINDINGS B6)."""
+        return sum(1 for s in self._served.values() if not s.terminal_sent)
 
     def load_value(self) -> float:
         if self._load_override is not None:

@@ -16,6 +16,16 @@ class ResourceError(ValueError):
     """A resource path that is not valid (bad-value on the wire)."""
 
 
+# Characters with the Unicode White_Space property [VAP-RES-008].
+WHITE_SPACE = frozenset(
+    "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+    "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+# Longest path accepted, in UTF-8 bytes [VAP-RES-018] (a receiver MAY reject longer ones; the port
+# does, like the Rust implementation, so both give the same answer).
+MAX_RESOURCE_BYTES = 4096
+
+
 def _is_control(ch: str) -> bool:
     # Unicode general category Cc: C0 and C1 control characters (and DEL).
     return unicodedata.category(ch) == "Cc"
@@ -25,7 +35,8 @@ class Resource(str):
     """A normalized resource path.
 
     Normalization: a leading ``/`` is required, one trailing ``/`` is removed, empty segments
-    (``//``) are rejected, ``/`` alone is the root (zero segments).  Segments may hold any Unicode
+    (``//``, also the path ``//`` itself) are rejected, ``/`` alone is the root (zero segments);
+    leading or trailing Unicode White_Space and paths over 4096 UTF-8 bytes are rejected.  Segments may hold any Unicode
     character except ``/`` and control characters; comparison is case-sensitive.
     """
 
@@ -36,7 +47,9 @@ class Resource(str):
             return text
         if not isinstance(text, str):
             raise ResourceError(f"resource must be a string, not {type(text).__name__}")
-        if text != text.strip(" \t\r\n"):
+        if len(text.encode("utf-8", "surrogatepass")) > MAX_RESOURCE_BYTES:
+            raise ResourceError("resource path longer than 4096 bytes")  # [VAP-RES-018]
+        if text and (text[0] in WHITE_SPACE or text[-1] in WHITE_SPACE):
             raise ResourceError(f"resource {text!r} has surrounding whitespace")  # [VAP-RES-008]
         if not text.startswith("/"):
             raise ResourceError(f"resource {text!r} does not start with '/'")  # [VAP-RES-001]

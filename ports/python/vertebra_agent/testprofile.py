@@ -31,8 +31,8 @@ def _arg(ctx: Context, name: str, kind: type, default: Any = _MISSING) -> Any:
     return v
 
 
-def _ranged(ctx: Context, name: str, lo: int, hi: int | None) -> int:
-    v = _arg(ctx, name, int)
+def _ranged(ctx: Context, name: str, lo: int, hi: int | None, default: Any = _MISSING) -> int:
+    v = _arg(ctx, name, int, default)
     if v < lo or (hi is not None and v > hi):
         raise OpFailure("fatal", "bad-value", f"argument {name!r} out of range")
     return v
@@ -59,12 +59,15 @@ class TestProfile(Actor):
 
     @operation("/vertebra/test/stream")
     async def stream(self, ctx: Context) -> None:
-        """``count`` chunks of ``index`` and ``payload`` [VAP-TPF-007], window-bounded [VAP-TPF-008]."""
+        """``count`` chunks of ``index`` and, when ``size`` > 0, ``payload`` [VAP-TPF-007],
+        window-bounded [VAP-TPF-008]; ``size`` is optional, default 0 (§12.2)."""
         count = _ranged(ctx, "count", 0, 10_000)
-        size = _ranged(ctx, "size", 0, 60_000)
-        payload = "x" * size
+        size = _ranged(ctx, "size", 0, 60_000, 0)
         for i in range(count):
-            await ctx.send({"index": i, "payload": payload})
+            chunk: dict[str, Any] = {"index": i}
+            if size > 0:
+                chunk["payload"] = "x" * size
+            await ctx.send(chunk)
 
     @operation("/vertebra/test/sleep")
     async def sleep(self, ctx: Context) -> None:
@@ -74,9 +77,10 @@ class TestProfile(Actor):
 
     @operation("/vertebra/test/fail")
     async def fail(self, ctx: Context) -> None:
-        """The error with the given condition and reason [VAP-TPF-011] [VAP-TPF-012]."""
+        """The error with the given condition and reason [VAP-TPF-011] [VAP-TPF-012]; ``reason``
+        is optional (§12.2)."""
         condition = _arg(ctx, "condition", str)
-        reason = _arg(ctx, "reason", str)
+        reason = _arg(ctx, "reason", str, "requested failure")
         etype = ERROR_CONDITIONS.get(condition)
         if etype is None:
             raise OpFailure("fatal", "bad-value", f"{condition!r} is not an error condition")

@@ -106,10 +106,15 @@ def format_datetime(t: _dt.datetime) -> str:
     if t.tzinfo is None:
         t = t.replace(tzinfo=_dt.timezone.utc)
     t = t.astimezone(_dt.timezone.utc)
-    return t.strftime("%Y%m%dT%H:%M:%SZ")
+    # Not strftime: its %Y does not zero-pad years below 1000 on every platform [VAP-VAL-024].
+    return f"{t.year:04d}{t.month:02d}{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}Z"
 
 
 def parse_datetime(text: str) -> _dt.datetime:
+    """Basic or extended form, optional ``Z``/offset (none = UTC) [VAP-VAL-025]; surrounding
+    whitespace ignored; no fractional or leap seconds, offsets within ±23:59, UTC years
+    0001 … 9999 [VAP-VAL-026]."""
+    text = text.strip(_WS)
     m = _DT_RE.match(text)
     if not m:
         raise BadValue(f"bad dateTime.iso8601 {text!r}")
@@ -128,7 +133,10 @@ def parse_datetime(text: str) -> _dt.datetime:
         if hh > 23 or mm > 59:
             raise BadValue(f"bad UTC offset in {text!r}")
         off = _dt.timezone(sign * _dt.timedelta(hours=hh, minutes=mm))
-    return t.replace(tzinfo=off).astimezone(_dt.timezone.utc)
+    try:
+        return t.replace(tzinfo=off).astimezone(_dt.timezone.utc)
+    except (OverflowError, ValueError):  # the UTC instant falls outside years 0001 … 9999
+        raise BadValue(f"dateTime.iso8601 {text!r} is outside UTC years 0001 … 9999") from None
 
 
 def parse_i4(text: str) -> int:
@@ -280,7 +288,7 @@ def decode_value(el: ET.Element, *, _depth: int = 1) -> Any:
     if kind == "dateTime.iso8601":
         return parse_datetime(_leaf_text(el, kind))
     if kind == "nil":
-        if _leaf_text(el, kind) != "":  # [VAP-VAL-027]
+        if _leaf_text(el, kind).strip(_WS):  # whitespace-only text is ignored [VAP-VAL-027]
             raise BadValue("<nil> must be empty")
         return None
     if kind == "res":
@@ -290,12 +298,20 @@ def decode_value(el: ET.Element, *, _depth: int = 1) -> Any:
             raise BadValue(str(e)) from None
     if kind == "list":
         return [decode_value(c, _depth=_depth + 1) for c in _container_children(el, kind)]
-    if kind in ("struct", "exception"):
-        fields = _decode_named_children(_container_children(el, kind), kind, _depth + 1)
-        if kind == "struct":
-            return fields
-        # other members are ignored [VAP-VAL-038]; class and message are required [VAP-VAL-036]
-        cls, msg = fields.get("class"), fields.get("message")
+    if kind == "struct":
+        return _decode_named_children(_container_children(el, kind), kind, _depth + 1)
+    if kind == "exception":
+        # Members other than class and message are ignored whatever they hold; class and
+        # message must each appear once, as strings [VAP-VAL-036] [VAP-VAL-038].
+        found: dict[str, Any] = {}
+        for child in _container_children(el, kind):
+            name = child.get("name")
+            if name not in ("class", "message"):
+                continue
+            if name in found:
+                raise BadValue(f"<exception> member {name!r} repeated")
+            found[name] = decode_value(child, _depth=_depth + 1)
+        cls, msg = found.get("class"), found.get("message")
         if not isinstance(cls, str) or not isinstance(msg, str):
             raise BadValue("<exception> needs the strings 'class' and 'message'")
         return VException(cls, msg)
@@ -362,7 +378,9 @@ def to_json(value: Any) -> Any:
     if isinstance(value, _dt.datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=_dt.timezone.utc)
-        return {"dateTime": value.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+        t = value.astimezone(_dt.timezone.utc)  # RFC 3339 in UTC [VAP-VAL-039]
+        return {"dateTime": f"{t.year:04d}-{t.month:02d}-{t.day:02d}T"
+                            f"{t.hour:02d}:{t.minute:02d}:{t.second:02d}Z"}
     if value is None:
         return {"nil": None}
     if isinstance(value, VException):
