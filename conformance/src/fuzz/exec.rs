@@ -2,7 +2,7 @@
 //! liveness (ping after every input, an echo probe at checkpoints), process exit and resident
 //! memory (spawn mode), the side-effect counter, and the stanza oracles of [`super::judge`].
 
-use super::judge::Judge;
+use super::judge::{Judge, VIA_FOREIGN};
 use super::rng::fnv;
 use super::tracefile::{
     Finding, Roles, Step, VIA_DISPATCHER, VIA_INJECT, VIA_REQUESTER, VIA_STRANGER,
@@ -306,9 +306,33 @@ impl<'a> Execution<'a> {
 
     async fn step_inner(&mut self, idx: usize, step: &Step) -> Option<Finding> {
         self.judge.step = idx;
+        self.judge.note_state(idx);
         let env = self.env;
         let target = env.target().to_string();
         match step.kind.as_str() {
+            "cut" => {
+                if let Some(f) = self.cut(idx).await {
+                    return Some(f);
+                }
+            }
+            "restart" => {
+                if let Some(f) = self.restart(idx).await {
+                    return Some(f);
+                }
+            }
+            "raw" => {
+                if let Some(f) = self.raw(idx, step).await {
+                    return Some(f);
+                }
+                // The stream may have been closed and re-opened: wait for the target on its
+                // new stream (pings can be swallowed by a broken one).
+                self.sent += 1;
+                if let Some(f) = self.barrier_patient(env.budget(10_000)).await {
+                    return Some(f);
+                }
+                self.collect();
+                return self.take_finding();
+            }
             "split" => {
                 if let Some(srv) = &env.server {
                     if let Ok(j) = target.parse::<jid::FullJid>() {
@@ -349,7 +373,13 @@ impl<'a> Execution<'a> {
                     },
                     NS_CLIENT,
                 )
-                .at("to", target.as_str());
+                .at(
+                    "to",
+                    step.to
+                        .as_deref()
+                        .map(|t| env.roles.fill(t))
+                        .unwrap_or_else(|| target.clone()),
+                );
                 if step.kind != "message" {
                     b = b.at("type", step.iq_type.as_deref().unwrap_or("set"));
                 }
@@ -372,6 +402,8 @@ impl<'a> Execution<'a> {
                         VIA_STRANGER
                     } else if from == env.roles.dispatcher {
                         VIA_DISPATCHER
+                    } else if foreign_domain(&from, &env.roles.domain) {
+                        VIA_FOREIGN
                     } else {
                         VIA_INJECT
                     };
@@ -465,6 +497,191 @@ impl<'a> Execution<'a> {
             detail: format!("no answer to XEP-0199 ping within {:?}", env.budget(5000)),
             at_step: self.judge.step,
         })
+    }
+
+    /// Like [`Self::barrier`], but keeps pinging (each ping may be lost in a broken stream)
+    /// until the target answers on its current or a new stream, at most `budget`.
+    async fn barrier_patient(&mut self, budget: Duration) -> Option<Finding> {
+        let env = self.env;
+        let end = Instant::now() + budget;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let t0 = Instant::now();
+            if matches!(
+                env.session
+                    .req
+                    .ping(env.target(), left.min(Duration::from_millis(700)))
+                    .await,
+                Ok(true)
+            ) {
+                return None;
+            }
+            if self.exit_finding().is_some() {
+                break;
+            }
+            // A bounce comes back at once: pace the next ping.
+            if t0.elapsed() < Duration::from_millis(50) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        self.collect();
+        if let Some(f) = self.exit_finding() {
+            return Some(f);
+        }
+        Some(Finding {
+            oracle: "liveness".into(),
+            requirement: "VAP-TRN-025".into(),
+            detail: format!(
+                "no answer to XEP-0199 ping within {budget:?}, on the old stream or a new one"
+            ),
+            at_step: self.judge.step,
+        })
+    }
+
+    /// Everything the server routed to the harness before now has arrived once the server
+    /// answers a ping (its queues are FIFO); then judge it.
+    async fn flush(&mut self) {
+        let env = self.env;
+        let _ = env
+            .session
+            .req
+            .ping(&env.roles.domain, env.budget(2000))
+            .await;
+        self.collect();
+    }
+
+    /// Cut the target's connection at the server (embedded), then wait for it to come back.
+    /// Ops in progress are lost with the session: [`Judge::session_lost`].
+    async fn cut(&mut self, idx: usize) -> Option<Finding> {
+        let env = self.env;
+        let (Some(srv), Ok(j)) = (&env.server, env.target().parse::<jid::FullJid>()) else {
+            self.note(
+                "harness",
+                Direction::Note,
+                format!("step {idx}: cutting a connection needs the embedded server; skipped"),
+            );
+            return None;
+        };
+        self.collect();
+        if let Err(e) = srv.disconnect(&j) {
+            self.note(
+                "harness",
+                Direction::Note,
+                format!("step {idx}: cannot cut the target's connection: {e}"),
+            );
+            return None;
+        }
+        self.note(
+            "harness",
+            Direction::Note,
+            "the server cut the target's connection".into(),
+        );
+        let _ = srv.wait_offline(&j, env.budget(3000)).await;
+        self.flush().await;
+        self.judge.session_lost(false);
+        self.back_online(&j).await
+    }
+
+    async fn back_online(&mut self, j: &jid::FullJid) -> Option<Finding> {
+        let env = self.env;
+        let srv = env.server.as_ref()?;
+        if srv.wait_online(j, env.budget(10_000)).await.is_ok() {
+            return None;
+        }
+        self.collect();
+        if let Some(f) = self.exit_finding() {
+            return Some(f);
+        }
+        Some(Finding {
+            oracle: "liveness".into(),
+            requirement: "VAP-TRN-025".into(),
+            detail: format!(
+                "the target did not bind a new session within {:?} after losing its connection",
+                env.budget(10_000)
+            ),
+            at_step: self.judge.step,
+        })
+    }
+
+    /// Stop the implementation and start it again (spawn and reference modes). The new
+    /// process starts from a counter of 0 and knows nothing of the old one's ops.
+    async fn restart(&mut self, idx: usize) -> Option<Finding> {
+        let env = self.env;
+        let Some(c) = env.session.control.clone() else {
+            self.note(
+                "harness",
+                Direction::Note,
+                format!("step {idx}: restarting needs process control; skipped"),
+            );
+            return None;
+        };
+        self.collect();
+        if let Some(f) = self.exit_finding() {
+            return Some(f);
+        }
+        if let Err(e) = c.restart().await {
+            return Some(Finding {
+                oracle: "liveness".into(),
+                requirement: "VAP-TPF-017".into(),
+                detail: format!("the implementation did not come back after a restart: {e}"),
+                at_step: self.judge.step,
+            });
+        }
+        self.note(
+            "harness",
+            Direction::Note,
+            "the implementation was restarted".into(),
+        );
+        self.flush().await;
+        self.judge.session_lost(true);
+        if self.counter_base.is_some() {
+            self.counter_base = self.read_counter().await;
+        }
+        self.rss_base = env.target_rss();
+        None
+    }
+
+    /// Write raw bytes (possibly not well-formed XML) into the target's stream (embedded).
+    /// If the target closes the stream, its ops are lost and it must come back.
+    async fn raw(&mut self, idx: usize, step: &Step) -> Option<Finding> {
+        let env = self.env;
+        let (Some(srv), Ok(j)) = (&env.server, env.target().parse::<jid::FullJid>()) else {
+            self.note(
+                "harness",
+                Direction::Note,
+                format!("step {idx}: raw bytes need the embedded server; skipped"),
+            );
+            return None;
+        };
+        let bytes = decode_raw(&env.roles.fill(step.raw.as_deref().unwrap_or("")));
+        self.collect();
+        self.note(
+            VIA_INJECT,
+            Direction::Sent,
+            format!("raw bytes: {}", String::from_utf8_lossy(&bytes)),
+        );
+        if let Err(e) = write_raw(srv, &j, bytes) {
+            self.note(
+                "harness",
+                Direction::Note,
+                format!("step {idx}: raw write failed: {e}"),
+            );
+            return None;
+        }
+        if srv.wait_offline(&j, env.budget(500)).await.is_ok() {
+            self.note(
+                "harness",
+                Direction::Note,
+                "the target's stream closed after the raw bytes".into(),
+            );
+            self.flush().await;
+            self.judge.session_lost(false);
+            return self.back_online(&j).await;
+        }
+        None
     }
 
     fn exit_finding(&self) -> Option<Finding> {
@@ -701,6 +918,45 @@ impl<'a> Execution<'a> {
     }
 }
 
+/// Is `from` a JID of another XMPP domain than `domain` (per the JID library's normalization)?
+pub fn foreign_domain(from: &str, domain: &str) -> bool {
+    match (from.parse::<jid::Jid>(), domain.parse::<jid::BareJid>()) {
+        (Ok(j), Ok(d)) => j.domain() != d.domain(),
+        _ => false,
+    }
+}
+
+/// Bytes of a `raw` step: the text, with `{{x:HH}}` standing for the byte 0xHH.
+pub fn decode_raw(s: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("{{x:") {
+        out.extend_from_slice(&rest.as_bytes()[..i]);
+        let tail = &rest[i + 4..];
+        match tail
+            .get(..2)
+            .filter(|_| tail.get(2..4) == Some("}}"))
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            Some(b) => {
+                out.push(b);
+                rest = &tail[4..];
+            }
+            None => {
+                out.extend_from_slice(b"{{x:");
+                rest = tail;
+            }
+        }
+    }
+    out.extend_from_slice(rest.as_bytes());
+    out
+}
+
+/// The embedded server's raw-bytes hook.
+fn write_raw(_srv: &ServerHandle, _to: &jid::FullJid, _bytes: Vec<u8>) -> Result<(), String> {
+    Err("this embedded server has no raw-bytes hook".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -719,5 +975,14 @@ mod tests {
         assert_eq!(map_segment("0123456789abcdef", 0), "0123456789abcdef");
         assert_eq!(map_id("f1", 0), "f1");
         assert_eq!(map_id("f1", 10), "f1~a");
+    }
+
+    #[test]
+    fn raw_bytes_and_domains() {
+        assert_eq!(decode_raw("<a{{x:ff}}>{{x:0}}"), b"<a\xff>{{x:0}}".to_vec());
+        assert_eq!(decode_raw("{{x:c3}}{{x:28}}"), vec![0xc3, 0x28]);
+        assert!(foreign_domain("m@elsewhere.example/x", "localhost"));
+        assert!(!foreign_domain("REQUESTER@LOCALHOST/x", "localhost"));
+        assert!(!foreign_domain("not a jid@@", "localhost"));
     }
 }

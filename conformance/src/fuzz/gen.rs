@@ -4,6 +4,14 @@
 //! a lifecycle stanza in an impossible state, a duplicate or colliding IQ id, a stranger
 //! replaying a requester's token, a burst, and in embedded mode injected stanzas from any
 //! address, oversized stanzas and split writes. Deterministic for a seed.
+//!
+//! Extensions drawn from a second generator (so the base sequence of a seed is unchanged and
+//! the extra inputs are inserted into it): connection cuts in the middle of an op (embedded),
+//! restarts of the implementation (spawn and reference modes), JID edge cases as `from` and
+//! `to` of injected ops (RFC 7622: Unicode and long localparts, slashes in the resource, bare
+//! JIDs, invalid JIDs, another domain), non-well-formed byte input (embedded, once the
+//! server can write raw bytes), and feedback-guided inputs: mutations of corpus entries, the
+//! inputs that produced a coverage signature not seen before ([`Gen::add_to_corpus`]).
 
 use super::rng::Rng;
 use super::tracefile::{Step, VIA_DISPATCHER, VIA_INJECT, VIA_REQUESTER, VIA_STRANGER};
@@ -22,7 +30,74 @@ pub struct GenConfig {
     pub inject: bool,
     /// The target claims the test profile.
     pub test_profile: bool,
+    /// The server can cut the target's connection (embedded server).
+    pub cut: bool,
+    /// The implementation can be restarted between inputs (spawn and reference modes).
+    pub restart: bool,
+    /// Raw bytes can be written into the target's stream (embedded server's raw hook).
+    pub raw: bool,
+    /// JID edge cases as `from` / `to` of injected ops (needs `inject`).
+    pub jid: bool,
+    /// Feedback-guided selection: a share of the inputs are mutations of corpus entries.
+    pub bias: bool,
 }
+
+impl GenConfig {
+    /// Only the base generator (the inputs of a seed before the extensions existed).
+    pub fn basic(dispatcher: bool, inject: bool, test_profile: bool) -> GenConfig {
+        GenConfig {
+            dispatcher,
+            inject,
+            test_profile,
+            cut: false,
+            restart: false,
+            raw: false,
+            jid: false,
+            bias: false,
+        }
+    }
+}
+
+/// Per mille of the inputs drawn from each extension (when it is enabled).
+const PM_CUT: u64 = 15;
+const PM_RESTART: u64 = 6;
+const PM_JID: u64 = 40;
+const PM_RAW: u64 = 50;
+const PM_CORPUS: u64 = 250;
+/// Step keys of extension inputs start here (base inputs count from 1).
+pub const EXT_KEYS: u32 = 1_000_000;
+/// Corpus bound (the most often used entries go first).
+const CORPUS_MAX: usize = 256;
+
+/// `from` values of injected ops: JID edge cases (RFC 7622) and invalid JIDs.
+const JID_FROM: &[&str] = &[
+    "{{requester_local}}@{{domain}}",
+    "{{requester_local}}@{{domain}}/{{requester_resource}}/with/slashes",
+    "{{requester_local}}@{{domain}}/a/../../b",
+    "{{requester_local_upper}}@{{domain}}/{{requester_resource}}",
+    "ünïcødé-語@{{domain}}/r",
+    "\u{1d400}\u{212b}\u{fb01}@{{domain}}/r",
+    "{{requester_local}}@{{domain}}/\u{202e}\u{200b}résource",
+    "{{requester_local}}@{{foreign_domain}}/{{requester_resource}}",
+    "mallory@{{foreign_domain}}/x",
+    "{{foreign_domain}}",
+    "{{domain}}",
+    "{{domain}}/component",
+    "@{{domain}}/r",
+    "a@b@{{domain}}/r",
+    "{{requester_local}}@{{domain}}/",
+    "{{requester_local}}@/r",
+    "",
+    "x y@{{domain}}/r",
+    "{{requester_local}}@[::1]/r",
+    "{{requester_local}}@127.0.0.1/r",
+];
+
+/// `to` values of injected ops (besides the target's full JID).
+const JID_TO: &[&str] = &[
+    "{{agent_bare}}",
+    "{{agent_local_upper}}@{{domain}}/{{agent_resource}}",
+];
 
 #[derive(Debug, Clone)]
 struct SentOp {
@@ -36,10 +111,19 @@ struct SentOp {
 /// The generator and its model of what was sent.
 pub struct Gen {
     rng: Rng,
+    /// The extensions' own generator, keys (from [`EXT_KEYS`]) and ops, so that they do not
+    /// change the base inputs of a seed.
+    xrng: Rng,
+    xkey: u32,
+    xops: Vec<SentOp>,
     cfg: GenConfig,
     next_key: u32,
     ops: Vec<SentOp>,
     pending: Vec<Step>,
+    /// Inputs that produced a new coverage signature, and how often each was mutated.
+    corpus: Vec<(Step, u32)>,
+    /// Inputs generated from the corpus so far.
+    pub biased: u64,
 }
 
 const NAMES: &[&str] = &[
@@ -101,10 +185,356 @@ impl Gen {
     pub fn new(seed: u64, cfg: GenConfig) -> Gen {
         Gen {
             rng: Rng::new(seed),
+            xrng: Rng::new(seed.rotate_left(17) ^ 0x0BAD_5EED_0FF0_0D00),
+            xkey: EXT_KEYS,
+            xops: Vec::new(),
             cfg,
             next_key: 0,
             ops: Vec::new(),
             pending: Vec::new(),
+            corpus: Vec::new(),
+            biased: 0,
+        }
+    }
+
+    /// Feedback: `step` produced a coverage signature not seen before.
+    pub fn add_to_corpus(&mut self, step: &Step) {
+        if !self.cfg.bias || step.burst {
+            return;
+        }
+        if self.corpus.len() >= CORPUS_MAX {
+            if let Some(i) = (0..self.corpus.len()).max_by_key(|i| self.corpus[*i].1) {
+                self.corpus.remove(i);
+            }
+        }
+        self.corpus.push((step.clone(), 0));
+    }
+
+    pub fn corpus_len(&self) -> usize {
+        self.corpus.len()
+    }
+
+    /// Run `f` with the extensions' generator, keys and ops in place of the base ones.
+    fn with_xrng<T>(&mut self, f: impl FnOnce(&mut Gen) -> T) -> T {
+        self.swap_ext();
+        let r = f(self);
+        self.swap_ext();
+        r
+    }
+
+    fn swap_ext(&mut self) {
+        std::mem::swap(&mut self.rng, &mut self.xrng);
+        std::mem::swap(&mut self.next_key, &mut self.xkey);
+        std::mem::swap(&mut self.ops, &mut self.xops);
+    }
+
+    /// An extension input, or `None` for a base one.
+    fn extension(&mut self) -> Option<Step> {
+        let x = self.xrng.below(1000);
+        let c = &self.cfg;
+        let agent = !c.dispatcher;
+        let mut lo = 0;
+        let mut hit = |on: bool, pm: u64| {
+            let r = on && x >= lo && x < lo + pm;
+            lo += pm;
+            r
+        };
+        let (cut, restart, jid, raw) = (
+            hit(agent && c.cut, PM_CUT),
+            hit(agent && c.restart, PM_RESTART),
+            hit(agent && c.inject && c.jid, PM_JID),
+            hit(agent && c.raw, PM_RAW),
+        );
+        let corpus = hit(c.bias && !self.corpus.is_empty(), PM_CORPUS);
+        if cut {
+            Some(self.with_xrng(Gen::cut_steps))
+        } else if restart {
+            Some(self.with_xrng(Gen::restart_step))
+        } else if jid {
+            Some(self.with_xrng(Gen::jid_step))
+        } else if raw {
+            Some(self.with_xrng(Gen::raw_step))
+        } else if corpus {
+            self.biased += 1;
+            Some(self.with_xrng(Gen::corpus_step))
+        } else {
+            None
+        }
+    }
+
+    fn bare_step(&mut self, kind: &str, note: String) -> Step {
+        Step {
+            key: self.key(),
+            via: "harness".into(),
+            kind: kind.into(),
+            iq_type: None,
+            id: None,
+            from: None,
+            xml: None,
+            burst: false,
+            to: None,
+            raw: None,
+            max: None,
+            note,
+        }
+    }
+
+    /// A long op, a cut of the target's connection while it runs, and the requester's
+    /// retransmission of the op to the reconnected target ([VAP-OPS-081], [VAP-OPS-066]).
+    fn cut_steps(&mut self) -> Step {
+        let (e, t, what) = if self.rng.chance(1, 2) {
+            let count = self.rng.range(40, 120);
+            let (e, t) = self.op_el(
+                &format!("{TEST}/stream"),
+                8000,
+                vec![
+                    val("i4", Some("count"), &count.to_string()),
+                    val("i4", Some("size"), "8"),
+                ],
+            );
+            (e, t, "stream")
+        } else if self.rng.chance(1, 2) {
+            let ms = self.rng.range(150, 400);
+            let (e, t) = self.op_el(
+                &format!("{TEST}/sleep"),
+                5000,
+                vec![val("i4", Some("ms"), &ms.to_string())],
+            );
+            (e, t, "sleep")
+        } else {
+            let (e, t) = self.op_el(&format!("{TEST}/counter"), 5000, vec![]);
+            (e, t, "counter")
+        };
+        let op = self.step(
+            VIA_REQUESTER,
+            "set",
+            Some((e, t)),
+            &format!("valid {what}, about to lose its session"),
+        );
+        let cut = self.bare_step(
+            "cut",
+            "the server cuts the target's connection (mid-op)".into(),
+        );
+        let mut again = op.clone();
+        again.key = self.key();
+        again.note = format!("retransmission of step key {} after the cut", op.key);
+        self.pending.push(cut);
+        if self.rng.chance(2, 3) {
+            self.pending.push(again);
+        }
+        op
+    }
+
+    fn restart_step(&mut self) -> Step {
+        self.bare_step(
+            "restart",
+            "stop the implementation and start it again".into(),
+        )
+    }
+
+    /// An op injected with a JID edge case as `from` (and sometimes `to`).
+    fn jid_step(&mut self) -> Step {
+        let from = self.rng.pick(JID_FROM).to_string();
+        let from = match self.rng.below(8) {
+            0 => format!("{}@{{{{domain}}}}/r", "l".repeat(1023)),
+            1 => format!("{}@{{{{domain}}}}/r", "l".repeat(1024)),
+            2 => format!(
+                "{{{{requester_local}}}}@{{{{domain}}}}/{}",
+                "r".repeat(1100)
+            ),
+            _ => from,
+        };
+        let to = if self.rng.chance(1, 4) {
+            Some(self.rng.pick(JID_TO).to_string())
+        } else {
+            None
+        };
+        let (e, t, what) = if self.rng.chance(1, 2) {
+            let (e, t) = self.op_el(&format!("{TEST}/counter"), 5000, vec![]);
+            (e, t, "counter")
+        } else {
+            let (e, t, w) = self.valid_op();
+            (e, t, w)
+        };
+        let mut s = self.step(VIA_INJECT, "set", Some((e, t)), "");
+        let shown: String = from.chars().take(60).collect();
+        s.note = format!(
+            "{what} injected from JID edge case {shown:?}{}",
+            to.as_deref()
+                .map(|t| format!(" to {t:?}"))
+                .unwrap_or_default()
+        );
+        s.from = Some(from);
+        s.to = to;
+        s
+    }
+
+    /// Bytes that are not well-formed XML, or well-formed but hostile (entities, huge
+    /// attribute counts, deep nesting, restricted XML).
+    fn raw_step(&mut self) -> Step {
+        let iq = "<iq type='get' id='raw{k}' to='{{target}}'>";
+        let k = self.next_key + 1;
+        let iq = iq.replace("{k}", &k.to_string());
+        let (bytes, what): (String, &str) = match self.rng.below(18) {
+            0 => (
+                format!("{iq}<op xmlns='http://xmlschema.engineyard.com/agent/api' tok"),
+                "truncated tag",
+            ),
+            1 => (
+                "<message to='{{target}}'><body>a{{x:c3}}{{x:28}}b{{x:ff}}{{x:fe}}</body></message>".into(),
+                "bad UTF-8 in text",
+            ),
+            2 => (
+                "<message to='{{target}}'><body>{{x:c0}}{{x:af}}{{x:ed}}{{x:a0}}{{x:80}}</body></message>".into(),
+                "overlong and surrogate UTF-8",
+            ),
+            3 => (
+                format!("{iq}<v:ping xmlns:w='urn:xmpp:ping'/></iq>"),
+                "undeclared prefix",
+            ),
+            4 => {
+                let mut d = String::from("<!DOCTYPE lolz [<!ENTITY l0 'lol'>");
+                for i in 1..10 {
+                    d.push_str(&format!("<!ENTITY l{i} '{}'>", format!("&l{};", i - 1).repeat(10)));
+                }
+                d.push_str("]><message to='{{target}}'><body>&l9;</body></message>");
+                (d, "billion laughs")
+            }
+            5 => (
+                "<!DOCTYPE m [<!ENTITY xxe SYSTEM 'file:///etc/passwd'>]><message to='{{target}}'><body>&xxe;</body></message>".into(),
+                "external entity",
+            ),
+            6 => (
+                "<message to='{{target}}'><body>&undefined; &#0; &#xD800; &#x110000;</body></message>".into(),
+                "undefined entity and invalid character references",
+            ),
+            7 => {
+                let n = *self.rng.pick(&[1000usize, 10_000]);
+                let mut a = String::from("<iq type='get' id='rawattrs' to='{{target}}'");
+                for i in 0..n {
+                    a.push_str(&format!(" a{i}='{i}'"));
+                }
+                a.push_str("><ping xmlns='urn:xmpp:ping'/></iq>");
+                (a, "huge attribute count")
+            }
+            8 => {
+                let n = *self.rng.pick(&[1000usize, 20_000]);
+                let closed = self.rng.chance(1, 2);
+                let mut d = String::from("<message to='{{target}}'>");
+                d.push_str(&"<a>".repeat(n));
+                if closed {
+                    d.push_str(&"</a>".repeat(n));
+                    d.push_str("</message>");
+                }
+                (d, if closed { "deep nesting" } else { "deep nesting, unclosed" })
+            }
+            9 => (
+                format!("{iq}<ping xmlns='urn:xmpp:ping'/></message>"),
+                "mismatched end tag",
+            ),
+            10 => (
+                "<iq type='get' type='set' id='rawdup' to='{{target}}'><ping xmlns='urn:xmpp:ping'/></iq>".into(),
+                "duplicate attribute",
+            ),
+            11 => (
+                "<?xml version='1.0'?><!-- comment --><message to='{{target}}'><?pi x?><body><![CDATA[<x>]]></body></message>".into(),
+                "restricted XML (declaration, comment, PI, CDATA)",
+            ),
+            12 => (
+                "<message to='{{target}}'><body>nul{{x:00}} ctl{{x:01}}{{x:1b}}</body></message>".into(),
+                "NUL and control bytes",
+            ),
+            13 => ("</stream:stream>".into(), "premature end of the stream"),
+            14 => (
+                "<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></stream:features>".into(),
+                "stream features mid-stream",
+            ),
+            15 => ("  \n\t  ".into(), "whitespace keepalive"),
+            16 => (
+                "<iq type='set' id='rawunk' to='{{target}}'><unknown xmlns='jabber:client'/></iq><foo xmlns='urn:x'/>".into(),
+                "unknown top-level element",
+            ),
+            _ => (
+                format!("<message to='{{{{target}}}}'><body>{}</body></message>", "é".repeat(300_000)),
+                "600 KB stanza",
+            ),
+        };
+        let mut s = self.bare_step("raw", format!("raw bytes: {what}"));
+        s.via = VIA_INJECT.into();
+        s.raw = Some(bytes);
+        s
+    }
+
+    /// A mutation of a corpus entry (least used first).
+    fn corpus_step(&mut self) -> Step {
+        let least = self.corpus.iter().map(|c| c.1).min().unwrap_or(0);
+        let cands: Vec<usize> = (0..self.corpus.len())
+            .filter(|i| self.corpus[*i].1 == least)
+            .collect();
+        let i = *self.rng.pick(&cands);
+        self.corpus[i].1 += 1;
+        let base = self.corpus[i].0.clone();
+        let parsed = base
+            .xml
+            .as_deref()
+            .filter(|_| base.kind == "iq")
+            .and_then(|x| x.parse::<Element>().ok());
+        match parsed {
+            Some(mut el) => {
+                let mut notes: Vec<&str> = Vec::new();
+                let mut token = String::new();
+                if el.is("op", NS) {
+                    if el.attr("token").is_some_and(|t| !t.contains("{{")) && self.rng.chance(3, 4)
+                    {
+                        token = self.rng.hex32();
+                        crate::xmlh::set(&mut el, "token", token.as_str());
+                    }
+                    for _ in 0..self.rng.range(0, 2) {
+                        notes.push(self.mutate_op(&mut el));
+                    }
+                }
+                let via = if base.via == VIA_INJECT || self.rng.chance(3, 4) {
+                    base.via.clone()
+                } else if base.via == VIA_REQUESTER {
+                    notes.push("sent by the stranger");
+                    VIA_STRANGER.to_string()
+                } else {
+                    notes.push("sent by the requester");
+                    VIA_REQUESTER.to_string()
+                };
+                let ty = base.iq_type.clone().unwrap_or_else(|| "set".into());
+                let mut s = self.step(&via, &ty, Some((el, token)), "");
+                s.from = base.from.clone();
+                s.to = base.to.clone();
+                s.note = format!(
+                    "corpus: step key {} ({}){}",
+                    base.key,
+                    base.note.trim_start_matches("corpus: "),
+                    if notes.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", mutated: {}", notes.join(", "))
+                    }
+                );
+                s
+            }
+            None => {
+                let mut s = base.clone();
+                s.key = self.key();
+                if let Some(r) = s.raw.as_mut() {
+                    if r.len() > 1 && self.rng.chance(1, 2) {
+                        let mut cut = self.rng.below(r.len() as u64) as usize;
+                        while !r.is_char_boundary(cut) {
+                            cut -= 1;
+                        }
+                        r.truncate(cut.max(1));
+                        s.note = format!("corpus: {} truncated to {} bytes", base.note, r.len());
+                        return s;
+                    }
+                }
+                s.note = format!("corpus: again {}", base.note);
+                s
+            }
         }
     }
 
@@ -121,6 +551,9 @@ impl Gen {
     pub fn next_step(&mut self) -> Step {
         if !self.pending.is_empty() {
             return self.pending.remove(0);
+        }
+        if let Some(s) = self.extension() {
+            return s;
         }
         if self.cfg.dispatcher {
             self.dispatcher_step()
@@ -151,6 +584,8 @@ impl Gen {
             from: None,
             xml: x.clone(),
             burst: false,
+            to: None,
+            raw: None,
             max: None,
             note: note.into(),
         };
@@ -662,6 +1097,8 @@ impl Gen {
                         from: None,
                         xml: Some(o.xml.clone()),
                         burst: false,
+                        to: None,
+                        raw: None,
                         max: None,
                         note: format!("duplicate of step key {}", o.key),
                     },
@@ -704,6 +1141,8 @@ impl Gen {
                                 from: None,
                                 xml: Some(o.xml.clone()),
                                 burst: false,
+                                to: None,
+                                raw: None,
                                 max: None,
                                 note: format!(
                                     "stranger replays the requester's op (IQ id and token) of step key {}",
@@ -852,6 +1291,8 @@ impl Gen {
                     from: None,
                     xml: None,
                     burst: false,
+                    to: None,
+                    raw: None,
                     max: Some(max),
                     note: if max == 0 {
                         "stop splitting writes".into()
@@ -947,14 +1388,68 @@ mod tests {
     #[test]
     fn same_seed_same_inputs() {
         let cfg = GenConfig {
-            dispatcher: false,
-            inject: true,
-            test_profile: true,
+            cut: true,
+            restart: true,
+            raw: true,
+            jid: true,
+            bias: true,
+            ..GenConfig::basic(false, true, true)
         };
         let mut a = Gen::new(42, cfg.clone());
         let mut b = Gen::new(42, cfg);
-        for _ in 0..300 {
-            assert_eq!(a.next_step(), b.next_step());
+        for i in 0..300 {
+            let (x, y) = (a.next_step(), b.next_step());
+            assert_eq!(x, y);
+            if i % 7 == 0 {
+                a.add_to_corpus(&x);
+                b.add_to_corpus(&y);
+            }
+        }
+        assert!(a.biased > 0);
+    }
+
+    #[test]
+    fn extensions_insert_into_the_base_sequence() {
+        // The base inputs of a seed are the same with and without the extensions.
+        let mut base = Gen::new(5, GenConfig::basic(false, true, true));
+        let mut ext = Gen::new(
+            5,
+            GenConfig {
+                cut: true,
+                restart: true,
+                raw: true,
+                jid: true,
+                bias: true,
+                ..GenConfig::basic(false, true, true)
+            },
+        );
+        let b: Vec<String> = (0..200)
+            .map(|_| base.next_step().note)
+            .filter(|n| !n.contains("burst"))
+            .collect();
+        let mut kinds = std::collections::BTreeSet::new();
+        let mut e = Vec::new();
+        let mut n = 0;
+        while e.len() < b.len() && n < 2000 {
+            n += 1;
+            let s = ext.next_step();
+            kinds.insert(s.kind.clone());
+            if n % 5 == 0 {
+                ext.add_to_corpus(&s);
+            }
+            let extra = s.note.starts_with("corpus:")
+                || s.note.contains("session")
+                || s.note.contains("after the cut")
+                || s.note.contains("JID edge")
+                || matches!(s.kind.as_str(), "cut" | "restart" | "raw")
+                || s.note.contains("burst");
+            if !extra {
+                e.push(s.note);
+            }
+        }
+        assert_eq!(b, e);
+        for k in ["cut", "restart", "raw"] {
+            assert!(kinds.contains(k), "{kinds:?}");
         }
     }
 
@@ -963,9 +1458,12 @@ mod tests {
         let mut g = Gen::new(
             3,
             GenConfig {
-                dispatcher: false,
-                inject: true,
-                test_profile: true,
+                cut: true,
+                restart: true,
+                raw: true,
+                jid: true,
+                bias: true,
+                ..GenConfig::basic(false, true, true)
             },
         );
         for _ in 0..500 {

@@ -6,7 +6,7 @@ use super::tracefile::Finding;
 use crate::cases::util::leaks_internals;
 use crate::peer::{NS, NS_STANZAS};
 use minidom::Element;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use vertebra_protocol::{Condition, OpResult, RequestToken, VertebraPayload};
 
 /// IQ-level error conditions a Vertebra entity may send ([VAP-TRN-010], [VAP-TRN-011],
@@ -29,6 +29,10 @@ const OP_ERRORS: &[&str] = &[
     "unsupported-version",
 ];
 
+/// Judge pseudo-identity of an injected op whose `from` is in another XMPP domain: it must be
+/// nacked and never run ([VAP-SEC-021]), so its increments are not expected by the counter.
+pub const VIA_FOREIGN: &str = "foreign";
+
 /// nack reasons ([VAP-ERR-002]).
 const NACK_REASONS: &[&str] = &["not-authorized", "authorization-unavailable"];
 
@@ -45,6 +49,10 @@ struct Request {
     counter_inc: bool,
     fail_reason: Option<String>,
     fail_condition: Option<String>,
+    /// Step index that sent it (coverage signatures).
+    step: usize,
+    /// Sent to a process that has since been restarted: it can no longer be answered.
+    dead: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -57,6 +65,12 @@ struct OpState {
     terminal: bool,
     fail: bool,
     fail_reason: Option<String>,
+    step: usize,
+    /// In progress when the target lost its XMPP session ([VAP-OPS-081]): no further
+    /// progress (ack, data, final) may come for it.
+    lost: bool,
+    /// Ran in a process that has since been restarted (left out of the counter model).
+    dead: bool,
 }
 
 /// The oracles' memory of one execution.
@@ -77,6 +91,10 @@ pub struct Judge {
     /// Last segments (lowercase) of the request tokens sent in this execution: lifecycle
     /// stanzas for other ops (late traffic of an earlier execution) are not judged.
     mine: HashSet<String>,
+    /// Response events per step index (coverage feedback).
+    events: HashMap<usize, BTreeSet<String>>,
+    /// Target state per step index when it was sent (coverage feedback).
+    state: HashMap<usize, String>,
 }
 
 fn canon_answer(el: &Element) -> String {
@@ -191,6 +209,8 @@ impl Judge {
             fail_condition: (is_op && op_type.ends_with("/vertebra/test/fail"))
                 .then(|| named_text(child, "condition").unwrap_or_default()),
             op_type,
+            step: self.step,
+            dead: false,
         };
         self.requests.insert(key, req);
     }
@@ -228,6 +248,10 @@ impl Judge {
                     return;
                 };
                 let ans = canon_answer(el);
+                self.event(
+                    req.step,
+                    format!("iq-{}", ans.split(":op:").next().unwrap_or("")),
+                );
                 if let Some((first, payload)) = self.answers.get(&key) {
                     if *payload == req.payload && *first != ans {
                         let d = format!(
@@ -299,10 +323,15 @@ impl Judge {
                                 terminal: false,
                                 fail: req.fail_condition.is_some(),
                                 fail_reason: req.fail_reason.clone(),
+                                step: req.step,
+                                lost: false,
+                                dead: false,
                             });
                             if r.ack {
                                 st.acked = true;
                             }
+                            let ev = if r.ack { "op-result+ack" } else { "op-result" };
+                            self.event(req.step, ev.to_string());
                             let _ = &req.op_type;
                         }
                     }
@@ -339,6 +368,22 @@ impl Judge {
                 let name = child.name().to_string();
                 let known = self.ops.get(&tok).cloned();
                 if let Some(st) = &known {
+                    if st.lost && matches!(name.as_str(), "ack" | "data" | "final") {
+                        self.find(
+                            "continued-after-session-loss",
+                            "VAP-OPS-081",
+                            format!("<{name}> for op {tok}, which was in progress when the target lost its XMPP session"),
+                        );
+                    }
+                    let ev = match &p {
+                        VertebraPayload::Error(e) => format!(
+                            "error:{}",
+                            e.condition.as_ref().map(|c| c.as_str()).unwrap_or("")
+                        ),
+                        VertebraPayload::Nack(n) => format!("nack:{}", n.reason.as_str()),
+                        _ => name.clone(),
+                    };
+                    self.event(st.step, ev);
                     if st.terminal {
                         self.find(
                             "after-terminal",
@@ -424,13 +469,15 @@ impl Judge {
 
     /// Counter accounting: (acked increments, increments still undecided).
     pub fn counter_model(&self) -> (i64, i64) {
+        let counted = |via: &str| via != super::tracefile::VIA_STRANGER && via != VIA_FOREIGN;
         let mut acked = 0;
         let mut open = 0;
         for st in self.ops.values() {
-            if st.counter_inc && st.via != super::tracefile::VIA_STRANGER {
+            if st.counter_inc && !st.dead && counted(&st.via) {
                 if st.acked {
                     acked += 1;
-                } else if !st.terminal {
+                } else if !st.terminal || st.lost {
+                    // A call lost with the session may or may not have run.
                     open += 1;
                 }
             }
@@ -439,7 +486,8 @@ impl Judge {
         let answered: HashSet<&(String, String)> = self.composite.keys().collect();
         for (k, r) in &self.requests {
             if r.counter_inc
-                && k.0 != super::tracefile::VIA_STRANGER
+                && !r.dead
+                && counted(&k.0)
                 && !answered.contains(k)
                 && !self.answers.contains_key(k)
             {
@@ -454,8 +502,69 @@ impl Judge {
         let now = std::time::Instant::now();
         self.ops
             .values()
-            .filter(|s| !s.terminal && s.until > now)
+            .filter(|s| !s.terminal && !s.lost && s.until > now)
             .count()
+    }
+
+    /// The target lost its XMPP session (cut connection; `restarted`: a new process). Call it
+    /// after everything the target sent before the loss has been judged: from then on, an
+    /// ack, data or final for an op that was in progress is a finding ([VAP-OPS-081]). A
+    /// restarted process also forgets its counter and its duplicate memory, so what it ran
+    /// before leaves the counter model and repeated IQ sets are judged afresh.
+    pub fn session_lost(&mut self, restarted: bool) {
+        for st in self.ops.values_mut() {
+            if !st.terminal {
+                st.lost = true;
+            }
+            if restarted {
+                st.dead = true;
+            }
+        }
+        if restarted {
+            for r in self.requests.values_mut() {
+                r.dead = true;
+            }
+            self.answers.clear();
+        }
+    }
+
+    fn event(&mut self, step: usize, ev: String) {
+        let set = self.events.entry(step).or_default();
+        if set.len() < 16 {
+            set.insert(ev);
+        }
+    }
+
+    /// Remember the target's state when step `step` was sent (coverage signatures).
+    pub fn note_state(&mut self, step: usize) {
+        let open = self.open_ops();
+        let bucket = match open {
+            0 => "idle",
+            1 => "1-open",
+            2..=4 => "few-open",
+            _ => "many-open",
+        };
+        self.state.insert(step, bucket.to_string());
+    }
+
+    /// Coverage signature of step `step`: what it was (`what`), every kind of answer the target
+    /// gave to it (IQ result or error condition, op result, ack, nack reason, error condition,
+    /// data, final) and the target's state when it was sent.
+    pub fn signature(&self, step: usize, what: &str) -> String {
+        let ev: Vec<&str> = self
+            .events
+            .get(&step)
+            .map(|s| s.iter().map(String::as_str).collect())
+            .unwrap_or_default();
+        format!(
+            "{what}|{}|{}",
+            if ev.is_empty() {
+                "silence".to_string()
+            } else {
+                ev.join(",")
+            },
+            self.state.get(&step).map(String::as_str).unwrap_or("-")
+        )
     }
 }
 
@@ -477,6 +586,79 @@ mod tests {
         j.on_sent("requester", &sent);
         j.on_received("requester", &el("<iq xmlns='jabber:client' type='result' id='i1' from='a@x/a'><op xmlns='http://xmlschema.engineyard.com/agent/api' token='0123456789abcdef0123456789abcdef:22222222222222222222222222222222'/></iq>"));
         assert_eq!(j.findings[0].oracle, "duplicate-reexecuted");
+    }
+
+    const OP: &str = "<op xmlns='http://xmlschema.engineyard.com/agent/api' version='1.0' token='0123456789abcdef0123456789abcdef' type='/vertebra/test/stream' timeout='5000'/>";
+
+    fn lifecycle(name: &str) -> Element {
+        el(&format!("<iq xmlns='jabber:client' type='set' id='l-{name}' from='a@x/a'><{name} xmlns='http://xmlschema.engineyard.com/agent/api' token='0123456789abcdef0123456789abcdef:11111111111111111111111111111111' seq='1' count='1'/></iq>"))
+    }
+
+    fn started() -> Judge {
+        let mut j = Judge::new("a@x/a");
+        j.own_token("0123456789abcdef0123456789abcdef");
+        j.on_sent(
+            "requester",
+            &el(&format!(
+                "<iq xmlns='jabber:client' type='set' id='i1' to='a@x/a'>{OP}</iq>"
+            )),
+        );
+        j.on_received("requester", &el("<iq xmlns='jabber:client' type='result' id='i1' from='a@x/a'><op xmlns='http://xmlschema.engineyard.com/agent/api' token='0123456789abcdef0123456789abcdef:11111111111111111111111111111111' ack='1'/></iq>"));
+        j
+    }
+
+    #[test]
+    fn progress_after_session_loss_is_a_finding() {
+        let mut j = started();
+        j.on_received("requester", &lifecycle("data"));
+        assert!(j.findings.is_empty(), "{:?}", j.findings);
+        assert_eq!(j.open_ops(), 1);
+        j.session_lost(false);
+        assert_eq!(j.open_ops(), 0);
+        // Ending the lost op with an error is allowed; more data is not.
+        j.on_received("requester", &el("<iq xmlns='jabber:client' type='set' id='e' from='a@x/a'><error xmlns='http://xmlschema.engineyard.com/agent/api' token='0123456789abcdef0123456789abcdef:11111111111111111111111111111111' type='cancel' condition='cancelled'/></iq>"));
+        assert!(j.findings.is_empty(), "{:?}", j.findings);
+        let mut k = started();
+        k.session_lost(false);
+        k.on_received("requester", &lifecycle("final"));
+        assert_eq!(k.findings[0].oracle, "continued-after-session-loss");
+        assert_eq!(k.findings[0].requirement, "VAP-OPS-081");
+    }
+
+    #[test]
+    fn counter_model_across_cuts_restarts_and_foreign_senders() {
+        let counter = "<op xmlns='http://xmlschema.engineyard.com/agent/api' version='1.0' token='0123456789abcdef0123456789abcde0' type='/vertebra/test/counter' timeout='5000'/>";
+        let mut j = Judge::new("a@x/a");
+        j.on_sent(
+            "requester",
+            &el(&format!(
+                "<iq xmlns='jabber:client' type='set' id='c1' to='a@x/a'>{counter}</iq>"
+            )),
+        );
+        j.on_sent(VIA_FOREIGN, &el(&format!("<iq xmlns='jabber:client' type='set' id='c2' to='a@x/a' from='m@else.example/x'>{counter}</iq>")));
+        // The foreign call is never expected to run; the requester's is undecided.
+        assert_eq!(j.counter_model(), (0, 1));
+        j.on_received("requester", &el("<iq xmlns='jabber:client' type='result' id='c1' from='a@x/a'><op xmlns='http://xmlschema.engineyard.com/agent/api' token='0123456789abcdef0123456789abcde0:22222222222222222222222222222222' ack='1'/></iq>"));
+        assert_eq!(j.counter_model(), (1, 0));
+        // A cut keeps what the process counted; a restart starts from a new counter.
+        j.session_lost(false);
+        assert_eq!(j.counter_model(), (1, 0));
+        j.session_lost(true);
+        assert_eq!(j.counter_model(), (0, 0));
+    }
+
+    #[test]
+    fn signatures_name_the_answers_and_the_state() {
+        let mut j = Judge::new("a@x/a");
+        j.step = 3;
+        j.note_state(3);
+        j.on_sent("requester", &el("<iq xmlns='jabber:client' type='set' id='u' to='a@x/a'><bogus xmlns='http://xmlschema.engineyard.com/agent/api'/></iq>"));
+        j.on_received("requester", &el("<iq xmlns='jabber:client' type='error' id='u' from='a@x/a'><error type='modify'><bad-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"));
+        assert_eq!(j.signature(3, "w"), "w|iq-error:bad-request|idle");
+        assert_eq!(j.signature(4, "w"), "w|silence|-");
+        let mut k = started();
+        k.on_received("requester", &lifecycle("final"));
+        assert_eq!(k.signature(0, "op"), "op|final,iq-result,op-result+ack|-");
     }
 
     #[test]

@@ -83,6 +83,8 @@ mod tests {
             from: None,
             xml: None,
             burst: false,
+            to: None,
+            raw: None,
             max: None,
             note: String::new(),
         }

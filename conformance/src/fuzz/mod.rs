@@ -58,6 +58,10 @@ pub struct FuzzConfig {
     pub max_findings: usize,
     /// Print progress.
     pub verbose: bool,
+    /// Feedback-guided input selection (corpus of inputs with new coverage signatures).
+    pub bias: bool,
+    /// Disruptive inputs: connection cuts (embedded) and restarts (spawn, reference).
+    pub disrupt: bool,
 }
 
 impl Default for FuzzConfig {
@@ -74,6 +78,8 @@ impl Default for FuzzConfig {
             replay_flags: "--reference".into(),
             max_findings: 0,
             verbose: false,
+            bias: true,
+            disrupt: true,
         }
     }
 }
@@ -108,6 +114,74 @@ pub struct FuzzReport {
     /// Findings of an oracle that had already fired (not minimized again).
     pub repeats: u64,
     pub stopped: Option<String>,
+    /// Distinct coverage signatures (input kind, kinds of answers, target state) seen.
+    pub signatures: usize,
+    /// Inputs generated from the corpus (feedback-guided).
+    pub biased_inputs: u64,
+    pub corpus: usize,
+}
+
+/// Whether the embedded server can write raw bytes into a connection.
+pub const RAW_HOOK: bool = false;
+
+/// What a step is, for its coverage signature: kind, IQ type, sender, payload element and op
+/// type (without values).
+pub fn step_what(step: &Step) -> String {
+    match step.kind.as_str() {
+        "iq" | "message" => {
+            let (name, ty) = step
+                .xml
+                .as_deref()
+                .filter(|x| x.len() < 32 * 1024)
+                .and_then(|x| x.parse::<minidom::Element>().ok())
+                .map(|e| {
+                    (
+                        e.name().to_string(),
+                        e.attr("type").unwrap_or("").to_string(),
+                    )
+                })
+                .unwrap_or_else(|| ("-".into(), String::new()));
+            let via = if step.via == tracefile::VIA_INJECT {
+                match step.from.as_deref() {
+                    Some("{{requester}}") => "inject-requester",
+                    _ => "inject-other",
+                }
+            } else {
+                step.via.as_str()
+            };
+            format!(
+                "{}:{}:{via}:{name}:{ty}",
+                step.kind,
+                step.iq_type.as_deref().unwrap_or("")
+            )
+        }
+        "raw" => format!("raw:{}", step.note.split(':').nth(1).unwrap_or("").trim()),
+        k => k.to_string(),
+    }
+}
+
+/// Coverage feedback: signatures of the steps sent since the last call (`all`: every one;
+/// otherwise those at least two steps old, whose answers have had time to come).
+fn feed_back(
+    exec: &Execution<'_>,
+    gen: &mut Gen,
+    seen: &mut HashSet<String>,
+    unsigned: &mut Vec<(usize, Step)>,
+    now: usize,
+    all: bool,
+) {
+    let keep = unsigned.split_off(
+        unsigned
+            .iter()
+            .position(|(i, _)| !all && i + 2 > now)
+            .unwrap_or(unsigned.len()),
+    );
+    for (i, s) in unsigned.drain(..) {
+        if seen.insert(exec.judge.signature(i, &step_what(&s))) {
+            gen.add_to_corpus(&s);
+        }
+    }
+    *unsigned = keep;
 }
 
 /// Build the execution environment from an attach.
@@ -156,6 +230,11 @@ pub fn env_from_session(
         dispatcher: dsp.unwrap_or_default(),
         target,
         domain: s.domain.clone(),
+        // The server's second domain when it serves one ([`Roles::fill`] has a fallback).
+        foreign_domain: server
+            .as_ref()
+            .and_then(|h| h.domains().into_iter().find(|d| *d != s.domain))
+            .unwrap_or_default(),
         secrets: vec![s.password.clone(), s.req_password.clone()],
     };
     let test_profile = !dispatcher && s.has_feature(crate::cases::util::F_TEST);
@@ -281,11 +360,22 @@ pub async fn fuzz(env: &Env, cfg: &FuzzConfig) -> FuzzReport {
     let mut gen = Gen::new(
         cfg.seed,
         GenConfig {
-            dispatcher: env.dispatcher,
-            inject: env.session.inject.is_some(),
-            test_profile: env.test_profile,
+            cut: cfg.disrupt && env.server.is_some(),
+            restart: cfg.disrupt
+                && env.session.control.is_some()
+                && env.session.mode != crate::session::Mode::Server,
+            raw: RAW_HOOK && env.server.is_some(),
+            jid: true,
+            bias: cfg.bias,
+            ..GenConfig::basic(
+                env.dispatcher,
+                env.session.inject.is_some(),
+                env.test_profile,
+            )
         },
     );
+    let mut sigs: HashSet<String> = HashSet::new();
+    let mut unsigned: Vec<(usize, Step)> = Vec::new();
     let start = Instant::now();
     let epoch = AtomicU64::new(1);
     let mut exec = Execution::start(env, epoch.fetch_add(1, Ordering::Relaxed), false).await;
@@ -301,6 +391,9 @@ pub async fn fuzz(env: &Env, cfg: &FuzzConfig) -> FuzzReport {
         unconfirmed: Vec::new(),
         repeats: 0,
         stopped: None,
+        signatures: 0,
+        biased_inputs: 0,
+        corpus: 0,
     };
     let mut seen: HashSet<String> = HashSet::new();
     let mut time_in_minimize = Duration::ZERO;
@@ -315,13 +408,18 @@ pub async fn fuzz(env: &Env, cfg: &FuzzConfig) -> FuzzReport {
             report.inputs += 1;
             let idx = window.len() - 1;
             let f = exec.step(idx, step).await;
-            found = if f.is_none() && !step.burst && window.len() % cfg.probe_every.max(1) == 0 {
-                exec.checkpoint().await
-            } else {
-                f
-            };
+            unsigned.push((idx, step.clone()));
+            let probe = f.is_none() && !step.burst && window.len() % cfg.probe_every.max(1) == 0;
+            found = if probe { exec.checkpoint().await } else { f };
+            if !step.burst {
+                feed_back(&exec, &mut gen, &mut sigs, &mut unsigned, idx, probe);
+            }
         } else {
             found = exec.checkpoint().await;
+        }
+        if found.is_some() || window.len() >= 400 || step.is_none() {
+            let now = window.len();
+            feed_back(&exec, &mut gen, &mut sigs, &mut unsigned, now, true);
         }
         if cfg.verbose && last_print.elapsed() > Duration::from_secs(5) {
             last_print = Instant::now();
@@ -403,6 +501,9 @@ pub async fn fuzz(env: &Env, cfg: &FuzzConfig) -> FuzzReport {
             break;
         }
     }
+    report.signatures = sigs.len();
+    report.biased_inputs = gen.biased;
+    report.corpus = gen.corpus_len();
     report.elapsed_s = start.elapsed().as_secs_f64();
     let fuzz_time = (start.elapsed() - time_in_minimize).as_secs_f64().max(1e-9);
     report.inputs_per_s = report.inputs as f64 / fuzz_time;
@@ -524,6 +625,12 @@ pub struct FuzzArgs {
     /// Multiply every time budget by F.
     #[arg(long, default_value_t = 1.0)]
     pub time_scale: f64,
+    /// No feedback-guided selection (the unbiased generator, for comparison).
+    #[arg(long)]
+    pub no_bias: bool,
+    /// No disruptive inputs (connection cuts, restarts of the implementation).
+    #[arg(long)]
+    pub no_disrupt: bool,
     /// Instead of fuzzing: promote a finding trace to a regression case (copied into
     /// --regressions with the next free FUZZ-REG-NNN ID, or --id).
     #[arg(long, value_name = "TRACE")]
@@ -628,6 +735,8 @@ pub fn cli_fuzz(a: FuzzArgs) -> i32 {
             replay_flags: attach_flags(&a.target, &a.command),
             max_findings: a.max_findings,
             verbose: true,
+            bias: !a.no_bias,
+            disrupt: !a.no_disrupt,
         };
         println!(
             "vertebra-conformance fuzz — {} mode, target {} ({}), seed {}, budget {} inputs{}",
@@ -647,6 +756,8 @@ pub fn cli_fuzz(a: FuzzArgs) -> i32 {
             "seed": rep.seed, "inputs": rep.inputs, "elapsed_s": rep.elapsed_s,
             "inputs_per_s": rep.inputs_per_s, "stanzas_judged": rep.stanzas_judged,
             "restarts": rep.restarts, "repeats": rep.repeats, "stopped": rep.stopped,
+            "signatures": rep.signatures, "biased_inputs": rep.biased_inputs,
+            "corpus": rep.corpus, "bias": !a.no_bias,
             "unconfirmed": rep.unconfirmed.iter().map(|f| serde_json::json!({
                 "oracle": f.finding.oracle, "detail": f.finding.detail, "trace": f.path,
             })).collect::<Vec<_>>(),
@@ -690,6 +801,13 @@ pub fn cli_fuzz(a: FuzzArgs) -> i32 {
         println!(
             "{} inputs in {:.1} s ({:.0} inputs/s outside minimization), {} stanzas judged, {} restarts",
             rep.inputs, rep.elapsed_s, rep.inputs_per_s, rep.stanzas_judged, rep.restarts
+        );
+        println!(
+            "coverage: {} distinct signatures; {} inputs from a corpus of {}{}",
+            rep.signatures,
+            rep.biased_inputs,
+            rep.corpus,
+            if a.no_bias { " (bias off)" } else { "" }
         );
         println!(
             "{} findings ({} repeats of an oracle already reported); summary: {}",

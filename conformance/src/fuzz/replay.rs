@@ -48,6 +48,7 @@ pub fn default_roles() -> Roles {
         dispatcher: "dispatcher@localhost/dispatcher".into(),
         target: "agent@localhost/agent".into(),
         domain: "localhost".into(),
+        foreign_domain: String::new(),
         secrets: Vec::new(),
     }
 }
@@ -118,6 +119,8 @@ pub fn steps_from_events(events: &[TraceEvent], roles: &Roles) -> Vec<Step> {
             from: None,
             xml: Some(roles.canonical(&String::from(child))),
             burst: false,
+            to: None,
+            raw: None,
             max: None,
             note: "recorded".into(),
         });

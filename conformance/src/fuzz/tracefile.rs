@@ -5,7 +5,10 @@
 //! Placeholders in step XML: `{{agent}}`, `{{requester}}`, `{{stranger}}`, `{{dispatcher}}`
 //! (the harness's dispatcher identity), `{{target}}` (the implementation under test),
 //! `{{domain}}`, and `{{tok:K}}` — the composite token the implementation returned for the op
-//! sent by the step whose `key` is K.
+//! sent by the step whose `key` is K. For JID edge cases: `{{requester_local}}`,
+//! `{{requester_local_upper}}`, `{{requester_resource}}`, `{{agent_bare}}`,
+//! `{{agent_local_upper}}` and `{{foreign_domain}}` (a second domain the server serves, or an
+//! unserved one). In `raw` bytes, `{{x:HH}}` is the byte 0xHH (non-UTF-8 input).
 
 use crate::trace::TraceEvent;
 use serde::{Deserialize, Serialize};
@@ -27,8 +30,11 @@ pub struct Step {
     pub key: u32,
     /// `requester`, `stranger`, `dispatcher` or `inject`.
     pub via: String,
-    /// `iq` (default), `message`, or `split` (embedded: split the server's writes to the
-    /// implementation into pieces of at most `max` bytes; 0 stops splitting).
+    /// `iq` (default), `message`, `split` (embedded: split the server's writes to the
+    /// implementation into pieces of at most `max` bytes; 0 stops splitting), `cut`
+    /// (embedded: the server cuts the implementation's connection, the harness waits for it
+    /// to reconnect), `restart` (spawn and reference modes: stop the implementation and start
+    /// it again), `raw` (embedded: write the bytes of `raw` into the implementation's stream).
     #[serde(default = "default_kind")]
     pub kind: String,
     /// IQ type (`set`, `get`, `result`, `error`).
@@ -47,6 +53,12 @@ pub struct Step {
     pub burst: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max: Option<usize>,
+    /// `to` of an injected stanza (placeholders allowed; default: the target).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Bytes of a `raw` step (placeholders allowed, `{{x:HH}}` for any byte).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<String>,
     /// What the generator meant (for humans).
     #[serde(default)]
     pub note: String,
@@ -157,6 +169,8 @@ pub struct Roles {
     pub dispatcher: String,
     pub target: String,
     pub domain: String,
+    /// Another XMPP domain (the server's second domain when it has one).
+    pub foreign_domain: String,
     /// Secrets to redact from recordings (account passwords).
     pub secrets: Vec<String>,
 }
@@ -167,7 +181,36 @@ impl Roles {
         if !s.contains("{{") {
             return s.to_string();
         }
-        s.replace("{{agent}}", &self.agent)
+        let local = |j: &str| {
+            j.split_once('@')
+                .map(|x| x.0.to_string())
+                .unwrap_or_default()
+        };
+        let bare = |j: &str| {
+            j.split_once('/')
+                .map(|x| x.0.to_string())
+                .unwrap_or(j.into())
+        };
+        let resource = |j: &str| {
+            j.split_once('/')
+                .map(|x| x.1.to_string())
+                .unwrap_or_default()
+        };
+        let foreign = if self.foreign_domain.is_empty() {
+            "elsewhere.example"
+        } else {
+            self.foreign_domain.as_str()
+        };
+        s.replace("{{requester_local}}", &local(&self.requester))
+            .replace(
+                "{{requester_local_upper}}",
+                &local(&self.requester).to_uppercase(),
+            )
+            .replace("{{requester_resource}}", &resource(&self.requester))
+            .replace("{{agent_bare}}", &bare(&self.agent))
+            .replace("{{agent_local_upper}}", &local(&self.agent).to_uppercase())
+            .replace("{{foreign_domain}}", foreign)
+            .replace("{{agent}}", &self.agent)
             .replace("{{requester}}", &self.requester)
             .replace("{{stranger}}", &self.stranger)
             .replace("{{dispatcher}}", &self.dispatcher)
@@ -232,6 +275,7 @@ mod tests {
             dispatcher: "dispatcher@localhost/dispatcher".into(),
             target: "agent@localhost/agent".into(),
             domain: "localhost".into(),
+            foreign_domain: String::new(),
             secrets: vec!["s3cr3tpw".into()],
         };
         let real =
