@@ -129,16 +129,26 @@ pub(crate) struct Pending {
     pub timeout_at: Millis,
     /// When a scheduled retry is due (None when waiting for an answer).
     pub retry_at: Option<Millis>,
+    /// The per-IQ timeout of each attempt (`[VAP-OPS-063]`).
+    pub iq_timeout: Millis,
 }
 
 impl Pending {
     /// `limit`: no single wait goes past it.
     pub fn new(iq: OutIq, now: Millis, limit: Millis) -> Self {
+        Self::with_timeout(iq, now, limit, IQ_TIMEOUT_MS)
+    }
+
+    /// Like [`Pending::new`] with a per-IQ timeout other than the default
+    /// (`[VAP-OPS-063]`: "its per-IQ timeout (10000 ms by default)").
+    pub fn with_timeout(iq: OutIq, now: Millis, limit: Millis, iq_timeout: Millis) -> Self {
+        let iq_timeout = iq_timeout.max(1);
         Pending {
             iq,
             attempts: 1,
-            timeout_at: (now + IQ_TIMEOUT_MS).min(limit),
+            timeout_at: (now + iq_timeout).min(limit),
             retry_at: None,
+            iq_timeout,
         }
     }
 
@@ -161,7 +171,7 @@ impl Pending {
     pub fn fire(&mut self, now: Millis, limit: Millis) -> OutIq {
         self.retry_at = None;
         self.attempts += 1;
-        self.timeout_at = (now + IQ_TIMEOUT_MS).min(limit);
+        self.timeout_at = (now + self.iq_timeout).min(limit);
         self.iq.clone()
     }
 
@@ -223,6 +233,13 @@ impl DedupCache {
         self.order.push_back((now, key.0.clone(), key.1.clone()));
         self.map.insert(key, (now, answer.body.clone()));
         self.expire(now);
+    }
+
+    /// Forget the answer to (from, id). Only for test mutants that deliberately violate
+    /// `[VAP-OPS-067]` (process a repeated IQ set again); a conforming peer never calls it.
+    #[doc(hidden)]
+    pub fn forget(&mut self, from: &Jid, id: &str) {
+        self.map.remove(&(from.to_string(), id.to_string()));
     }
 
     /// Number of remembered answers.

@@ -42,6 +42,7 @@ pub struct Calls {
     next: CallId,
     by_answer: HashMap<Key, CallId>,
     by_token: HashMap<Key, CallId>,
+    iq_timeout: Option<Millis>,
 }
 
 type CallOut = Vec<Output<CallEvent>>;
@@ -73,6 +74,12 @@ impl Calls {
         }
     }
 
+    /// Use a per-IQ timeout other than the 10 s default for calls started from now on
+    /// (`[VAP-OPS-063]`, see [`Requester::start_with_iq_timeout`]).
+    pub fn set_iq_timeout(&mut self, iq_timeout: Millis) {
+        self.iq_timeout = Some(iq_timeout);
+    }
+
     /// Start a call (see [`Requester::start`]).
     pub fn start(
         &mut self,
@@ -81,7 +88,8 @@ impl Calls {
         iq_id: impl Into<String>,
         now: Millis,
     ) -> Result<(CallId, CallOut), ProtocolError> {
-        let (r, out) = Requester::start(to, op, iq_id, now)?;
+        let t = self.iq_timeout.unwrap_or(crate::machine::IQ_TIMEOUT_MS);
+        let (r, out) = Requester::start_with_iq_timeout(to, op, iq_id, now, t)?;
         self.next += 1;
         let id = self.next;
         self.calls.insert(id, r);
@@ -193,6 +201,26 @@ impl Calls {
             },
         };
         (None, vec![Output::Send(answer)])
+    }
+
+    /// End one call locally without sending anything (see [`Requester::abandon`]).
+    pub fn abandon(
+        &mut self,
+        id: CallId,
+        condition: crate::Condition,
+        reason: impl Into<String>,
+    ) -> CallOut {
+        let out = match self.calls.get_mut(&id) {
+            Some(r) => r.abandon(condition, reason),
+            None => return Vec::new(),
+        };
+        self.reap(id);
+        out
+    }
+
+    /// Ids of the running calls.
+    pub fn ids(&self) -> Vec<CallId> {
+        self.calls.keys().copied().collect()
     }
 
     /// Unavailable presence from `from`: every call to it ends (`[VAP-OPS-077]`).
@@ -335,6 +363,13 @@ impl Responders {
         (Some(id), out)
     }
 
+    /// Forget the remembered answer to (from, id), so a repeated op IQ is processed again.
+    /// Only for test mutants that deliberately violate `[VAP-OPS-067]`.
+    #[doc(hidden)]
+    pub fn forget_answer(&mut self, from: &Jid, id: &str) {
+        self.dedup.forget(from, id);
+    }
+
     /// A non-op IQ set from a requester (a cancel). Duplicates get the same answer.
     pub fn handle_iq_set(
         &mut self,
@@ -425,6 +460,21 @@ impl Responders {
         Ok(out)
     }
 
+    /// Our XMPP session was lost: every running op is abandoned, none is resumed or continued
+    /// on the next session (`[VAP-OPS-081]`, see [`Responder::abandon`]). The duplicate table
+    /// is kept, so a retransmitted op IQ still gets its first answer and is not run again
+    /// (`[VAP-OPS-067]`).
+    pub fn abandon_all(&mut self) -> Vec<(OpId, OpOut)> {
+        let ids: Vec<OpId> = self.ops.keys().copied().collect();
+        ids.into_iter()
+            .filter_map(|c| {
+                let out = self.ops.get_mut(&c)?.abandon();
+                self.reap(c);
+                Some((c, out))
+            })
+            .collect()
+    }
+
     /// See [`Responder::authorize`].
     pub fn authorize(
         &mut self,
@@ -480,5 +530,148 @@ impl Responders {
     /// The earliest timer of all ops.
     pub fn next_timeout(&self) -> Option<Millis> {
         self.ops.values().filter_map(Responder::next_timeout).min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Condition;
+    use crate::machine::IqBody;
+    use crate::responder::ResponderEvent;
+    use crate::{RequestToken, Resource, Token};
+
+    fn j(s: &str) -> Jid {
+        Jid::new(s).unwrap()
+    }
+
+    fn op(timeout: u32) -> Op {
+        Op::new(
+            RequestToken::Single(Token::generate().unwrap()),
+            &Resource::parse("/x").unwrap(),
+            timeout,
+        )
+    }
+
+    fn sends<E>(out: &[Output<E>]) -> Vec<OutIq> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Send(s) => Some(s.clone()),
+                Output::Event(_) => None,
+            })
+            .collect()
+    }
+
+    /// [VAP-OPS-063] a shorter per-IQ timeout; [VAP-OPS-068] the retransmission reuses the id;
+    /// [VAP-OPS-074] at most 4 attempts; [VAP-OPS-079] then responder-gone.
+    #[test]
+    fn iq_timeout_is_configurable_and_retries_reuse_the_id() {
+        let aj = j("agent@example.net/a");
+        let mut calls = Calls::new();
+        calls.set_iq_timeout(500);
+        let (cid, out) = calls.start(aj.clone(), &op(60_000), "op-1", 0).unwrap();
+        assert_eq!(sends(&out).len(), 1);
+        assert_eq!(calls.next_timeout(), Some(500));
+        let mut now = 0;
+        let mut attempts = 1;
+        let mut ended = None;
+        while let Some(t) = calls.next_timeout() {
+            now = t;
+            for (c, out) in calls.handle_timeout(now) {
+                assert_eq!(c, cid);
+                for o in out {
+                    match o {
+                        Output::Send(s) => {
+                            assert_eq!(s.id, "op-1");
+                            attempts += 1;
+                        }
+                        Output::Event(CallEvent::Ended(o)) => ended = Some(o),
+                        Output::Event(_) => {}
+                    }
+                }
+            }
+        }
+        assert_eq!(attempts, 4);
+        let o = ended.expect("ended");
+        assert_eq!(o.condition, Some(Condition::ResponderGone));
+        assert!(
+            now < 5_000,
+            "ended after 4 × 500 ms (+ back-off), not 4 × 10 s: {now}"
+        );
+        assert!(calls.is_empty());
+    }
+
+    #[test]
+    fn abandon_ends_a_call_without_sending() {
+        let aj = j("agent@example.net/a");
+        let mut calls = Calls::new();
+        let (cid, _) = calls.start(aj, &op(60_000), "op-1", 0).unwrap();
+        assert_eq!(calls.ids(), vec![cid]);
+        let out = calls.abandon(cid, Condition::Other("connection-lost".into()), "lost");
+        assert!(sends(&out).is_empty());
+        assert!(matches!(
+            out.as_slice(),
+            [Output::Event(CallEvent::Ended(o))] if o.condition == Some(Condition::Other("connection-lost".into()))
+        ));
+        assert!(calls.is_empty());
+        assert!(calls.abandon(cid, Condition::Cancelled, "again").is_empty());
+    }
+
+    /// [VAP-OPS-081] ops of a lost session are stopped, send nothing more, and a retransmitted
+    /// op IQ is still answered from the duplicate table and not run again ([VAP-OPS-067]).
+    #[test]
+    fn session_loss_abandons_every_op() {
+        let rj = j("ops@example.net/console");
+        let aj = j("agent@example.net/agent");
+        let mut ops = Responders::new(
+            ResponderConfig {
+                own_jid: aj.clone(),
+                values_on_final: true,
+            },
+            100,
+        );
+        let o = op(60_000);
+        let el = o.to_element();
+        let (id, out) = ops.receive_op(
+            &rj,
+            "op-1",
+            false,
+            &el,
+            0,
+            Token::generate().unwrap(),
+            |_| Route::Handler { cached: Some(true) },
+        );
+        let id = id.unwrap();
+        assert!(out
+            .iter()
+            .any(|o| matches!(o, Output::Event(ResponderEvent::Start))));
+        ops.chunk(id, Args::new(), 1).unwrap();
+        assert_eq!(ops.len(), 1);
+        let all = ops.abandon_all();
+        assert_eq!(all.len(), 1);
+        let (aid, out) = &all[0];
+        assert_eq!(*aid, id);
+        assert!(sends(out).is_empty(), "nothing is sent for an abandoned op");
+        assert!(matches!(out[0], Output::Event(ResponderEvent::Stop(_))));
+        assert!(matches!(
+            out.last(),
+            Some(Output::Event(ResponderEvent::Ended(Some(_))))
+        ));
+        assert!(ops.is_empty());
+        assert_eq!(ops.next_timeout(), None);
+        // the handler's late events are refused
+        assert!(ops.finish(id, None, 2).is_err());
+        // a retransmission of the op IQ: same answer, not run again
+        let (again, out) = ops.receive_op(
+            &rj,
+            "op-1",
+            false,
+            &el,
+            3,
+            Token::generate().unwrap(),
+            |_| Route::Handler { cached: Some(true) },
+        );
+        assert!(again.is_none());
+        assert!(matches!(&sends(&out)[..], [s] if matches!(s.body, IqBody::Result(Some(_)))));
     }
 }

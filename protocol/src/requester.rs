@@ -133,6 +133,7 @@ pub struct Requester {
     op_deadline: Millis,
     hard_deadline: Millis,
     outcome: Option<Outcome>,
+    iq_timeout: Millis,
 }
 
 impl Requester {
@@ -143,6 +144,20 @@ impl Requester {
         op: &Op,
         iq_id: impl Into<String>,
         now: Millis,
+    ) -> Result<(Self, Vec<Out>), ProtocolError> {
+        Self::start_with_iq_timeout(to, op, iq_id, now, crate::machine::IQ_TIMEOUT_MS)
+    }
+
+    /// Like [`Requester::start`] with a per-IQ timeout other than the 10 s default
+    /// (`[VAP-OPS-063]`); it bounds each attempt of the op IQ and of the cancel IQ, and a call
+    /// whose op IQ is never answered ends `responder-gone` after the last attempt
+    /// (`[VAP-OPS-079]`).
+    pub fn start_with_iq_timeout(
+        to: Jid,
+        op: &Op,
+        iq_id: impl Into<String>,
+        now: Millis,
+        iq_timeout: Millis,
     ) -> Result<(Self, Vec<Out>), ProtocolError> {
         if op.version == Version::V1_0 && op.timeout.is_none() {
             return Err(ProtocolError::misuse("a 1.0 op needs a timeout"));
@@ -167,10 +182,11 @@ impl Requester {
             request_token: op.token.clone(),
             legacy_op: op.is_legacy(),
             token: None,
-            op_iq: Some(Pending::new(
+            op_iq: Some(Pending::with_timeout(
                 iq.clone(),
                 now,
                 op_deadline + DEADLINE_GRACE_MS,
+                iq_timeout,
             )),
             cancel_iq: None,
             cancel_requested: false,
@@ -183,6 +199,7 @@ impl Requester {
             op_deadline,
             hard_deadline: op_deadline + DEADLINE_GRACE_MS,
             outcome: None,
+            iq_timeout,
         };
         Ok((r, vec![Output::Send(iq)]))
     }
@@ -267,7 +284,12 @@ impl Requester {
             id,
             body: IqBody::Set(Cancel { token }.to_element()),
         };
-        self.cancel_iq = Some(Pending::new(iq.clone(), now, self.hard_deadline));
+        self.cancel_iq = Some(Pending::with_timeout(
+            iq.clone(),
+            now,
+            self.hard_deadline,
+            self.iq_timeout,
+        ));
         Some(Output::Send(iq))
     }
 
@@ -393,6 +415,17 @@ impl Requester {
                 format!("op IQ answered with {:?}", error.defined_condition),
             )],
         }
+    }
+
+    /// End the call locally without sending anything, e.g. because our own XMPP session was
+    /// lost: answers to its IQs and the responder's stanzas went to the old session and can
+    /// never arrive, so waiting would only delay the terminal outcome (`[VAP-OPS-080]`).
+    /// `condition` is the local outcome (for example `connection-lost`).
+    pub fn abandon(&mut self, condition: Condition, reason: impl Into<String>) -> Vec<Out> {
+        if self.is_done() {
+            return Vec::new();
+        }
+        vec![self.end_local(condition, reason)]
     }
 
     /// Unavailable presence from `from` (`[VAP-OPS-077]`).

@@ -305,6 +305,11 @@ impl Responder {
             && (self.data_out.contains_key(id)
                 || self.control.as_ref().is_some_and(|p| p.iq.id == id))
     }
+    /// Chunks accepted from the handler and not sent yet (waiting for room in the data window,
+    /// `[VAP-OPS-035]`). A shell uses it to hold a streaming handler back.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
     /// Ids of the IQ sets this op is waiting on.
     pub fn pending_ids(&self) -> impl Iterator<Item = &str> {
         self.data_out
@@ -627,6 +632,31 @@ impl Responder {
             ))));
         }
         self.finish_done(out);
+    }
+
+    /// Our XMPP session was lost (`[VAP-OPS-081]`): the op is neither resumed nor continued.
+    /// Nothing is sent (answers would reach no one, and a new session must not carry on the
+    /// op); the handler is stopped and the op ends with the local condition `session-lost`.
+    pub fn abandon(&mut self) -> Vec<Out> {
+        let mut out = Vec::new();
+        if self.is_done() {
+            return out;
+        }
+        let running = matches!(
+            self.phase,
+            Phase::Running | Phase::AckSent | Phase::Authorizing
+        );
+        if running {
+            out.push(Output::Event(ResponderEvent::Stop(Condition::Other(
+                "session-lost".into(),
+            ))));
+        }
+        if self.end_condition.is_none() {
+            self.end_condition = Some(Condition::Other("session-lost".into()));
+        }
+        self.terminal = None;
+        self.finish_done(&mut out);
+        out
     }
 
     /// An IQ set from the requester: a cancel (or anything else for this op). The first output

@@ -119,6 +119,17 @@ pub enum Incoming {
         /// The single child.
         payload: Element,
     },
+    /// An IQ response (result or error) that answers no request made with [`Conn::iq`]:
+    /// the answer to an IQ sent with [`Conn::send`] by a protocol machine, which matches it
+    /// by (sender, id) itself.
+    Response {
+        /// Sender.
+        from: Jid,
+        /// IQ id.
+        id: String,
+        /// The answer.
+        reply: IqReply,
+    },
     /// A presence stanza.
     Presence(Presence),
     /// A message stanza.
@@ -604,10 +615,10 @@ async fn handle_stanza(
     match st {
         Stanza::Iq(Iq::Result {
             from, id, payload, ..
-        }) => deliver(shared, &from, id, IqReply::Result(payload), bound),
+        }) => deliver(shared, incoming, &from, id, IqReply::Result(payload), bound),
         Stanza::Iq(Iq::Error {
             from, id, error, ..
-        }) => deliver(shared, &from, id, IqReply::Error(error), bound),
+        }) => deliver(shared, incoming, &from, id, IqReply::Error(error), bound),
         Stanza::Iq(Iq::Get {
             from, id, payload, ..
         }) => {
@@ -694,6 +705,7 @@ async fn reject_unhandled(stream: &mut StanzaStream, inc: Incoming) {
 
 fn deliver(
     shared: &Shared,
+    incoming: &mpsc::UnboundedSender<Incoming>,
     from: &Option<Jid>,
     id: String,
     reply: IqReply,
@@ -703,7 +715,17 @@ fn deliver(
     let ok = match map.get(&id) {
         Some(p) => is_reply_from(&p.to, from, bound),
         None => {
-            log::debug!("IQ response {id} from {from:?} matches nothing pending; ignored");
+            drop(map);
+            match from {
+                Some(from) => {
+                    let _ = incoming.send(Incoming::Response {
+                        from: from.clone(),
+                        id,
+                        reply,
+                    });
+                }
+                None => log::debug!("IQ response {id} without sender matches nothing; ignored"),
+            }
             return;
         }
     };

@@ -2,33 +2,45 @@
 //! operations registered as handlers) and a requester (calls operations on others).
 //! The agent, the dispatcher and the CLI are all nodes with different handlers.
 //!
-//! This is the tokio layer: it moves stanzas and time. Wire forms (values, tokens, stanzas,
-//! helper payloads) come from `vertebra-protocol`.
+//! This is the tokio layer: it moves stanzas and time. Every decision of the op lifecycle
+//! (op result, ack/nack, data window, final/error, tokens, deadlines, cancel, duplicate
+//! suppression, IQ retransmission) is taken by the sans-IO machines of `vertebra-protocol`:
+//! [`Calls`] (the requester side) and [`Responders`] (the responder side). The node feeds them
+//! incoming stanzas and the current time, sends the IQs they emit, runs handlers when they say
+//! `Start`, stops them on `Stop`, and sleeps until their `next_timeout()`.
+//!
+//! Deliberate rule violations for the conformance self-test ([`Misbehaviour`]) are applied at
+//! this I/O boundary only — an outgoing IQ rewritten or dropped, an incoming one rewritten, the
+//! duplicate table bypassed — each marked `MUTANT` below; with `Misbehaviour::None` none of
+//! them has any effect.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::Duration;
 
-use futures::stream::{FuturesUnordered, StreamExt};
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use futures::FutureExt;
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 use tokio_xmpp::parsers::{
+    iq::Iq,
     jid::{FullJid, Jid},
     minidom::Element,
     presence::{Presence, Type as PresenceType},
     stanza_error::{DefinedCondition, ErrorType as XmppErrorType, StanzaError},
 };
 use vertebra_protocol::error::Travel;
+use vertebra_protocol::machine::{IqBody, Millis, OutIq};
+use vertebra_protocol::mux::{CallId, Calls, OpId, Responders};
 use vertebra_protocol::payloads::{AuthorizeRequest, AuthorizeResponse, OP_AUTHORIZE};
-use vertebra_protocol::responder::Decision;
-use vertebra_protocol::stanza::OpDecodeError;
+use vertebra_protocol::requester::{CallEvent as MachineEvent, Outcome, OutcomeKind, Output};
+use vertebra_protocol::responder::{Decision, ResponderConfig, ResponderEvent, Route};
+use vertebra_protocol::stanza::MAX_TIMEOUT_MS;
 use vertebra_protocol::{
-    Ack, Args, Cancel, Condition, Data, ErrorType, Final, Load, Nack, Op, OpError, OpResult,
-    OpToken, RequestToken, Resource, ResourceScope, Scope, Token, Value, Version, VertebraPayload,
-    NS,
+    Args, Condition, Data, ErrorType, Load, Op, OpResult, OpToken, RequestToken, Resource,
+    ResourceScope, Scope, Token, Value, NS,
 };
 
 use crate::config::Misbehaviour;
@@ -126,7 +138,8 @@ pub struct Call {
     pub args: Args,
     /// Deadline (measured from receipt of the op).
     pub deadline: Instant,
-    data: mpsc::Sender<Args>,
+    op: OpId,
+    progress: Arc<Notify>,
     cancel: watch::Receiver<bool>,
     node: Node,
 }
@@ -134,10 +147,7 @@ pub struct Call {
 impl Call {
     /// Stream one chunk of named values to the requester (waits while the data window is full).
     pub async fn send(&self, chunk: Args) -> Result<(), HandlerError> {
-        self.data
-            .send(chunk)
-            .await
-            .map_err(|_| HandlerError::new("op ended"))
+        self.node.op_chunk(self.op, &self.progress, chunk).await
     }
     /// Resolves when the requester cancels.
     pub async fn cancelled(&self) {
@@ -309,7 +319,7 @@ pub enum CallEvent {
 /// [`CallHandle::collect`]. Dropping it does not cancel the op; use [`CallHandle::cancel`].
 pub struct CallHandle {
     rx: mpsc::UnboundedReceiver<CallEvent>,
-    cancel: Option<oneshot::Sender<()>>,
+    cancel: Option<(Node, CallId)>,
     /// Responder.
     pub to: Jid,
 }
@@ -319,10 +329,10 @@ impl CallHandle {
     pub async fn next(&mut self) -> Option<CallEvent> {
         self.rx.recv().await
     }
-    /// Ask the responder to cancel (the call then ends with `cancelled`).
+    /// Ask the responder to cancel (the call then ends with `cancelled`, [VAP-OPS-053]).
     pub fn cancel(&mut self) {
-        if let Some(c) = self.cancel.take() {
-            let _ = c.send(());
+        if let Some((node, id)) = self.cancel.take() {
+            node.cancel_call(id);
         }
     }
     /// Gather all chunks until the terminal event.
@@ -365,55 +375,32 @@ impl Default for CallOptions {
 // Node internals
 // ---------------------------------------------------------------------------------------------
 
-/// Messages routed to a running call (requester side).
-#[derive(Debug)]
-enum ToCall {
-    Payload(VertebraPayload),
-    Gone,
+/// A running call on the requester side: where its events go.
+struct CallCtx {
+    events: mpsc::UnboundedSender<CallEvent>,
+    /// Session number the call was started in (calls of a lost session are abandoned).
+    session: u64,
 }
 
-struct RespOp {
-    requester: Jid,
+/// A running op on the responder side: the handler and how to stop it.
+struct OpCtx {
+    handler: Option<Arc<dyn Handler>>,
     cancel: watch::Sender<bool>,
+    task: Option<tokio::task::AbortHandle>,
+    /// Woken whenever the op made progress (a chunk left the queue, the op ended).
+    progress: Arc<Notify>,
+    /// When the op was received (the handler's deadline is measured from it).
+    received: Instant,
+    /// MUTANT wrong-token: (real token, fake token) in outgoing stanzas.
+    fake_token: Option<(String, String)>,
 }
 
-struct DedupCache {
-    map: HashMap<(Jid, String), Stanza2>,
-    order: VecDeque<(Instant, Jid, String)>,
-}
-
-/// A cached answer to an IQ set.
-#[derive(Clone)]
-enum Stanza2 {
-    Result(Option<Element>),
-    Error(StanzaError),
-}
-
-impl DedupCache {
-    fn get(&mut self, from: &Jid, id: &str) -> Option<Stanza2> {
-        self.expire();
-        self.map.get(&(from.clone(), id.to_owned())).cloned()
-    }
-    fn put(&mut self, from: Jid, id: String, ans: Stanza2) {
-        self.order
-            .push_back((Instant::now(), from.clone(), id.clone()));
-        self.map.insert((from, id), ans);
-        while self.order.len() > DEDUP_MAX {
-            if let Some((_, f, i)) = self.order.pop_front() {
-                self.map.remove(&(f, i));
-            }
-        }
-    }
-    fn expire(&mut self) {
-        let now = Instant::now();
-        while let Some((t, _, _)) = self.order.front() {
-            if now.duration_since(*t) < DEDUP_WINDOW {
-                break;
-            }
-            let (_, f, i) = self.order.pop_front().expect("front exists");
-            self.map.remove(&(f, i));
-        }
-    }
+/// The protocol machines of one node and the tokio-side context of their calls and ops.
+struct Engine {
+    calls: Calls,
+    responders: Option<Responders>,
+    call_ctx: HashMap<CallId, CallCtx>,
+    op_ctx: HashMap<OpId, OpCtx>,
 }
 
 type PresenceHook = Box<dyn Fn(&Node, &Presence) + Send + Sync>;
@@ -426,17 +413,20 @@ type OnlineHook = Box<dyn Fn(&Node) + Send + Sync>;
 struct Inner {
     conn: Conn,
     cfg: NodeConfig,
+    /// Time origin of the machines' [`Millis`].
+    epoch: Instant,
+    engine: Mutex<Engine>,
+    /// Wakes the timer task when a machine's next timeout may have moved earlier.
+    timer_kick: Notify,
+    closed: AtomicBool,
     handlers: RwLock<HashMap<String, Arc<dyn Handler>>>,
-    resp_ops: Mutex<HashMap<OpToken, RespOp>>,
-    calls: Mutex<HashMap<(Jid, String), mpsc::UnboundedSender<ToCall>>>,
-    dedup: Mutex<DedupCache>,
     authz_cache: Mutex<HashMap<String, Instant>>,
     presence_sent: Mutex<HashSet<Jid>>,
     inflight: AtomicU32,
     load_override: Mutex<Option<f64>>,
     load_changed: Notify,
     ops_changed: Notify,
-    serving: std::sync::atomic::AtomicBool,
+    serving: AtomicBool,
     presence_hook: RwLock<Option<PresenceHook>>,
     admission: RwLock<Option<AdmissionHook>>,
     iq_hooks: RwLock<HashMap<String, IqHook>>,
@@ -467,12 +457,6 @@ fn domain(j: &Jid) -> &str {
     j.domain().as_str()
 }
 
-/// Whether `from` is of our own XMPP domain ([VAP-SEC-021]).
-fn is_own_domain(node: &Node, from: &Jid) -> bool {
-    node.jid()
-        .is_some_and(|j| j.domain().as_str() == domain(from))
-}
-
 impl Node {
     fn start_inner(cfg: NodeConfig) -> Node {
         let (conn, incoming) = Conn::connect(cfg.connect.clone());
@@ -493,24 +477,30 @@ impl Node {
         );
         let (session, _) = watch::channel(0u64);
         let (stop, _) = watch::channel(false);
+        let mut calls = Calls::new();
+        // [VAP-OPS-063] the configured per-IQ timeout (10 s by default).
+        calls.set_iq_timeout(cfg.iq_timeout.as_millis().max(1) as Millis);
         let node = Node {
             inner: Arc::new(Inner {
                 conn,
                 cfg,
-                handlers: RwLock::new(HashMap::new()),
-                resp_ops: Mutex::new(HashMap::new()),
-                calls: Mutex::new(HashMap::new()),
-                dedup: Mutex::new(DedupCache {
-                    map: HashMap::new(),
-                    order: VecDeque::new(),
+                epoch: Instant::now(),
+                engine: Mutex::new(Engine {
+                    calls,
+                    responders: None,
+                    call_ctx: HashMap::new(),
+                    op_ctx: HashMap::new(),
                 }),
+                timer_kick: Notify::new(),
+                closed: AtomicBool::new(false),
+                handlers: RwLock::new(HashMap::new()),
                 authz_cache: Mutex::new(HashMap::new()),
                 presence_sent: Mutex::new(HashSet::new()),
                 inflight: AtomicU32::new(0),
                 load_override: Mutex::new(None),
                 load_changed: Notify::new(),
                 ops_changed: Notify::new(),
-                serving: std::sync::atomic::AtomicBool::new(false),
+                serving: AtomicBool::new(false),
                 presence_hook: RwLock::new(None),
                 admission: RwLock::new(None),
                 iq_hooks: RwLock::new(HashMap::new()),
@@ -520,6 +510,7 @@ impl Node {
             }),
         };
         tokio::spawn(router(node.clone(), incoming));
+        tokio::spawn(timer(Arc::downgrade(&node.inner)));
         node
     }
 
@@ -681,26 +672,107 @@ impl Node {
         }
     }
 
+    // ----- time and the machines -------------------------------------------------------------
+
+    /// Now on the machines' clock.
+    fn now_ms(&self) -> Millis {
+        self.inner.epoch.elapsed().as_millis() as Millis
+    }
+
+    fn engine(&self) -> MutexGuard<'_, Engine> {
+        self.inner.engine.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Send one IQ a machine emitted.
+    fn send_out(&self, iq: OutIq) {
+        let _ = self.inner.conn.send(into_iq(iq));
+    }
+
     // ----- requester side -------------------------------------------------------------------
 
-    /// Call `operation` on `to` (direct). Returns at once; events arrive on the handle.
+    /// Call `operation` on `to` (direct; `to` is a full JID, [VAP-TRN-016]). Returns at once;
+    /// events arrive on the handle.
     pub fn call(&self, to: Jid, operation: &str, args: Args, opts: CallOptions) -> CallHandle {
         let (tx, rx) = mpsc::unbounded_channel();
-        let (ctx, crx) = oneshot::channel();
-        let node = self.clone();
-        let op = operation.to_owned();
-        let to2 = to.clone();
-        tokio::spawn(async move {
-            let outcome = run_call(&node, to2, &op, args, opts, &tx, crx).await;
-            let _ = tx.send(match outcome {
-                Ok(count) => CallEvent::Done { count },
-                Err(e) => CallEvent::Failed(e),
-            });
-        });
-        CallHandle {
-            rx,
-            cancel: Some(ctx),
-            to,
+        let failed = |tx: &mpsc::UnboundedSender<CallEvent>, e: CallError| {
+            let _ = tx.send(CallEvent::Failed(e));
+        };
+        let op = match build_op(operation, args, &opts) {
+            Ok(op) => op,
+            Err(e) => {
+                failed(&tx, e);
+                return CallHandle {
+                    rx,
+                    cancel: None,
+                    to,
+                };
+            }
+        };
+        self.ensure_presence_to(&to);
+        let now = self.now_ms();
+        let session = *self.inner.session.borrow();
+        let mut eng = self.engine();
+        let started = eng
+            .calls
+            .start(to.clone(), &op, self.inner.conn.new_id(), now);
+        let cancel = match started {
+            Ok((cid, out)) => {
+                eng.call_ctx.insert(
+                    cid,
+                    CallCtx {
+                        events: tx,
+                        session,
+                    },
+                );
+                self.drive_call(&mut eng, cid, out);
+                Some((self.clone(), cid))
+            }
+            Err(e) => {
+                failed(&tx, CallError::local("bad-request", e.to_string()));
+                None
+            }
+        };
+        drop(eng);
+        self.inner.timer_kick.notify_one();
+        CallHandle { rx, cancel, to }
+    }
+
+    fn cancel_call(&self, cid: CallId) {
+        let now = self.now_ms();
+        let mut eng = self.engine();
+        let out = eng.calls.cancel(cid, self.inner.conn.new_id(), now);
+        self.drive_call(&mut eng, cid, out);
+        drop(eng);
+        self.inner.timer_kick.notify_one();
+    }
+
+    /// Carry out what the requester machine of one call asked for.
+    fn drive_call(&self, eng: &mut Engine, cid: CallId, out: Vec<Output<MachineEvent>>) {
+        for o in out {
+            match o {
+                Output::Send(iq) => self.send_out(iq),
+                Output::Event(ev) => {
+                    let (ev, last) = match ev {
+                        MachineEvent::Accepted { fast_path, .. } => {
+                            if !fast_path {
+                                continue;
+                            }
+                            (CallEvent::Acked, false)
+                        }
+                        MachineEvent::Acked => (CallEvent::Acked, false),
+                        MachineEvent::Data { args, .. } => (CallEvent::Data(args), false),
+                        MachineEvent::Ended(o) => (outcome_event(o), true),
+                    };
+                    let ctx = if last {
+                        eng.call_ctx.remove(&cid)
+                    } else {
+                        None
+                    };
+                    if let Some(c) = ctx.as_ref().or_else(|| eng.call_ctx.get(&cid)) {
+                        let _ = c.events.send(ev);
+                    }
+                }
+            }
         }
     }
 
@@ -723,6 +795,362 @@ impl Node {
             let _ = self.inner.conn.send_presence(to.clone(), vec![]);
         }
     }
+
+    // ----- responder side -------------------------------------------------------------------
+
+    /// Carry out what the responder machine of one op asked for; applies the I/O-boundary
+    /// mutants to outgoing IQs.
+    fn drive_op(&self, eng: &mut Engine, oid: OpId, out: Vec<Output<ResponderEvent>>, now: Millis) {
+        let misbehave = self.inner.cfg.misbehave;
+        let mut work: VecDeque<Output<ResponderEvent>> = out.into();
+        while let Some(o) = work.pop_front() {
+            match o {
+                Output::Send(mut iq) => {
+                    if misbehave != Misbehaviour::None {
+                        let fake = eng.op_ctx.get(&oid).and_then(|c| c.fake_token.as_ref());
+                        match mutate_out(misbehave, &mut iq, fake) {
+                            MutantSend::Send => {}
+                            MutantSend::DropAsAnswered => {
+                                // MUTANT skip-ack: the <ack> is never sent; the machine is told
+                                // it was answered, so the handler starts at once.
+                                if let Some(r) = eng.responders.as_mut() {
+                                    if let Some((_, more)) =
+                                        r.handle_iq_result(&iq.to.clone(), &iq.id, now)
+                                    {
+                                        work.extend(more);
+                                    }
+                                }
+                                continue;
+                            }
+                            MutantSend::ThenSend(extra) => {
+                                // MUTANT data-after-final: one more <data> after the <final>.
+                                let to = iq.to.clone();
+                                self.send_out(iq);
+                                let _ = self.inner.conn.send(Iq::Set {
+                                    from: None,
+                                    to: Some(to),
+                                    id: self.inner.conn.new_id(),
+                                    payload: extra,
+                                });
+                                continue;
+                            }
+                        }
+                    }
+                    self.send_out(iq);
+                }
+                Output::Event(ResponderEvent::NeedAuthorization) => {
+                    let Some(r) = eng.responders.as_ref().and_then(|r| r.get(oid)) else {
+                        continue;
+                    };
+                    let (Some(op), from) = (r.op(), r.requester().clone()) else {
+                        continue;
+                    };
+                    let (Some(operation), scope) = (op.operation(), op_scope(op)) else {
+                        continue;
+                    };
+                    let node = self.clone();
+                    tokio::spawn(async move {
+                        let d = authorize_remote(&node, &from, &operation, &scope).await;
+                        node.with_op(oid, |r, now| r.authorize(oid, d, now).ok());
+                    });
+                }
+                Output::Event(ResponderEvent::Start) => self.start_handler(eng, oid),
+                Output::Event(ResponderEvent::Stop(c)) => {
+                    log::debug!("op {oid} stopped: {c}");
+                    if let Some(ctx) = eng.op_ctx.get_mut(&oid) {
+                        let _ = ctx.cancel.send(true);
+                        if let Some(t) = ctx.task.take() {
+                            t.abort();
+                        }
+                    }
+                }
+                Output::Event(ResponderEvent::Ended(c)) => {
+                    log::trace!("op {oid} ended: {c:?}");
+                    if let Some(ctx) = eng.op_ctx.remove(&oid) {
+                        if let Some(t) = ctx.task {
+                            t.abort();
+                        }
+                        ctx.progress.notify_waiters();
+                    }
+                }
+            }
+        }
+        if let Some(ctx) = eng.op_ctx.get(&oid) {
+            ctx.progress.notify_waiters();
+        }
+        let n = eng.responders.as_ref().map_or(0, |r| r.len()) as u32;
+        if self.inner.inflight.swap(n, Ordering::Relaxed) != n {
+            self.inner.load_changed.notify_one();
+        }
+    }
+
+    /// Feed the responder machines (a handler or an authorization decision reporting back).
+    fn with_op(
+        &self,
+        oid: OpId,
+        f: impl FnOnce(&mut Responders, Millis) -> Option<Vec<Output<ResponderEvent>>>,
+    ) {
+        let now = self.now_ms();
+        let mut eng = self.engine();
+        let Some(out) = eng.responders.as_mut().and_then(|r| f(r, now)) else {
+            return;
+        };
+        self.drive_op(&mut eng, oid, out, now);
+        drop(eng);
+        self.inner.timer_kick.notify_one();
+    }
+
+    fn start_handler(&self, eng: &mut Engine, oid: OpId) {
+        let Some(r) = eng.responders.as_ref().and_then(|r| r.get(oid)) else {
+            return;
+        };
+        let Some(op) = r.op() else { return };
+        let from = r.requester().clone();
+        let (Some(operation), args) = (op.operation(), op.args.clone()) else {
+            return;
+        };
+        let timeout = Duration::from_millis(u64::from(op.timeout_ms()));
+        let Some(ctx) = eng.op_ctx.get_mut(&oid) else {
+            return;
+        };
+        let Some(handler) = ctx.handler.take() else {
+            return;
+        };
+        let call = Call {
+            from,
+            operation,
+            args,
+            deadline: ctx.received + timeout,
+            op: oid,
+            progress: ctx.progress.clone(),
+            cancel: ctx.cancel.subscribe(),
+            node: self.clone(),
+        };
+        let node = self.clone();
+        let task = tokio::spawn(async move {
+            let r = std::panic::AssertUnwindSafe(handler.call(call))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| Err(HandlerError::new("handler panicked")));
+            node.handler_done(oid, r);
+        });
+        ctx.task = Some(task.abort_handle());
+    }
+
+    fn handler_done(&self, oid: OpId, r: HandlerResult) {
+        let misbehave = self.inner.cfg.misbehave;
+        self.with_op(oid, |resp, now| match r {
+            Ok(last) => resp.finish(oid, Some(last), now).ok(),
+            Err(he) => {
+                // Only conditions that travel as an <error> may end a running op
+                // ([VAP-ERR-001]); anything else is reported as handler-failed.
+                let c = he
+                    .condition
+                    .filter(|c| matches!(c.travel(), Travel::Error(_)))
+                    .unwrap_or(Condition::HandlerFailed);
+                let reason = if misbehave == Misbehaviour::LeakErrorDetail {
+                    // MUTANT leak-error-detail: internal detail in the public reason.
+                    format!(
+                        "{} at /srv/vertebra-build/src/handler.rs:42 (RUST_BACKTRACE=1)",
+                        he.public
+                    )
+                } else {
+                    he.public
+                };
+                resp.fail(oid, c, reason, now).ok()
+            }
+        });
+    }
+
+    /// A chunk from a handler: queued in the machine, which sends it within the data window
+    /// ([VAP-OPS-035]); waits until it has left the queue.
+    async fn op_chunk(
+        &self,
+        oid: OpId,
+        progress: &Notify,
+        chunk: Args,
+    ) -> Result<(), HandlerError> {
+        let ended = || HandlerError::new("op ended");
+        let mut wait = std::pin::pin!(progress.notified());
+        wait.as_mut().enable();
+        {
+            let now = self.now_ms();
+            let mut eng = self.engine();
+            let r = eng.responders.as_mut().ok_or_else(ended)?;
+            let out = r
+                .chunk(oid, chunk, now)
+                .map_err(|e| HandlerError::new(e.to_string()))?;
+            self.drive_op(&mut eng, oid, out, now);
+            let queued = eng
+                .responders
+                .as_ref()
+                .and_then(|r| r.get(oid))
+                .map(|r| r.queued());
+            drop(eng);
+            self.inner.timer_kick.notify_one();
+            match queued {
+                None => return Err(ended()),
+                Some(0) => return Ok(()),
+                Some(_) => {}
+            }
+        }
+        loop {
+            wait.as_mut().await;
+            wait.set(progress.notified());
+            wait.as_mut().enable();
+            let eng = self.engine();
+            match eng
+                .responders
+                .as_ref()
+                .and_then(|r| r.get(oid))
+                .map(|r| r.queued())
+            {
+                None => return Err(ended()),
+                Some(0) => return Ok(()),
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+/// Build the op of a call (request token, type, timeout, window, scope).
+fn build_op(operation: &str, args: Args, opts: &CallOptions) -> Result<Op, CallError> {
+    let res = Resource::parse(operation)
+        .map_err(|e| CallError::local("bad-request", format!("operation: {}", e.detail)))?;
+    let t = Token::generate().map_err(|e| CallError::local("internal", e.to_string()))?;
+    let timeout_ms = opts
+        .timeout
+        .as_millis()
+        .clamp(1, u128::from(MAX_TIMEOUT_MS)) as u32;
+    let mut op = Op::new(RequestToken::Single(t), &res, timeout_ms).with_args(args);
+    op.scope = opts.scope;
+    op.window = opts.window;
+    Ok(op)
+}
+
+/// The node's event for a call's outcome.
+fn outcome_event(o: Outcome) -> CallEvent {
+    if o.is_success() {
+        return CallEvent::Done { count: o.chunks };
+    }
+    let kind = match &o.kind {
+        OutcomeKind::Final => "final".to_string(),
+        OutcomeKind::Nack => "nack".to_string(),
+        OutcomeKind::Error(t) => t.as_str().to_string(),
+        OutcomeKind::Local => "local".to_string(),
+    };
+    CallEvent::Failed(CallError {
+        condition: o
+            .condition
+            .map_or_else(|| "error".to_string(), |c| c.as_str().to_string()),
+        kind,
+        reason: o.reason,
+        acked: o.acked,
+    })
+}
+
+fn into_iq(o: OutIq) -> Iq {
+    match o.body {
+        IqBody::Set(payload) => Iq::Set {
+            from: None,
+            to: Some(o.to),
+            id: o.id,
+            payload,
+        },
+        IqBody::Result(payload) => Iq::Result {
+            from: None,
+            to: Some(o.to),
+            id: o.id,
+            payload,
+        },
+        IqBody::Error(error) => Iq::Error {
+            from: None,
+            to: Some(o.to),
+            id: o.id,
+            error,
+            payload: None,
+        },
+    }
+}
+
+/// Set an unnamespaced attribute (mutants only).
+fn set_attr(el: &mut Element, name: &'static str, value: String) {
+    if let Ok(n) = minidom::rxml::NcName::try_from(name) {
+        el.set_attr(minidom::rxml::Namespace::NONE, n, value);
+    }
+}
+
+/// What to do with an outgoing IQ under a mutant.
+enum MutantSend {
+    Send,
+    DropAsAnswered,
+    ThenSend(Element),
+}
+
+/// The I/O-boundary mutants on an outgoing responder IQ (no effect for `Misbehaviour::None`).
+fn mutate_out(
+    m: Misbehaviour,
+    iq: &mut OutIq,
+    fake_token: Option<&(String, String)>,
+) -> MutantSend {
+    let el = match &mut iq.body {
+        IqBody::Set(el) => el,
+        IqBody::Result(Some(el)) => el,
+        _ => return MutantSend::Send,
+    };
+    if el.ns() != NS {
+        return MutantSend::Send;
+    }
+    if let Some((real, fake)) = fake_token {
+        // MUTANT wrong-token: a token that is not a rotation of the request token.
+        if el.attr("token") == Some(real.as_str()) {
+            set_attr(el, "token", fake.clone());
+        }
+    }
+    let is_set = matches!(iq.body, IqBody::Set(_));
+    let (IqBody::Set(el) | IqBody::Result(Some(el))) = &mut iq.body else {
+        return MutantSend::Send;
+    };
+    match (m, el.name(), is_set) {
+        // MUTANT skip-ack: no fast-path ack on the op result …
+        (Misbehaviour::SkipAck, "op", false) => {
+            if let Ok(mut r) = OpResult::from_element(el) {
+                r.ack = false;
+                *el = r.to_element();
+            }
+            MutantSend::Send
+        }
+        // … and no <ack>.
+        (Misbehaviour::SkipAck, "ack", true) => MutantSend::DropAsAnswered,
+        // MUTANT wrong-seq: chunks numbered from 1.
+        (Misbehaviour::WrongSeq, "data", true) => {
+            if let Some(n) = el.attr("seq").and_then(|s| s.parse::<u64>().ok()) {
+                set_attr(el, "seq", (n + 1).to_string());
+            }
+            MutantSend::Send
+        }
+        // MUTANT wrong-value-encoding: booleans as true/false.
+        (Misbehaviour::WrongValueEncoding, "data" | "final", true) => {
+            *el = encode_misbehaving(el.clone(), m);
+            MutantSend::Send
+        }
+        // MUTANT data-after-final.
+        (Misbehaviour::DataAfterFinal, "final", true) => {
+            let (Some(token), count) = (
+                el.attr("token").and_then(|t| OpToken::parse(t).ok()),
+                el.attr("count").and_then(|c| c.parse::<u64>().ok()),
+            ) else {
+                return MutantSend::Send;
+            };
+            let d = Data {
+                token,
+                seq: Some(count.unwrap_or(0)),
+                args: Args::new().with("late", Value::Boolean(true)),
+            };
+            MutantSend::ThenSend(d.to_element())
+        }
+        _ => MutantSend::Send,
+    }
 }
 
 fn merged(chunks: &[Args]) -> Args {
@@ -740,211 +1168,71 @@ pub fn merge_chunks(chunks: &[Args]) -> Args {
     merged(chunks)
 }
 
-async fn run_call(
-    node: &Node,
-    to: Jid,
-    operation: &str,
-    args: Args,
-    opts: CallOptions,
-    events: &mpsc::UnboundedSender<CallEvent>,
-    mut cancel_rx: oneshot::Receiver<()>,
-) -> Result<u64, CallError> {
-    let start = Instant::now();
-    let deadline = start + opts.timeout;
-    let hard_deadline = deadline + DEADLINE_GRACE;
-    let res = Resource::parse(operation)
-        .map_err(|e| CallError::local("bad-request", format!("operation: {}", e.detail)))?;
-    let t = Token::generate().map_err(|e| CallError::local("internal", e.to_string()))?;
-    let req_tok = RequestToken::Single(t.clone());
-    let timeout_ms = opts.timeout.as_millis().clamp(1, 86_400_000) as u32;
-    let mut op = Op::new(req_tok.clone(), &res, timeout_ms).with_args(args);
-    op.scope = opts.scope;
-    op.window = opts.window;
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let key = (to.clone(), t.to_string());
-    node.inner.calls.lock().unwrap().insert(key.clone(), tx);
-    struct Unregister<'a>(&'a Node, (Jid, String));
-    impl Drop for Unregister<'_> {
-        fn drop(&mut self) {
-            self.0.inner.calls.lock().unwrap().remove(&self.1);
-        }
-    }
-    let _guard = Unregister(node, key);
-    node.ensure_presence_to(&to);
+// ---------------------------------------------------------------------------------------------
+// Timer (the machines' timeouts)
+// ---------------------------------------------------------------------------------------------
 
-    let iq_wait = node
-        .inner
-        .cfg
-        .iq_timeout
-        .min(hard_deadline.saturating_duration_since(Instant::now()));
-    let reply = node
-        .inner
-        .conn
-        .iq(to.clone(), true, op.to_element(), iq_wait)
-        .await;
-    let mut acked = false;
-    let op_token = match reply {
-        Ok(IqReply::Result(Some(el))) => match OpResult::from_element(&el) {
-            Ok(r) if r.token.is_rotation_of(&req_tok) => {
-                if r.ack {
-                    acked = true;
-                    let _ = events.send(CallEvent::Acked);
-                }
-                r.token
-            }
-            Ok(r) => {
-                return Err(CallError::local(
-                    "bad-response",
-                    format!("op result token {} is not a rotation of {t}", r.token),
-                ))
-            }
-            Err(e) => return Err(CallError::local("bad-response", e.detail)),
-        },
-        Ok(IqReply::Result(None)) => {
-            return Err(CallError::local("bad-response", "op result without <op>"))
-        }
-        Ok(IqReply::Error(e)) => return Err(iq_error_outcome(&e, false)),
-        Err(ConnError::IqTimeout { .. }) if Instant::now() >= deadline => {
-            return Err(CallError::local(
-                "deadline-expired",
-                "no op result before the deadline",
-            ))
-        }
-        Err(ConnError::IqTimeout { .. }) => {
-            return Err(CallError::local("responder-gone", "no answer to the op"))
-        }
-        Err(e) => return Err(CallError::local("connection-lost", e.to_string())),
-    };
-
-    let mut next_seq: u64 = 0;
-    let mut delivered: u64 = 0;
-    let mut cancelled = false;
+/// Sleeps until the earliest `next_timeout()` of the machines, then feeds them the time. Holds
+/// only a weak reference, so it ends with the node.
+async fn timer(inner: Weak<Inner>) {
     loop {
-        let msg = tokio::select! {
-            m = rx.recv() => m,
-            _ = tokio::time::sleep_until(hard_deadline) => {
-                return Err(CallError { acked, ..CallError::local("deadline-expired", "no terminal stanza by the deadline") });
-            }
-            _ = &mut cancel_rx, if !cancelled => {
-                cancelled = true;
-                let c = Cancel { token: op_token.clone() };
-                let n = node.clone();
-                let to2 = to.clone();
-                let wait = node.inner.cfg.iq_timeout;
-                tokio::spawn(async move {
-                    let _ = n.inner.conn.iq(to2, true, c.to_element(), wait).await;
-                });
-                continue;
-            }
+        let Some(node) = inner.upgrade().map(|inner| Node { inner }) else {
+            return;
         };
-        let Some(msg) = msg else {
-            return Err(CallError::local("internal", "call channel closed"));
-        };
-        let p = match msg {
-            ToCall::Gone => {
-                return Err(CallError {
-                    acked,
-                    ..CallError::local("responder-gone", "responder went unavailable")
-                })
-            }
-            ToCall::Payload(p) => p,
-        };
-        if let Some(tok) = p.op_token() {
-            if tok != &op_token {
-                // Same T from the same responder but another S: not this op.
-                continue;
-            }
+        if node.inner.closed.load(Ordering::Relaxed) {
+            return;
         }
-        match p {
-            VertebraPayload::Ack(_) if !acked => {
-                acked = true;
-                let _ = events.send(CallEvent::Acked);
+        let next = {
+            let eng = node.engine();
+            let a = eng.calls.next_timeout();
+            let b = eng.responders.as_ref().and_then(Responders::next_timeout);
+            match (a, b) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
             }
-            VertebraPayload::Nack(n) => {
-                return Err(CallError {
-                    condition: n.reason.as_str().to_string(),
-                    kind: "nack".into(),
-                    reason: None,
-                    acked: false,
-                })
-            }
-            VertebraPayload::Data(d) => {
-                if let Some(seq) = d.seq {
-                    if seq != next_seq {
-                        return Err(CallError {
-                            acked,
-                            ..CallError::local(
-                                "out-of-order",
-                                format!("data seq {seq}, expected {next_seq}"),
-                            )
-                        });
-                    }
+        };
+        let epoch = node.inner.epoch;
+        // Wait without keeping the node alive.
+        let kick = {
+            let n = node.clone();
+            async move { n.inner.timer_kick.notified().await }
+        };
+        drop(node);
+        let fire = match next {
+            Some(t) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(epoch + Duration::from_millis(t)) => true,
+                    _ = kick => false,
                 }
-                next_seq += 1;
-                delivered += 1;
-                let _ = events.send(CallEvent::Data(d.args));
             }
-            VertebraPayload::Final(f) => {
-                if !f.args.is_empty() {
-                    delivered += 1;
-                    let _ = events.send(CallEvent::Data(f.args));
-                }
-                if let Some(c) = f.count {
-                    if c != delivered {
-                        return Err(CallError {
-                            acked,
-                            ..CallError::local(
-                                "out-of-order",
-                                format!("final count {c}, received {delivered}"),
-                            )
-                        });
-                    }
-                }
-                return Ok(delivered);
+            None => {
+                kick.await;
+                false
             }
-            VertebraPayload::Error(e) => {
-                return Err(CallError {
-                    condition: e
-                        .condition
-                        .map(|c| c.as_str().to_string())
-                        .unwrap_or_else(|| "error".into()),
-                    kind: e.error_type.as_str().to_string(),
-                    reason: e.reason,
-                    acked,
-                })
-            }
-            _ => {}
+        };
+        if fire {
+            let Some(node) = inner.upgrade().map(|inner| Node { inner }) else {
+                return;
+            };
+            node.fire_timers();
         }
     }
 }
 
-fn iq_error_outcome(e: &StanzaError, acked: bool) -> CallError {
-    let gone = matches!(
-        e.defined_condition,
-        DefinedCondition::ServiceUnavailable
-            | DefinedCondition::RecipientUnavailable
-            | DefinedCondition::ItemNotFound
-            | DefinedCondition::RemoteServerNotFound
-    );
-    let text = e.texts.values().next().cloned();
-    if gone {
-        CallError {
-            acked,
-            ..CallError::local("responder-gone", "responder unavailable")
+impl Node {
+    fn fire_timers(&self) {
+        let now = self.now_ms();
+        let mut eng = self.engine();
+        for (cid, out) in eng.calls.handle_timeout(now) {
+            self.drive_call(&mut eng, cid, out);
         }
-    } else {
-        let cond = format!("{:?}", e.defined_condition);
-        CallError {
-            condition: match e.defined_condition {
-                DefinedCondition::BadRequest => "bad-request".into(),
-                DefinedCondition::NotAuthorized | DefinedCondition::Forbidden => {
-                    "not-authorized".into()
-                }
-                _ => cond.to_lowercase(),
-            },
-            kind: "iq-error".into(),
-            reason: text,
-            acked,
+        let due = eng
+            .responders
+            .as_mut()
+            .map(|r| r.handle_timeout(now))
+            .unwrap_or_default();
+        for (oid, out) in due {
+            self.drive_op(&mut eng, oid, out, now);
         }
     }
 }
@@ -956,31 +1244,14 @@ fn iq_error_outcome(e: &StanzaError, acked: bool) -> CallError {
 async fn router(node: Node, mut incoming: mpsc::UnboundedReceiver<Incoming>) {
     while let Some(inc) = incoming.recv().await {
         match inc {
-            Incoming::Online { resumed, .. } => {
+            Incoming::Online { resumed, bound } => {
                 if !resumed {
-                    // [VAP-OPS-081] ops of a lost session are not continued.
-                    let ops: Vec<RespOp> = node
-                        .inner
-                        .resp_ops
-                        .lock()
-                        .unwrap()
-                        .drain()
-                        .map(|(_, v)| v)
-                        .collect();
-                    for o in ops {
-                        let _ = o.cancel.send(true);
-                    }
-                    node.inner.presence_sent.lock().unwrap().clear();
-                    // [VAP-TRN-003] initial presence.
-                    let _ = node.inner.conn.send(Presence::available());
-                    node.inner.session.send_modify(|s| *s += 1);
-                    if let Some(h) = node.inner.online_hook.read().unwrap().as_ref() {
-                        h(&node);
-                    }
+                    on_new_session(&node, bound);
                 }
             }
             Incoming::Presence(p) => on_presence(&node, p),
             Incoming::Message(_) => {}
+            Incoming::Response { from, id, reply } => on_response(&node, from, id, reply),
             Incoming::Iq {
                 from,
                 id,
@@ -989,24 +1260,94 @@ async fn router(node: Node, mut incoming: mpsc::UnboundedReceiver<Incoming>) {
             } => on_iq(&node, from, id, set, payload),
         }
     }
+    node.inner.closed.store(true, Ordering::Relaxed);
+    node.inner.timer_kick.notify_one();
+}
+
+fn on_new_session(node: &Node, bound: FullJid) {
+    let now = node.now_ms();
+    let session = *node.inner.session.borrow();
+    {
+        let mut eng = node.engine();
+        match eng.responders.as_mut() {
+            Some(r) => {
+                // [VAP-OPS-081] ops of a lost session are neither resumed nor continued.
+                for (oid, out) in r.abandon_all() {
+                    node.drive_op(&mut eng, oid, out, now);
+                }
+            }
+            None => {
+                eng.responders = Some(Responders::new(
+                    ResponderConfig {
+                        own_jid: Jid::from(bound),
+                        // [VAP-OPS-043] the last values ride on <final> toward 1.0 requesters.
+                        values_on_final: true,
+                    },
+                    DEDUP_MAX,
+                ))
+            }
+        }
+        // Calls started on a lost session can get no answer any more: they end at once.
+        let lost: Vec<CallId> = eng
+            .call_ctx
+            .iter()
+            .filter(|(_, c)| session > 0 && c.session < session)
+            .map(|(id, _)| *id)
+            .collect();
+        for cid in lost {
+            let out = eng.calls.abandon(
+                cid,
+                Condition::Other("connection-lost".into()),
+                "the XMPP session was lost",
+            );
+            node.drive_call(&mut eng, cid, out);
+        }
+    }
+    node.inner.presence_sent.lock().unwrap().clear();
+    // [VAP-TRN-003] initial presence.
+    let _ = node.inner.conn.send(Presence::available());
+    node.inner.session.send_modify(|s| *s += 1);
+    if let Some(h) = node.inner.online_hook.read().unwrap().as_ref() {
+        h(node);
+    }
+    node.inner.timer_kick.notify_one();
+}
+
+/// An IQ result or error for an IQ one of the machines sent.
+fn on_response(node: &Node, from: Jid, id: String, reply: IqReply) {
+    let now = node.now_ms();
+    let mut eng = node.engine();
+    let call = match &reply {
+        IqReply::Result(p) => eng.calls.handle_iq_result(&from, &id, p.as_ref(), now),
+        IqReply::Error(e) => eng.calls.handle_iq_error(&from, &id, e, now),
+    };
+    if let Some((cid, out)) = call {
+        node.drive_call(&mut eng, cid, out);
+    } else if let Some(r) = eng.responders.as_mut() {
+        let op = match &reply {
+            IqReply::Result(_) => r.handle_iq_result(&from, &id, now),
+            IqReply::Error(e) => r.handle_iq_error(&from, &id, e, now),
+        };
+        if let Some((oid, out)) = op {
+            node.drive_op(&mut eng, oid, out, now);
+        }
+    } else {
+        log::debug!("IQ response {id} from {from} answers nothing of ours; ignored");
+    }
+    drop(eng);
+    node.inner.timer_kick.notify_one();
 }
 
 fn on_presence(node: &Node, p: Presence) {
     if let Some(from) = &p.from {
         if p.type_ == PresenceType::Unavailable {
             // Calls to that responder end with responder-gone ([VAP-OPS-077]).
-            let calls: Vec<mpsc::UnboundedSender<ToCall>> = node
-                .inner
-                .calls
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|((j, _), _)| j == from)
-                .map(|(_, tx)| tx.clone())
-                .collect();
-            for c in calls {
-                let _ = c.send(ToCall::Gone);
+            let now = node.now_ms();
+            let mut eng = node.engine();
+            for (cid, out) in eng.calls.handle_unavailable(from, now) {
+                node.drive_call(&mut eng, cid, out);
             }
+            drop(eng);
             node.inner.presence_sent.lock().unwrap().remove(from);
         } else if p.type_ == PresenceType::None
             && from.resource().is_some()
@@ -1024,19 +1365,7 @@ fn on_presence(node: &Node, p: Presence) {
     }
 }
 
-fn answer(node: &Node, from: Jid, id: String, ans: Stanza2) {
-    node.inner
-        .dedup
-        .lock()
-        .unwrap()
-        .put(from.clone(), id.clone(), ans.clone());
-    match ans {
-        Stanza2::Result(p) => node.inner.conn.reply_result(from, id, p),
-        Stanza2::Error(e) => node.inner.conn.reply_error(from, id, e),
-    }
-}
-
-fn on_iq(node: &Node, from: Jid, id: String, set: bool, payload: Element) {
+fn on_iq(node: &Node, from: Jid, id: String, set: bool, mut payload: Element) {
     if payload.ns() != NS {
         let hooks = node.inner.iq_hooks.read().unwrap();
         if let Some(h) = hooks.get(&payload.ns()) {
@@ -1054,138 +1383,164 @@ fn on_iq(node: &Node, from: Jid, id: String, set: bool, payload: Element) {
         );
         return;
     }
-    let is_op = payload.name() == "op";
-    // Fuzzer-planted bugs (mutants only; no effect when conforming).
-    let planted = node
-        .inner
-        .cfg
-        .misbehave
-        .planted(&from.to_string(), &id, &payload);
-    let reexec = (node.inner.cfg.misbehave == Misbehaviour::ReexecuteDuplicate && is_op) || planted;
-    if !reexec {
-        // [VAP-OPS-066] / [VAP-OPS-067]: a repeated IQ set gets the same answer, not re-processed.
-        if let Some(ans) = node.inner.dedup.lock().unwrap().get(&from, &id) {
-            match ans {
-                Stanza2::Result(p) => node.inner.conn.reply_result(from, id, p),
-                Stanza2::Error(e) => node.inner.conn.reply_error(from, id, e),
+    let misbehave = node.inner.cfg.misbehave;
+    let now = node.now_ms();
+    match payload.name() {
+        "op" => {
+            // Fuzzer-planted bugs (mutants only; no effect when conforming). Outside the engine
+            // lock: the crash mutant panics here.
+            let planted = misbehave.planted(&from.to_string(), &id, &payload);
+            let reexec = misbehave == Misbehaviour::ReexecuteDuplicate || planted;
+            if misbehave == Misbehaviour::IgnoreDeadline && payload.attr("timeout").is_some() {
+                // MUTANT ignore-deadline: the machine never sees the op's real deadline.
+                set_attr(&mut payload, "timeout", MAX_TIMEOUT_MS.to_string());
             }
-            return;
+            let Ok(s) = Token::generate() else {
+                node.inner.conn.reply_error(
+                    from,
+                    id,
+                    stanza_err(XmppErrorType::Wait, DefinedCondition::InternalServerError),
+                );
+                return;
+            };
+            let mut eng = node.engine();
+            let Some(resp) = eng.responders.as_mut() else {
+                drop(eng);
+                node.inner.conn.reply_error(
+                    from,
+                    id,
+                    stanza_err(XmppErrorType::Wait, DefinedCondition::ServiceUnavailable),
+                );
+                return;
+            };
+            if reexec {
+                // MUTANT reexecute-duplicate / reexecute-reordered-duplicate: the duplicate
+                // table is bypassed, so a retransmitted op runs again ([VAP-OPS-067] broken).
+                resp.forget_answer(&from, &id);
+            }
+            let mut chosen: Option<Arc<dyn Handler>> = None;
+            let (oid, out) = resp.receive_op(&from, &id, !set, &payload, now, s, |op| {
+                route(node, &from, op, &mut chosen)
+            });
+            if let Some(oid) = oid {
+                let token = resp.get(oid).and_then(|r| r.token().cloned());
+                if resp.get(oid).is_some() {
+                    let fake_token = match (misbehave, token) {
+                        (Misbehaviour::WrongToken, Some(real)) => Token::generate().ok().map(|t| {
+                            let fake = OpToken {
+                                requester: t,
+                                responder: real.responder.clone(),
+                            };
+                            (real.to_string(), fake.to_string())
+                        }),
+                        _ => None,
+                    };
+                    let (cancel, _) = watch::channel(false);
+                    eng.op_ctx.insert(
+                        oid,
+                        OpCtx {
+                            handler: chosen,
+                            cancel,
+                            task: None,
+                            progress: Arc::new(Notify::new()),
+                            received: Instant::now(),
+                            fake_token,
+                        },
+                    );
+                }
+                node.drive_op(&mut eng, oid, out, now);
+            } else {
+                for o in out {
+                    if let Output::Send(iq) = o {
+                        node.send_out(iq);
+                    }
+                }
+            }
+            drop(eng);
+            node.inner.timer_kick.notify_one();
         }
-    }
-    // Legacy requesters may send ops in IQ get ([VAP-TRN-012]); anything else must be a set.
-    if !set && !is_op {
-        node.inner.conn.reply_error(
+        // Legacy requesters may send ops in IQ get ([VAP-TRN-012]); anything else must be a set.
+        _ if !set => node.inner.conn.reply_error(
             from,
             id,
             stanza_err(XmppErrorType::Modify, DefinedCondition::BadRequest),
-        );
-        return;
-    }
-    let decoded = VertebraPayload::from_element(&payload);
-    let p = match decoded {
-        Ok(p) => p,
-        Err(_) => {
-            // An op with a usable token: op result, then the outcome of the first failing
-            // check in the order of [VAP-OPS-084]: foreign domain → nack not-authorized
-            // ([VAP-SEC-021]); version → error unsupported-version ([VAP-VER-004]); timeout,
-            // window, type, values → error bad-value ([VAP-OPS-018], [VAP-OPS-051]).
-            // Anything else: IQ error bad-request ([VAP-OPS-006], [VAP-TRN-010]).
-            let op_err = if is_op {
-                Op::decode(&payload).err()
-            } else {
-                None
-            };
-            if let Some(OpDecodeError {
-                token: Some(tok),
-                error,
-                ..
-            }) = op_err
-            {
-                let condition = error.rule.condition();
-                if let (Travel::Error(error_type), Ok(ot)) =
-                    (condition.travel(), tok.rotate_fresh())
-                {
-                    let r = OpResult {
-                        token: ot.clone(),
-                        ack: false,
-                    };
-                    answer(
-                        node,
-                        from.clone(),
-                        id,
-                        Stanza2::Result(Some(r.to_element())),
-                    );
-                    let terminal = if is_own_domain(node, &from) {
-                        OpError {
-                            token: ot,
-                            error_type,
-                            condition: Some(condition),
-                            reason: Some(error.to_string()),
-                        }
-                        .to_element()
-                    } else {
-                        Nack {
-                            token: ot,
-                            reason: Condition::NotAuthorized,
-                        }
-                        .to_element()
-                    };
-                    let n = node.clone();
-                    tokio::spawn(async move {
-                        let _ = send_set(&n, &from, terminal, Duration::from_secs(10)).await;
-                    });
-                    return;
-                }
-            }
-            answer(
-                node,
-                from,
-                id,
-                Stanza2::Error(stanza_err(
-                    XmppErrorType::Modify,
-                    DefinedCondition::BadRequest,
-                )),
-            );
-            return;
-        }
-    };
-    match p {
-        VertebraPayload::Op(op) => on_op(node, from, id, op),
-        VertebraPayload::Cancel(c) => {
-            // [VAP-OPS-054] always answered; [VAP-OPS-057] only the requester may cancel.
-            answer(node, from.clone(), id, Stanza2::Result(None));
-            if node.inner.cfg.misbehave == Misbehaviour::IgnoreCancel {
+        ),
+        "cancel" => {
+            if misbehave == Misbehaviour::IgnoreCancel {
+                // MUTANT ignore-cancel: answered, never given to the machine.
+                node.inner.conn.reply_result(from, id, None);
                 return;
             }
-            let ops = node.inner.resp_ops.lock().unwrap();
-            if let Some(o) = ops.get(&c.token) {
-                if o.requester == from {
-                    let _ = o.cancel.send(true);
-                }
+            let mut eng = node.engine();
+            let Some(resp) = eng.responders.as_mut() else {
+                drop(eng);
+                node.inner.conn.reply_result(from, id, None);
+                return;
+            };
+            // [VAP-OPS-054] always answered; [VAP-OPS-057] only the requester may cancel.
+            let (oid, out) = resp.handle_iq_set(&from, &id, &payload, now);
+            match oid {
+                Some(oid) => node.drive_op(&mut eng, oid, out, now),
+                None => out.into_iter().for_each(|o| {
+                    if let Output::Send(iq) = o {
+                        node.send_out(iq);
+                    }
+                }),
             }
+            drop(eng);
+            node.inner.timer_kick.notify_one();
         }
-        VertebraPayload::Load(_) => {
-            answer(
-                node,
-                from,
-                id,
-                Stanza2::Error(stanza_err(
-                    XmppErrorType::Modify,
-                    DefinedCondition::BadRequest,
-                )),
-            );
-        }
-        other => {
-            // Requester side: [VAP-OPS-031] answer every per-op stanza, then route it.
-            answer(node, from.clone(), id, Stanza2::Result(None));
-            let Some(tok) = other.op_token() else { return };
-            let key = (from, tok.requester.to_string());
-            let tx = node.inner.calls.lock().unwrap().get(&key).cloned();
-            if let Some(tx) = tx {
-                let _ = tx.send(ToCall::Payload(other));
+        "ack" | "nack" | "data" | "final" | "error" => {
+            // Requester side: [VAP-OPS-031] every per-op stanza is answered by the machine.
+            let mut eng = node.engine();
+            let (cid, out) = eng.calls.handle_iq_set(&from, &id, &payload, now);
+            match cid {
+                Some(cid) => node.drive_call(&mut eng, cid, out),
+                None => out.into_iter().for_each(|o| {
+                    if let Output::Send(iq) = o {
+                        node.send_out(iq);
+                    }
+                }),
             }
+            drop(eng);
+            node.inner.timer_kick.notify_one();
         }
+        // A load report belongs in presence ([VAP-LOAD-001]); unknown elements are bad requests
+        // ([VAP-TRN-010]).
+        _ => node.inner.conn.reply_error(
+            from,
+            id,
+            stanza_err(XmppErrorType::Modify, DefinedCondition::BadRequest),
+        ),
     }
+}
+
+/// The routing answer for a decoded op of our own domain: the handler ([VAP-RES-013],
+/// [VAP-RES-017]), the admission hook, and an authorization decision known without asking
+/// anyone (local policy, cache) — the machine decides what to send from it.
+fn route(node: &Node, from: &Jid, op: &Op, chosen: &mut Option<Arc<dyn Handler>>) -> Route {
+    let Some(h) = select_handler(node, &op.op_type) else {
+        return Route::NoHandler;
+    };
+    *chosen = Some(h);
+    let cached = if node.inner.cfg.misbehave == Misbehaviour::IgnoreAuthorization {
+        // MUTANT ignore-authorization: every call is treated as authorized.
+        Some(true)
+    } else if !node
+        .inner
+        .admission
+        .read()
+        .unwrap()
+        .as_ref()
+        .map(|f| f(from, op))
+        .unwrap_or(true)
+    {
+        Some(false)
+    } else {
+        authorize_now(node, from, &op.op_type, &op_scope(op))
+    };
+    log::trace!("op {} from {from}: known decision {cached:?}", op.op_type);
+    Route::Handler { cached }
 }
 
 fn authz_key(from: &Jid, op: &str, scope: &ResourceScope) -> String {
@@ -1304,353 +1659,6 @@ fn select_handler(node: &Node, op_type: &str) -> Option<Arc<dyn Handler>> {
         })
         .max_by_key(|(depth, _)| *depth)
         .map(|(_, h)| h.clone())
-}
-
-fn on_op(node: &Node, from: Jid, id: String, op: Op) {
-    let received = Instant::now();
-    let misbehave = node.inner.cfg.misbehave;
-    let mut op_token = match op.token.rotate_fresh() {
-        Ok(t) => t,
-        Err(_) => {
-            answer(
-                node,
-                from,
-                id,
-                Stanza2::Error(stanza_err(
-                    XmppErrorType::Wait,
-                    DefinedCondition::InternalServerError,
-                )),
-            );
-            return;
-        }
-    };
-    if misbehave == Misbehaviour::WrongToken {
-        if let Ok(t) = Token::generate() {
-            op_token.requester = t;
-        }
-    }
-    let own_domain = is_own_domain(node, &from);
-    let handler = select_handler(node, &op.op_type);
-    let scope = op_scope(&op);
-    // Decide now whether the fast path applies ([VAP-OPS-024], never for legacy [VAP-OPS-026]).
-    let pre = if !own_domain || handler.is_none() {
-        None
-    } else if misbehave == Misbehaviour::IgnoreAuthorization {
-        Some(true)
-    } else if !node
-        .inner
-        .admission
-        .read()
-        .unwrap()
-        .as_ref()
-        .map(|f| f(&from, &op))
-        .unwrap_or(true)
-    {
-        Some(false)
-    } else {
-        authorize_now(node, &from, &op.op_type, &scope)
-    };
-    let fast =
-        pre == Some(true) && op.version == Version::V1_0 && misbehave != Misbehaviour::SkipAck;
-    log::trace!(
-        "op {} from {from}: pre-authorized {pre:?}, fast path {fast}",
-        op.op_type
-    );
-    let r = OpResult {
-        token: op_token.clone(),
-        ack: fast,
-    };
-    answer(
-        node,
-        from.clone(),
-        id,
-        Stanza2::Result(Some(r.to_element())),
-    );
-    let (ctx, crx) = watch::channel(false);
-    node.inner.resp_ops.lock().unwrap().insert(
-        op_token.clone(),
-        RespOp {
-            requester: from.clone(),
-            cancel: ctx,
-        },
-    );
-    let n = node.clone();
-    tokio::spawn(async move {
-        n.inner.inflight.fetch_add(1, Ordering::Relaxed);
-        n.inner.load_changed.notify_one();
-        serve_op(
-            &n,
-            from,
-            op,
-            op_token.clone(),
-            received,
-            own_domain,
-            handler,
-            scope,
-            pre,
-            fast,
-            crx,
-        )
-        .await;
-        n.inner.resp_ops.lock().unwrap().remove(&op_token);
-        n.inner.inflight.fetch_sub(1, Ordering::Relaxed);
-        n.inner.load_changed.notify_one();
-    });
-}
-
-/// Send an IQ set and wait for its result (at most `wait`). Err = the peer did not accept it.
-async fn send_set(node: &Node, to: &Jid, el: Element, wait: Duration) -> Result<(), String> {
-    match node.inner.conn.iq(to.clone(), true, el, wait).await {
-        Ok(IqReply::Result(_)) => Ok(()),
-        Ok(IqReply::Error(e)) => Err(format!("{:?}", e.defined_condition)),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn serve_op(
-    node: &Node,
-    from: Jid,
-    op: Op,
-    token: OpToken,
-    received: Instant,
-    own_domain: bool,
-    handler: Option<Arc<dyn Handler>>,
-    scope: ResourceScope,
-    pre: Option<bool>,
-    fast: bool,
-    mut cancel: watch::Receiver<bool>,
-) {
-    let misbehave = node.inner.cfg.misbehave;
-    let deadline = received + Duration::from_millis(op.timeout_ms() as u64);
-    let left = || deadline.saturating_duration_since(Instant::now());
-    let send_err = |t: ErrorType, c: Condition, reason: String| {
-        let e = OpError {
-            token: token.clone(),
-            error_type: t,
-            condition: Some(c),
-            reason: Some(reason),
-        };
-        e.to_element()
-    };
-    if !own_domain {
-        // [VAP-SEC-021]
-        let n = Nack {
-            token: token.clone(),
-            reason: Condition::NotAuthorized,
-        };
-        let _ = send_set(node, &from, n.to_element(), left()).await;
-        return;
-    }
-    let Some(handler) = handler else {
-        // [VAP-OPS-049]
-        let e = send_err(
-            ErrorType::Fatal,
-            Condition::NoHandler,
-            format!("no handler for {}", op.op_type),
-        );
-        let _ = send_set(node, &from, e, left()).await;
-        return;
-    };
-    let Some(operation) = op.operation() else {
-        let e = send_err(
-            ErrorType::Fatal,
-            Condition::NoHandler,
-            "unknown operation".into(),
-        );
-        let _ = send_set(node, &from, e, left()).await;
-        return;
-    };
-    if !fast {
-        let decision = match pre {
-            Some(true) => Decision::Authorized,
-            Some(false) => Decision::Denied,
-            None => {
-                tokio::select! {
-                    d = authorize_remote(node, &from, &operation, &scope) => d,
-                    _ = tokio::time::sleep_until(deadline) => Decision::Denied,
-                }
-            }
-        };
-        let refusal = match decision {
-            Decision::Authorized => None,
-            // [VAP-SEC-008] / [VAP-SEC-025]: no rule detail.
-            Decision::Denied => Some(Condition::NotAuthorized),
-            // [VAP-SEC-009]
-            Decision::Unavailable => Some(Condition::AuthorizationUnavailable),
-        };
-        if let Some(reason) = refusal {
-            let n = Nack {
-                token: token.clone(),
-                reason,
-            };
-            let _ = send_set(node, &from, n.to_element(), left()).await;
-            return;
-        }
-        if misbehave != Misbehaviour::SkipAck {
-            // [VAP-OPS-029]: work starts only after the ack's IQ result.
-            let a = Ack {
-                token: token.clone(),
-            };
-            if send_set(node, &from, a.to_element(), left()).await.is_err() {
-                return;
-            }
-        }
-    }
-    // Run the handler.
-    let window = op.window().max(1) as usize;
-    let (dtx, mut drx) = mpsc::channel::<Args>(1);
-    let call = Call {
-        from: from.clone(),
-        operation,
-        args: op.args.clone(),
-        deadline,
-        data: dtx,
-        cancel: cancel.clone(),
-        node: node.clone(),
-    };
-    let mut task = tokio::spawn(handler.call(call));
-    type SendFut = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
-    let mut inflight: FuturesUnordered<SendFut> = FuturesUnordered::new();
-    let mut seq: u64 = if misbehave == Misbehaviour::WrongSeq {
-        1
-    } else {
-        0
-    };
-    let mut sent: u64 = 0;
-    let mut handler_done: Option<HandlerResult> = None;
-    let ignore_deadline = misbehave == Misbehaviour::IgnoreDeadline;
-    let ignore_cancel = misbehave == Misbehaviour::IgnoreCancel;
-    let far = Instant::now() + Duration::from_secs(86_400 * 365);
-    let dl = if ignore_deadline { far } else { deadline };
-    // [VAP-OPS-035]: at most `window` data IQs unanswered; chunks the handler queued before
-    // returning are drained through the same window-gated branch.
-    let mut drx_open = true;
-    let fail = loop {
-        if handler_done.is_some() && !drx_open && inflight.is_empty() {
-            break None;
-        }
-        tokio::select! {
-            chunk = drx.recv(), if drx_open && inflight.len() < window => {
-                let Some(chunk) = chunk else {
-                    drx_open = false;
-                    continue;
-                };
-                let d = Data { token: token.clone(), seq: Some(seq), args: chunk };
-                seq += 1;
-                sent += 1;
-                let el = encode_misbehaving(d.to_element(), misbehave);
-                let n = node.clone();
-                let f = from.clone();
-                let w = left();
-                inflight.push(Box::pin(async move { send_set(&n, &f, el, w).await }));
-            }
-            r = inflight.next(), if !inflight.is_empty() => {
-                if let Some(Err(e)) = r {
-                    log::debug!("data IQ to {from} failed: {e}; ending op");
-                    task.abort();
-                    return;
-                }
-            }
-            r = &mut task, if handler_done.is_none() => {
-                handler_done = Some(match r {
-                    Ok(r) => r,
-                    Err(_) => Err(HandlerError::new("handler panicked")),
-                });
-                // No more chunks: buffered ones are still received (within the window).
-                drx.close();
-            }
-            _ = tokio::time::sleep_until(dl) => {
-                task.abort();
-                break Some(send_err(ErrorType::Cancel, Condition::DeadlineExpired, "deadline expired".into()));
-            }
-            r = cancel.changed(), if !ignore_cancel => {
-                if r.is_err() || *cancel.borrow() {
-                    task.abort();
-                    break Some(send_err(ErrorType::Cancel, Condition::Cancelled, "cancelled".into()));
-                }
-            }
-        }
-    };
-    if let Some(err_el) = fail {
-        // Outstanding data IQs: wait for them briefly so the error comes after them.
-        let _ = tokio::time::timeout(Duration::from_millis(500), async {
-            while inflight.next().await.is_some() {}
-        })
-        .await;
-        let _ = send_set(node, &from, err_el, Duration::from_secs(5)).await;
-        return;
-    }
-    match handler_done.expect("loop ends with a result") {
-        Ok(last) => {
-            let mut fin = Final {
-                token: token.clone(),
-                // [VAP-VER-008]: seq and count toward legacy requesters too.
-                count: Some(sent),
-                args: Args::new(),
-            };
-            if !last.is_empty() {
-                if fast_final_ok(&op) {
-                    fin.args = last;
-                    fin.count = Some(sent + 1);
-                } else {
-                    let d = Data {
-                        token: token.clone(),
-                        seq: Some(seq),
-                        args: last,
-                    };
-                    if send_set(
-                        node,
-                        &from,
-                        encode_misbehaving(d.to_element(), misbehave),
-                        left(),
-                    )
-                    .await
-                    .is_err()
-                    {
-                        return;
-                    }
-                    fin.count = fin.count.map(|c| c + 1);
-                }
-            }
-            let _ = send_set(
-                node,
-                &from,
-                encode_misbehaving(fin.to_element(), misbehave),
-                left(),
-            )
-            .await;
-            if misbehave == Misbehaviour::DataAfterFinal {
-                let d = Data {
-                    token: token.clone(),
-                    seq: Some(seq + 1),
-                    args: Args::new().with("late", Value::Boolean(true)),
-                };
-                let _ = send_set(node, &from, d.to_element(), Duration::from_secs(2)).await;
-            }
-        }
-        Err(he) => {
-            let reason = if misbehave == Misbehaviour::LeakErrorDetail {
-                format!(
-                    "{} at /home/build/src/handler.rs:42 (RUST_BACKTRACE=1)",
-                    he.public
-                )
-            } else {
-                he.public
-            };
-            let e = send_err(
-                he.error_type.unwrap_or(ErrorType::Error),
-                he.condition.unwrap_or(Condition::HandlerFailed),
-                reason,
-            );
-            let _ = send_set(node, &from, e, left()).await;
-        }
-    }
-}
-
-/// Whether values may ride on `final` ([VAP-OPS-043]: 1.0 requesters only).
-fn fast_final_ok(op: &Op) -> bool {
-    op.version == Version::V1_0
 }
 
 fn encode_misbehaving(mut el: Element, m: Misbehaviour) -> Element {

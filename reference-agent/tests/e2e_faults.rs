@@ -97,7 +97,7 @@ async fn duplicated_stanzas_execute_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dropped_op_is_a_terminal_error_not_a_hang() {
+async fn dropped_op_is_retransmitted_and_runs_once() {
     let (bus, _a, ja) = setup().await;
     let req = bus.requester_with("req", Duration::from_millis(800)).await;
     let f = bus.server.embedded().unwrap().faults();
@@ -107,6 +107,33 @@ async fn dropped_op_is_a_terminal_error_not_a_hang() {
             .kind(StanzaKind::Iq)
             .when(|el| child_is(el, "op", Some(test_ops::COUNTER)))
             .times(1),
+    );
+    // [VAP-OPS-063] no answer within the per-IQ timeout: the op IQ is retransmitted with the
+    // same id ([VAP-OPS-068]) and the call succeeds; the op ran exactly once.
+    let r = call_direct(
+        &req,
+        Jid::from(ja.clone()),
+        test_ops::COUNTER,
+        Args::new(),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("the retransmission gets through");
+    assert_eq!(r.last().unwrap().get_i4("value"), Some(1));
+    assert_eq!(f.counts(rule).map(|c| c.1), Some(1), "the rule fired once");
+    assert_eq!(counter(&req, &ja).await, 1, "the op ran once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_op_is_a_terminal_error_not_a_hang() {
+    let (bus, _a, ja) = setup().await;
+    let req = bus.requester_with("req", Duration::from_millis(400)).await;
+    let f = bus.server.embedded().unwrap().faults();
+    let rule = f.add(
+        FaultRule::new(FaultAction::Drop)
+            .to(JidPattern::Full(ja.clone()))
+            .kind(StanzaKind::Iq)
+            .when(|el| child_is(el, "op", Some(test_ops::COUNTER))),
     );
     let t0 = Instant::now();
     let e = call_direct(
@@ -118,9 +145,15 @@ async fn dropped_op_is_a_terminal_error_not_a_hang() {
     )
     .await
     .unwrap_err();
+    // [VAP-OPS-074] 4 attempts, then [VAP-OPS-079] responder-gone (before the deadline).
     assert_eq!(e.condition, "responder-gone");
-    assert!(t0.elapsed() < Duration::from_secs(3));
-    assert_eq!(f.counts(rule).map(|c| c.1), Some(1), "the rule fired once");
+    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
+    assert_eq!(
+        f.counts(rule).map(|c| c.1),
+        Some(4),
+        "four attempts were sent"
+    );
+    f.clear();
     assert_eq!(counter(&req, &ja).await, 0, "a dropped op never ran");
 }
 
