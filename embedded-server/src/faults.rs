@@ -136,6 +136,11 @@ pub enum FaultAction {
     CutSender,
     /// The recipient's connection is cut and the stanza is not delivered.
     CutRecipient,
+    /// The stanza is replaced by these bytes, written to the recipient's socket as they are
+    /// (no serialisation, no check: they may be ill-formed XML, bad UTF-8 or a partial tag).
+    /// Traced as [`Direction::Out`](crate::Direction::Out) with note `"raw"` and the bytes
+    /// escaped by [`escape_bytes`](crate::trace::escape_bytes).
+    Raw(Vec<u8>),
 }
 
 impl fmt::Debug for FaultAction {
@@ -148,6 +153,7 @@ impl fmt::Debug for FaultAction {
             FaultAction::Rewrite(_) => write!(f, "Rewrite(..)"),
             FaultAction::CutSender => write!(f, "CutSender"),
             FaultAction::CutRecipient => write!(f, "CutRecipient"),
+            FaultAction::Raw(b) => write!(f, "Raw({})", crate::trace::escape_bytes(b)),
         }
     }
 }
@@ -314,13 +320,14 @@ impl Prng {
     }
 }
 
-/// A stanza to write: typed, or raw XML (after a rewrite, or injected).
+/// A stanza to write: typed, an element (after a rewrite, or injected), or raw bytes.
 // Stanzas are moved, not boxed: one allocation fewer per routed stanza.
 #[derive(Debug)]
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Outgoing {
     Stanza(Stanza),
     Element(Element),
+    Raw(Vec<u8>),
 }
 
 impl Clone for Outgoing {
@@ -328,6 +335,7 @@ impl Clone for Outgoing {
         match self {
             Outgoing::Stanza(s) => Outgoing::Stanza(crate::router::clone_stanza(s)),
             Outgoing::Element(e) => Outgoing::Element(e.clone()),
+            Outgoing::Raw(b) => Outgoing::Raw(b.clone()),
         }
     }
 }
@@ -621,6 +629,16 @@ impl Faults {
                 let el = match item {
                     Outgoing::Stanza(s) => element.unwrap_or_else(|| Element::from(s)),
                     Outgoing::Element(e) => e,
+                    Outgoing::Raw(b) => {
+                        // Not reachable (rules see typed stanzas), but harmless: pass on.
+                        plan.writes.push(Planned {
+                            to,
+                            item: Outgoing::Raw(b),
+                            delay: None,
+                            note: None,
+                        });
+                        return plan;
+                    }
                 };
                 let before = el.clone();
                 match f(el) {
@@ -644,6 +662,16 @@ impl Faults {
             FaultAction::CutRecipient => {
                 plan.cut_recipient = Some(to.clone());
                 plan.dropped.push((to, item, "cut recipient".into()));
+            }
+            FaultAction::Raw(bytes) => {
+                plan.dropped
+                    .push((to.clone(), item, "replaced by raw bytes".into()));
+                plan.writes.push(Planned {
+                    to,
+                    item: Outgoing::Raw(bytes),
+                    delay: None,
+                    note: Some("raw".into()),
+                });
             }
         }
         plan

@@ -72,6 +72,23 @@
 //! with any `from`. [`ServerHandle::trace`] returns the bounded [`Trace`] of every stanza in
 //! and out.
 //!
+//! Malformed input for clients: [`ServerHandle::inject_raw`] writes arbitrary bytes
+//! (ill-formed XML, invalid UTF-8, partial tags) into one session's stream, bypassing
+//! serialisation, in order with the stanzas queued for it; [`FaultAction::Raw`] replaces a
+//! chosen stanza (rule match, `skip`, `times`) with raw bytes. Both are traced as
+//! [`Direction::Out`] with the bytes escaped by [`trace::escape_bytes`] (notes
+//! `"inject raw"` / `"raw"`). [`ServerHandle::disconnect_after_queued`] cuts a connection
+//! (no footer) once what is queued for it is written; [`ServerHandle::disconnect`] cuts at
+//! once.
+//!
+//! ```no_run
+//! # async fn demo(server: vertebra_embedded_server::ServerHandle) -> vertebra_embedded_server::Result<()> {
+//! # let agent: vertebra_embedded_server::jid::FullJid = "agent@localhost/a".parse().unwrap();
+//! server.inject_raw(&agent, &b"<message><body>\xff\xfe</bo"[..])?;
+//! server.disconnect_after_queued(&agent)?;
+//! # Ok(()) }
+//! ```
+//!
 //! ## Prosody and shared scenarios
 //!
 //! [`prosody::Prosody`] starts Debian's `prosody` on a free loopback port for tests, and

@@ -286,8 +286,54 @@ impl ServerHandle {
         Ok(n)
     }
 
+    /// Writes `bytes` into the stream of the session `jid` exactly as given, bypassing
+    /// serialisation, routing and fault rules: they may be ill-formed XML, invalid UTF-8, a
+    /// partial tag, anything. They are written after every stanza already queued for that
+    /// connection and before any queued later (split writes, if set for the connection,
+    /// apply). Traced as [`Direction::Out`] with note `"inject raw"`; the event's `xml` holds
+    /// the bytes escaped by [`escape_bytes`](crate::trace::escape_bytes). The server keeps
+    /// the connection open and goes on reading from it; what the client makes of the bytes
+    /// is up to the client (a conforming one closes the stream). Errors:
+    /// [`Error::NoSuchSession`] if `jid` is not bound.
+    pub fn inject_raw(&self, jid: &FullJid, bytes: impl Into<Vec<u8>>) -> Result<()> {
+        self.queue_command(
+            jid,
+            Command::Write {
+                item: Outgoing::Raw(bytes.into()),
+                note: Some("inject raw".into()),
+            },
+        )
+    }
+
+    /// Cuts the connection of `jid` abruptly (TCP close, no stream footer, no stream error)
+    /// once everything queued for it so far — stanzas and [`inject_raw`](Self::inject_raw)
+    /// bytes — has been written. Use [`disconnect`](Self::disconnect) to cut at once.
+    /// Errors: [`Error::NoSuchSession`] if `jid` is not bound.
+    pub fn disconnect_after_queued(&self, jid: &FullJid) -> Result<()> {
+        self.queue_command(jid, Command::Cut)
+    }
+
+    fn queue_command(&self, jid: &FullJid, cmd: Command) -> Result<()> {
+        let st = self.shared.router.lock().expect("router");
+        let c = st
+            .router
+            .conn_of(jid)
+            .and_then(|conn| st.conns.get(&conn))
+            .ok_or_else(|| Error::NoSuchSession(jid.to_string()))?;
+        match c.tx.try_send(cmd) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                log::warn!("embedded server: {jid} is not reading; closing it (slow reader)");
+                c.kill.kill(KillReason::SlowReader);
+                Err(Error::NoSuchSession(jid.to_string()))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Error::NoSuchSession(jid.to_string())),
+        }
+    }
+
     /// Cuts the connection of a session abruptly (TCP close, no stream footer), as if the
-    /// client vanished.
+    /// client vanished. Takes effect at once, even before stanzas already queued for it
+    /// (see [`disconnect_after_queued`](Self::disconnect_after_queued)).
     pub fn disconnect(&self, jid: &FullJid) -> Result<()> {
         let st = self.shared.router.lock().expect("router");
         let conn = st
@@ -388,6 +434,8 @@ enum Command {
         note: Option<String>,
     },
     Close(Option<StreamError>),
+    /// Flush what is queued, then close the TCP connection without a footer.
+    Cut,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -559,6 +607,7 @@ fn serialize(item: &Outgoing) -> String {
     let bytes = match item {
         Outgoing::Stanza(s) => return serialize_stanza(s),
         Outgoing::Element(e) => xso::to_vec(e),
+        Outgoing::Raw(b) => return crate::trace::escape_bytes(b),
     };
     match bytes {
         Ok(b) => String::from_utf8_lossy(&b).into_owned(),
@@ -673,6 +722,8 @@ struct ConnShared {
     too_large: AtomicBool,
     bound: OnceLock<Jid>,
     socket_writes: AtomicU64,
+    /// Raw bytes to write on the next flush ([`ServerHandle::inject_raw`]).
+    raw: Mutex<Vec<u8>>,
 }
 
 struct ConnIo {
@@ -685,6 +736,10 @@ struct ConnIo {
     rng: Prng,
     wbuf: Vec<u8>,
     wpos: usize,
+    /// Raw bytes taken from `ConnShared::raw`, written (through `poll_write`, so split
+    /// writes apply) before the flush completes.
+    rawbuf: Vec<u8>,
+    rawpos: usize,
 }
 
 impl ConnIo {
@@ -721,6 +776,34 @@ impl AsyncRead for ConnIo {
 }
 
 impl ConnIo {
+    /// Writes injected raw bytes (if any) through `poll_write`.
+    fn poll_raw(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.rawpos >= self.rawbuf.len() {
+            let mut pending = self.shared.raw.lock().expect("raw");
+            if pending.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            let taken = std::mem::take(&mut *pending);
+            drop(pending);
+            self.rawbuf = taken;
+            self.rawpos = 0;
+        }
+        while self.rawpos < self.rawbuf.len() {
+            let chunk = std::mem::take(&mut self.rawbuf);
+            let pos = self.rawpos;
+            let r = self.as_mut().poll_write(cx, &chunk[pos..]);
+            self.rawbuf = chunk;
+            let n = ready!(r)?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.rawpos += n;
+        }
+        self.rawbuf.clear();
+        self.rawpos = 0;
+        Poll::Ready(Ok(()))
+    }
+
     /// Writes the coalescing buffer to the socket.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.wpos < self.wbuf.len() {
@@ -766,6 +849,7 @@ impl AsyncWrite for ConnIo {
         Poll::Ready(r)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.as_mut().poll_raw(cx))?;
         ready!(self.poll_drain(cx))?;
         Pin::new(&mut self.tcp).poll_flush(cx)
     }
@@ -834,6 +918,7 @@ fn conn_io(shared: &Arc<Shared>, tcp: TcpStream, id: ConnId) -> (Io, Arc<ConnSha
         too_large: AtomicBool::new(false),
         bound: OnceLock::new(),
         socket_writes: AtomicU64::new(0),
+        raw: Mutex::new(Vec::new()),
     });
     let io = ConnIo {
         tcp,
@@ -845,6 +930,8 @@ fn conn_io(shared: &Arc<Shared>, tcp: TcpStream, id: ConnId) -> (Io, Arc<ConnSha
         rng: Prng::new(shared.faults.seed() ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
         wbuf: Vec::new(),
         wpos: 0,
+        rawbuf: Vec::new(),
+        rawpos: 0,
     };
     (BufReader::with_capacity(READ_BUFFER, io), cs)
 }
@@ -1256,7 +1343,7 @@ async fn connection(shared: Arc<Shared>, tcp: TcpStream, id: ConnId) {
             }
             Event::Command(None) => break,
             Event::Command(Some(first)) => {
-                let write = write_batch(&shared, &mut stream, &mut rx, first, id, &jid_any);
+                let write = write_batch(&shared, &cs, &mut stream, &mut rx, first, id, &jid_any);
                 let outcome = tokio::select! {
                     r = write => r,
                     _ = kill.notify.notified() => WriteOutcome::Failed,
@@ -1437,6 +1524,7 @@ enum WriteOutcome {
 
 async fn write_batch(
     shared: &Arc<Shared>,
+    cs: &ConnShared,
     stream: &mut Xs,
     rx: &mut mpsc::Receiver<Command>,
     first: Command,
@@ -1453,6 +1541,10 @@ async fn write_batch(
                 }
                 return WriteOutcome::Close(e);
             }
+            Command::Cut => {
+                let _ = SinkExt::<&Stanza>::flush(stream).await;
+                return WriteOutcome::Failed;
+            }
             Command::Write { item, note } => {
                 shared
                     .trace
@@ -1460,6 +1552,12 @@ async fn write_batch(
                 let r = match &item {
                     Outgoing::Stanza(s) => stream.feed(s).await,
                     Outgoing::Element(e) => stream.feed(e).await,
+                    Outgoing::Raw(b) => {
+                        // Handed to the socket wrapper, which writes it on the next flush,
+                        // after the XML stream's own buffered output (so order is kept).
+                        cs.raw.lock().expect("raw").extend_from_slice(b);
+                        SinkExt::<&Stanza>::flush(stream).await
+                    }
                 };
                 if r.is_err() {
                     return WriteOutcome::Failed;

@@ -192,3 +192,33 @@ impl Trace {
         buf.push_back(ev);
     }
 }
+
+/// Escapes raw bytes for the trace: valid UTF-8 text is kept as is, except that `\` becomes
+/// `\\` and ASCII control characters other than tab, line feed and carriage return become
+/// `\xNN`; every byte that is not part of valid UTF-8 becomes `\xNN` (two lowercase hex
+/// digits). The escaping is reversible, so the trace shows exactly which bytes were written.
+///
+/// ```
+/// use vertebra_embedded_server::trace::escape_bytes;
+/// assert_eq!(escape_bytes(b"<a x='\xff'>\\\0"), "<a x='\\xff'>\\\\\\x00");
+/// ```
+pub fn escape_bytes(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\t' | '\n' | '\r' => out.push(c),
+                c if c.is_control() && (c as u32) < 0x80 => {
+                    let _ = write!(out, "\\x{:02x}", c as u32);
+                }
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    out
+}
