@@ -70,12 +70,31 @@ pub struct ReferenceControl {
     aux_env: Vec<(String, String)>,
     aux_jid: String,
     aux: Mutex<Option<Agent>>,
+    /// VERTEBRA_TEST_PROFILE of the running aux instance and when it started.
+    aux_variant: Mutex<Option<AuxVariant>>,
     harness_mutant: Option<&'static str>,
 }
 
+type AuxVariant = (Option<String>, std::time::Instant);
+
 impl ReferenceControl {
-    async fn start_aux_inner(&self, test_profile: Option<String>) -> Result<String, String> {
+    async fn start_aux_inner(
+        &self,
+        test_profile: Option<String>,
+    ) -> Result<(String, std::time::Instant), String> {
+        let current = self
+            .aux_variant
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some((v, at)) = current {
+            if v == test_profile && self.aux_running().await {
+                return Ok((self.aux_jid_str(), at));
+            }
+        }
+        let started = std::time::Instant::now();
         self.stop_aux_inner().await;
+        let test_profile_kept = test_profile.clone();
         let mut vars = self.aux_env.clone();
         if let Some(v) = test_profile {
             vars.push(("VERTEBRA_TEST_PROFILE".into(), v));
@@ -107,10 +126,21 @@ impl ReferenceControl {
         if let Some(p) = p {
             wait_ready(&p, &self.aux_jid, self.ready).await?;
         }
-        Ok(self.aux_jid.clone())
+        *self.aux_variant.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((test_profile_kept, started));
+        Ok((self.aux_jid.clone(), started))
+    }
+
+    fn aux_jid_str(&self) -> String {
+        self.aux_jid.clone()
+    }
+
+    async fn aux_running(&self) -> bool {
+        self.aux.lock().unwrap_or_else(|e| e.into_inner()).is_some()
     }
 
     async fn stop_aux_inner(&self) {
+        *self.aux_variant.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let old = self.aux.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(a) = old {
             a.shutdown().await;
@@ -119,7 +149,10 @@ impl ReferenceControl {
 }
 
 impl TargetControl for ReferenceControl {
-    fn start_aux(&self, test_profile: Option<String>) -> BoxFuture<'_, Result<String, String>> {
+    fn start_aux(
+        &self,
+        test_profile: Option<String>,
+    ) -> BoxFuture<'_, Result<(String, std::time::Instant), String>> {
         Box::pin(self.start_aux_inner(test_profile))
     }
 
@@ -255,6 +288,7 @@ pub async fn attach_reference(
         ],
         aux_jid: aux_jid.to_string(),
         aux: Mutex::new(None),
+        aux_variant: Mutex::new(None),
         harness_mutant,
     });
     let plan = Plan {

@@ -277,6 +277,9 @@ pub async fn run(
         } else {
             run_grouped(&chosen, s, &trace, &levels, cfg, &emitter).await?;
         }
+        if let Some(ctl) = &s.control {
+            ctl.stop_aux().await;
+        }
     }
     let (jsonl, mut records) = emitter
         .inner
@@ -388,8 +391,7 @@ pub const PARALLEL_SAFE: &[&str] = &[
     "OPS-STREAM-002",
     "OPS-SLEEP-001",
     "OPS-DEADLINE-001",
-    // Only observe what the agent sends on its own (advertisements, load reports).
-    "DSC-ADVERTISE-002",
+    // Only observes what the agent sends on its own (load reports).
     "LOAD-REPORT-001",
     "OPS-CANCEL-001",
     "OPS-CANCEL-002",
@@ -413,6 +415,8 @@ pub const PARALLEL_SAFE: &[&str] = &[
     "OPS-LEGACY-001",
     "OPS-PATH-001",
     "OPS-IQID-001",
+    "OPS-RETRY-001",
+    "OPS-WAIT-001",
     "SEC-AUTHZ-002",
     "SEC-LEAK-001",
     "ROB-IQ-001",
@@ -514,7 +518,7 @@ pub const COUNTER_LANE: &[&str] = &[
 /// Parallel-safe cases that wait longest (started first so the pool drains evenly).
 const LONG_FIRST: &[&str] = &[
     "SEC-AUTHZ-002",
-    "DSC-ADVERTISE-002",
+    "OPS-RETRY-001",
     "LOAD-REPORT-001",
     "OPS-STREAM-002",
     "OPS-IQID-001",
@@ -524,7 +528,22 @@ const LONG_FIRST: &[&str] = &[
 
 /// Cases on a second instance of the agent (one at a time; independent of the agent under
 /// test's state), run next to the other lanes.
-pub const AUX_LANE: &[&str] = &["SEC-TESTMODE-001", "OPS-SCOPE-001", "OPS-SCOPE-002"];
+/// (In this order: the scoping cases and the first half of SEC-TESTMODE-001 share one
+/// instance without test mode.) Then short cases that need no exclusive use of the agent but
+/// inspect what the harness dispatcher was asked (filtered by their own requester), one by one
+/// on a requester of their own.
+pub const AUX_LANE: &[&str] = &[
+    "OPS-SCOPE-001",
+    "OPS-SCOPE-002",
+    "SEC-TESTMODE-001",
+    "OPS-LIFECYCLE-001",
+    "OPS-NOHANDLER-001",
+    "OPS-ORDER-001",
+    "OPS-ORDER-002",
+    "SEC-AUTHZ-003",
+    "SEC-TENANT-001",
+    "ROB-IQ-002",
+];
 
 fn in_counter_lane(c: &CaseDef) -> bool {
     COUNTER_LANE.contains(&c.id) || c.id.starts_with("FUZZ-REG-")
@@ -566,11 +585,12 @@ async fn run_grouped(
                 && !AUX_LANE.contains(&c.id)
         })
         .collect();
-    let aux: Vec<&'static CaseDef> = chosen
+    let mut aux: Vec<&'static CaseDef> = chosen
         .iter()
         .copied()
         .filter(|c| c.subject == Subject::Agent && AUX_LANE.contains(&c.id))
         .collect();
+    aux.sort_by_key(|c| AUX_LANE.iter().position(|a| *a == c.id));
     let dsp: Vec<&'static CaseDef> = chosen
         .iter()
         .copied()
@@ -615,6 +635,9 @@ async fn run_grouped(
                 r.close().await;
             }
             emitter.emit(rec)?;
+        }
+        if let Some(ctl) = &session.control {
+            ctl.stop_aux().await;
         }
         Ok::<(), std::io::Error>(())
     };

@@ -43,7 +43,7 @@ pub fn mutant_targets(name: &str) -> &'static [&'static str] {
         "accept-foreign-advert" => &["VAP-DSC-004"],
         "no-tenant-isolation" => &["VAP-SEC-019"],
         "allow-all" => &["VAP-SEC-014"],
-        _ => &[],
+        h => crate::reference::harness_mutant(h).unwrap_or(&[]),
     }
 }
 
@@ -263,8 +263,14 @@ pub async fn mutant(name: &str, scale: f64) -> MutantResult {
     }
 }
 
+/// The reference's built-in mutants, then the harness-side ones
+/// ([`crate::reference::HARNESS_MUTANTS`]: the reference configured into one violation).
 pub fn mutant_names() -> Vec<&'static str> {
-    Misbehaviour::ALL.iter().map(|m| m.name()).collect()
+    Misbehaviour::ALL
+        .iter()
+        .map(|m| m.name())
+        .chain(crate::reference::HARNESS_MUTANTS.iter().map(|(n, _)| *n))
+        .collect()
 }
 
 pub async fn run(a: SelftestArgs) -> i32 {

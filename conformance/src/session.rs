@@ -56,11 +56,12 @@ pub trait TargetControl: Send + Sync {
     /// `VERTEBRA_TEST_PROFILE` = `test_profile` (`None`: unset). In reference mode the aux
     /// agent also serves the application operation [`SCOPED_OP`] providing the resource
     /// [`SCOPED_KEY`] = [`SCOPED_PATH`] (the resource-scoping cases). Returns its full JID once
-    /// it answers a ping; any previous aux instance is stopped first.
+    /// it answers a ping, and when that instance started. A running aux instance with the same
+    /// `test_profile` is reused; one with another value is stopped first.
     fn start_aux(
         &self,
         _test_profile: Option<String>,
-    ) -> futures::future::BoxFuture<'_, Result<String, String>> {
+    ) -> futures::future::BoxFuture<'_, Result<(String, std::time::Instant), String>> {
         Box::pin(async { Err("this attach mode cannot start a second instance".to_string()) })
     }
     /// Stop the aux instance (if any).

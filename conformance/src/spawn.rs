@@ -29,6 +29,8 @@ pub struct SpawnControl {
     /// Full JID of the second instance ([`TargetControl::start_aux`]), when offered.
     pub aux_jid: Option<String>,
     aux: tokio::sync::Mutex<Option<Child>>,
+    /// VERTEBRA_TEST_PROFILE of the running aux instance and when it started.
+    aux_variant: Mutex<Option<(Option<String>, std::time::Instant)>>,
 }
 
 fn push_capped(buf: &Mutex<String>, line: &str) {
@@ -63,6 +65,7 @@ impl SpawnControl {
             pinger: Mutex::new(None),
             aux_jid: None,
             aux: tokio::sync::Mutex::new(None),
+            aux_variant: Mutex::new(None),
         }
     }
 
@@ -72,7 +75,21 @@ impl SpawnControl {
         self
     }
 
-    async fn start_aux_inner(&self, test_profile: Option<String>) -> Result<String, String> {
+    async fn start_aux_inner(
+        &self,
+        test_profile: Option<String>,
+    ) -> Result<(String, std::time::Instant), String> {
+        let current = self
+            .aux_variant
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some((v, at)) = current {
+            if v == test_profile && self.aux_running().await {
+                return Ok((self.aux_jid_str(), at));
+            }
+        }
+        let started = std::time::Instant::now();
         let jid = self
             .aux_jid
             .clone()
@@ -106,10 +123,24 @@ impl SpawnControl {
             Some(p) => wait_ready(&p, &jid, self.ready_budget).await?,
             None => return Err("no harness identity to ping with".into()),
         }
-        Ok(jid)
+        *self.aux_variant.lock().unwrap_or_else(|e| e.into_inner()) = Some((test_profile, started));
+        Ok((jid, started))
+    }
+
+    fn aux_jid_str(&self) -> String {
+        self.aux_jid.clone().unwrap_or_default()
+    }
+
+    async fn aux_running(&self) -> bool {
+        let mut g = self.aux.lock().await;
+        match g.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
     }
 
     async fn stop_aux_inner(&self) {
+        *self.aux_variant.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let mut g = self.aux.lock().await;
         if let Some(mut c) = g.take() {
             let _ = c.kill().await;
@@ -194,7 +225,10 @@ impl SpawnControl {
 }
 
 impl TargetControl for SpawnControl {
-    fn start_aux(&self, test_profile: Option<String>) -> BoxFuture<'_, Result<String, String>> {
+    fn start_aux(
+        &self,
+        test_profile: Option<String>,
+    ) -> BoxFuture<'_, Result<(String, std::time::Instant), String>> {
         Box::pin(self.start_aux_inner(test_profile))
     }
 

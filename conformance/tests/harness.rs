@@ -505,6 +505,41 @@ fn cli_exit_codes_and_help() {
     let o = bin().args(["explain", "VAP-OPS-003"]).output().unwrap();
     assert!(o.status.success());
     assert!(String::from_utf8_lossy(&o.stdout).contains("OPS-LIFECYCLE-001"));
+    // explain knows case IDs and the promoted fuzz regression IDs too.
+    let o = bin().args(["explain", "ops-lifecycle-001"]).output().unwrap();
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("VAP-OPS-019"));
+    let regressions = vertebra_conformance::fuzz::regress::all_cases();
+    if let Some(r) = regressions.iter().find(|c| c.id.starts_with("FUZZ-REG-")) {
+        let o = bin().args(["explain", r.id]).output().unwrap();
+        assert!(o.status.success(), "explain {}", r.id);
+        assert!(String::from_utf8_lossy(&o.stdout).contains(r.id));
+    }
+    let o = bin().args(["explain", "NO-SUCH-001"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(exit::ENVIRONMENT));
+    // list shows the suite and the regression cases.
     let o = bin().args(["list"]).output().unwrap();
-    assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("{} cases", CASES.len())));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains(&format!("{} cases", regressions.len())));
+    assert!(regressions.len() >= CASES.len());
+}
+
+/// A spawn command that never starts: the run is an environment error, and the header names
+/// the mode that was asked for (not "unknown").
+#[test]
+fn spawn_failure_reports_spawn_mode_and_environment_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = bin()
+        .args(["run", "--ready-timeout", "1", "--out"])
+        .arg(dir.path())
+        .args(["--", "/nonexistent/vertebra-agent-binary"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(exit::ENVIRONMENT), "{out}");
+    assert!(out.contains("spawn mode"), "{out}");
+    assert!(!out.contains("unknown mode"), "{out}");
+    let header = std::fs::read_to_string(dir.path().join("results.jsonl")).unwrap();
+    let first: Value = serde_json::from_str(header.lines().next().unwrap()).unwrap();
+    assert_eq!(first["mode"], "spawn");
 }

@@ -23,9 +23,9 @@ async fn start(
     cx: &Ctx,
     ctl: &Arc<dyn TargetControl>,
     test_profile: Option<&str>,
-) -> Result<String, Abort> {
+) -> Result<(String, Instant), Abort> {
     cx.trace.note(format!(
-        "starting a second instance with VERTEBRA_TEST_PROFILE {}",
+        "a second instance (started now, or reused) with VERTEBRA_TEST_PROFILE {}",
         test_profile
             .map(|v| format!("= {v:?}"))
             .unwrap_or_else(|| "unset".into())
@@ -79,65 +79,61 @@ pub fn test_mode_violations(
 pub async fn test_mode_off(cx: Ctx) -> CaseResult {
     let ctl = control(&cx)?;
     let dsp = cx.session.dsp.clone();
-    let res = async {
-        for variant in [None, Some("true")] {
-            let shown = variant
-                .map(|v| format!("VERTEBRA_TEST_PROFILE={v}"))
-                .unwrap_or_else(|| "VERTEBRA_TEST_PROFILE unset".into());
-            let t0 = Instant::now();
-            let aux = start(&cx, &ctl, variant).await?;
-            let (features, _) = crate::attach::disco(cx.req(), &aux, cx.budget(2000))
-                .await
-                .map_err(Abort::error)?;
-            let (el, t) = op(
-                "/vertebra/test/echo",
-                5000,
-                vec![v("string", "probe", "test mode is off")],
-            );
-            let echo = call_on(&cx, &aux, el, &t).await?;
-            let advertised: Vec<String> = dsp
-                .as_ref()
-                .map(|d| {
-                    d.adverts()
-                        .into_iter()
-                        .filter(|a| a.at >= t0 && same_jid(&a.from, &aux))
-                        .flat_map(|a| a.operations)
-                        .collect()
-                })
-                .unwrap_or_default();
-            let bad = test_mode_violations(&features, &echo, &advertised);
-            let has = |r: &str| bad.iter().find(|(q, _)| *q == r).map(|(_, w)| w.clone());
-            cx.check(
-                "VAP-TPF-020",
-                has("VAP-TPF-020").is_none(),
-                format!("{shown}: not in test mode — disco#info without {F_TEST}"),
-                has("VAP-TPF-020").unwrap_or_else(|| format!("features {features:?}")),
-            );
-            cx.check(
-                "VAP-TPF-002",
-                has("VAP-TPF-002").is_none(),
-                format!("{shown}: /vertebra/test/echo is not served (no-handler)"),
-                has("VAP-TPF-002").unwrap_or_else(|| echo.describe()),
-            );
-            cx.check(
-                "VAP-SEC-027",
-                bad.is_empty(),
-                format!("{shown}: test-profile operations neither claimed, served nor advertised"),
-                if bad.is_empty() {
-                    format!("advertised {advertised:?}; echo: {}", echo.describe())
-                } else {
-                    bad.iter()
-                        .map(|(_, w)| w.as_str())
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                },
-            );
-        }
-        Ok(())
+    for variant in [None, Some("true")] {
+        let shown = variant
+            .map(|v| format!("VERTEBRA_TEST_PROFILE={v}"))
+            .unwrap_or_else(|| "VERTEBRA_TEST_PROFILE unset".into());
+        let (aux, t0) = start(&cx, &ctl, variant).await?;
+        let (el, t) = op(
+            "/vertebra/test/echo",
+            5000,
+            vec![v("string", "probe", "test mode is off")],
+        );
+        let (features, echo) = tokio::join!(
+            crate::attach::disco(cx.req(), &aux, cx.budget(2000)),
+            call_on(&cx, &aux, el, &t)
+        );
+        let (features, _) = features.map_err(Abort::error)?;
+        let echo = echo?;
+        let advertised: Vec<String> = dsp
+            .as_ref()
+            .map(|d| {
+                d.adverts()
+                    .into_iter()
+                    .filter(|a| a.at >= t0 && same_jid(&a.from, &aux))
+                    .flat_map(|a| a.operations)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let bad = test_mode_violations(&features, &echo, &advertised);
+        let has = |r: &str| bad.iter().find(|(q, _)| *q == r).map(|(_, w)| w.clone());
+        cx.check(
+            "VAP-TPF-020",
+            has("VAP-TPF-020").is_none(),
+            format!("{shown}: not in test mode — disco#info without {F_TEST}"),
+            has("VAP-TPF-020").unwrap_or_else(|| format!("features {features:?}")),
+        );
+        cx.check(
+            "VAP-TPF-002",
+            has("VAP-TPF-002").is_none(),
+            format!("{shown}: /vertebra/test/echo is not served (no-handler)"),
+            has("VAP-TPF-002").unwrap_or_else(|| echo.describe()),
+        );
+        cx.check(
+            "VAP-SEC-027",
+            bad.is_empty(),
+            format!("{shown}: test-profile operations neither claimed, served nor advertised"),
+            if bad.is_empty() {
+                format!("advertised {advertised:?}; echo: {}", echo.describe())
+            } else {
+                bad.iter()
+                    .map(|(_, w)| w.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            },
+        );
     }
-    .await;
-    ctl.stop_aux().await;
-    res
+    Ok(())
 }
 
 /// An op on [`SCOPED_OP`] with the given values (a 1.0 op) or a legacy op (no version, no
@@ -258,31 +254,32 @@ async fn run_probes(cx: Ctx, probes: &'static [Probe]) -> CaseResult {
             "needs reference mode: the harness cannot give a spawned agent an application handler with a known keyed resource (the test-profile operations are in scope whatever resources they carry, VAP-TPF-006)",
         ));
     }
-    let res = async {
-        let aux = start(&cx, &ctl, None).await?;
-        for p in probes {
-            let (el, t) = scoped_op((p.values)(), p.legacy);
-            let o = call_on(&cx, &aux, el, &t).await?;
-            cx.check(
-                p.req,
-                judge_probe(p, &o),
-                format!(
-                    "{}: {}",
-                    p.what,
-                    if p.in_scope {
-                        "in scope, served (final)"
-                    } else {
-                        "out of scope: <error type=\"fatal\" condition=\"no-handler\">"
-                    }
-                ),
-                o.describe(),
-            );
-        }
-        Ok(())
-    }
+    let (aux, _) = start(&cx, &ctl, None).await?;
+    // The probes are independent ops: send them all, then judge each.
+    let obs = futures::future::join_all(probes.iter().map(|p| {
+        let (el, t) = scoped_op((p.values)(), p.legacy);
+        let (cx, aux) = (cx.clone(), aux.clone());
+        async move { call_on(&cx, &aux, el, &t).await }
+    }))
     .await;
-    ctl.stop_aux().await;
-    res
+    for (p, o) in probes.iter().zip(obs) {
+        let o = o?;
+        cx.check(
+            p.req,
+            judge_probe(p, &o),
+            format!(
+                "{}: {}",
+                p.what,
+                if p.in_scope {
+                    "in scope, served (final)"
+                } else {
+                    "out of scope: <error type=\"fatal\" condition=\"no-handler\">"
+                }
+            ),
+            o.describe(),
+        );
+    }
+    Ok(())
 }
 
 /// OPS-SCOPE-001: keyed resource scoping of an application handler.
@@ -293,4 +290,73 @@ pub async fn keyed_scope(cx: Ctx) -> CaseResult {
 /// OPS-SCOPE-002: key-less (legacy) resources.
 pub async fn keyless_scope(cx: Ctx) -> CaseResult {
     run_probes(cx, KEYLESS).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peer::{Rx, NS, NS_CLIENT};
+    use std::time::Instant;
+
+    fn rx(xml: &str) -> Rx {
+        Rx {
+            at: Instant::now(),
+            el: xml.parse().unwrap(),
+        }
+    }
+
+    /// An observed op: op result, then the given terminal child.
+    fn obs(terminal: &str) -> Obs {
+        Obs {
+            op_resp: Some(rx(&format!(
+                "<iq xmlns='{NS_CLIENT}' type='result' id='1'><op xmlns='{NS}' token='a:b'/></iq>"
+            ))),
+            token: Some("a:b".into()),
+            terminal: Some(rx(&format!(
+                "<iq xmlns='{NS_CLIENT}' type='set' id='2'>{terminal}</iq>"
+            ))),
+            stanzas: vec![rx(&format!(
+                "<iq xmlns='{NS_CLIENT}' type='set' id='2'>{terminal}</iq>"
+            ))],
+            ..Obs::default()
+        }
+    }
+
+    fn served_obs() -> Obs {
+        obs(&format!("<final xmlns='{NS}' token='a:b' count='1'/>"))
+    }
+
+    fn no_handler_obs() -> Obs {
+        obs(&format!(
+            "<error xmlns='{NS}' token='a:b' type='fatal' condition='no-handler'/>"
+        ))
+    }
+
+    #[test]
+    fn scoping_probes_fail_when_an_out_of_scope_op_is_served() {
+        for p in KEYED.iter().chain(KEYLESS) {
+            let (right, wrong) = if p.in_scope {
+                (served_obs(), no_handler_obs())
+            } else {
+                (no_handler_obs(), served_obs())
+            };
+            assert!(judge_probe(p, &right), "{}", p.what);
+            assert!(!judge_probe(p, &wrong), "{}", p.what);
+        }
+        // Nested res must not scope: a responder that says no-handler there fails RES-012.
+        let nested = KEYED.iter().find(|p| p.req == "VAP-RES-012").unwrap();
+        assert!(!judge_probe(nested, &no_handler_obs()));
+    }
+
+    #[test]
+    fn test_mode_judgement_catches_each_exposure() {
+        let clean = test_mode_violations(&["urn:vertebra:1.0".into()], &no_handler_obs(), &[]);
+        assert!(clean.is_empty());
+        let feat = test_mode_violations(&[F_TEST.into()], &no_handler_obs(), &[]);
+        assert_eq!(feat[0].0, "VAP-TPF-020");
+        let served = test_mode_violations(&[], &served_obs(), &[]);
+        assert_eq!(served[0].0, "VAP-TPF-002");
+        let adv = test_mode_violations(&[], &no_handler_obs(), &["/vertebra/test/echo".into()]);
+        assert_eq!(adv[0].0, "VAP-SEC-027");
+    }
 }
