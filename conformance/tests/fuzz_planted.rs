@@ -137,7 +137,7 @@ fn check_found(r: &Run, oracle: &str, max_steps: usize) {
 async fn planted_crash_is_found_minimized_and_replayed() {
     let r = fuzz_and_replay(
         &["--reference", "--mutant", "crash-on-odd-input"],
-        1,
+        3,
         BUDGET,
         48,
         40,

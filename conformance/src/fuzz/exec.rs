@@ -177,6 +177,10 @@ pub struct Execution<'a> {
     rss_base: Option<u64>,
     probe_n: u64,
     pub sent: u64,
+    /// The server splits its writes to the target (a `split` step is in force).
+    split: bool,
+    /// Step index of the last session loss (cut, restart, stream closed after raw bytes).
+    lost_at: Option<usize>,
 }
 
 impl<'a> Execution<'a> {
@@ -213,6 +217,8 @@ impl<'a> Execution<'a> {
             rss_base: None,
             probe_n: 0,
             sent: 0,
+            split: false,
+            lost_at: None,
         };
         if counter && env.test_profile && !env.dispatcher {
             x.counter_base = x.read_counter().await;
@@ -306,7 +312,8 @@ impl<'a> Execution<'a> {
 
     async fn step_inner(&mut self, idx: usize, step: &Step) -> Option<Finding> {
         self.judge.step = idx;
-        self.judge.note_state(idx);
+        let since = self.lost_at.map(|l| idx.saturating_sub(l + 1));
+        self.judge.note_state(idx, self.split, since);
         let env = self.env;
         let target = env.target().to_string();
         match step.kind.as_str() {
@@ -337,6 +344,7 @@ impl<'a> Execution<'a> {
                 if let Some(srv) = &env.server {
                     if let Ok(j) = target.parse::<jid::FullJid>() {
                         let pat = JidPattern::Full(j);
+                        self.split = step.max.unwrap_or(0) > 0;
                         match step.max.unwrap_or(0) {
                             0 => srv.faults().stop_split_writes(&pat),
                             m => srv.faults().split_writes(pat, SplitSpec::Random { max: m }),
@@ -582,6 +590,7 @@ impl<'a> Execution<'a> {
         let _ = srv.wait_offline(&j, env.budget(3000)).await;
         self.flush().await;
         self.judge.session_lost(false);
+        self.lost_at = Some(self.judge.step);
         self.back_online(&j).await
     }
 
@@ -637,6 +646,7 @@ impl<'a> Execution<'a> {
         );
         self.flush().await;
         self.judge.session_lost(true);
+        self.lost_at = Some(self.judge.step);
         if self.counter_base.is_some() {
             self.counter_base = self.read_counter().await;
         }
@@ -679,6 +689,7 @@ impl<'a> Execution<'a> {
             );
             self.flush().await;
             self.judge.session_lost(false);
+            self.lost_at = Some(self.judge.step);
             return self.back_online(&j).await;
         }
         None

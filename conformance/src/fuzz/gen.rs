@@ -465,6 +465,81 @@ impl Gen {
         s
     }
 
+    /// Replace the text of one value inside `el` with a boundary value of its type.
+    fn boundary_value(&mut self, el: &mut Element) -> Option<&'static str> {
+        fn collect(e: &Element, at: &mut Vec<usize>, out: &mut Vec<Vec<usize>>) {
+            for (i, c) in e.children().enumerate() {
+                at.push(i);
+                if c.ns() == NS
+                    && matches!(
+                        c.name(),
+                        "i4" | "int"
+                            | "double"
+                            | "boolean"
+                            | "string"
+                            | "base64"
+                            | "dateTime.iso8601"
+                            | "res"
+                    )
+                {
+                    out.push(at.clone());
+                }
+                collect(c, at, out);
+                at.pop();
+            }
+        }
+        let mut paths = Vec::new();
+        collect(el, &mut Vec::new(), &mut paths);
+        if paths.is_empty() {
+            return None;
+        }
+        let path = self.rng.pick(&paths).clone();
+        let mut v: &mut Element = el;
+        for i in path {
+            v = v.children_mut().nth(i)?;
+        }
+        let text = match v.name() {
+            "i4" | "int" => self.rng.pick(&[
+                "-2147483648",
+                "2147483647",
+                "-2147483648",
+                "2147483647",
+                "-2147483648",
+                "2147483647",
+                "0",
+                "-0",
+                "+1",
+                "2147483648",
+                "-2147483649",
+                " 1",
+                "0x10",
+                "1e3",
+                "",
+            ]),
+            "double" => self.rng.pick(&[
+                "NaN", "-INF", "INF", "1e309", "-0", "4.9e-324", ".5", "5.", "",
+            ]),
+            "boolean" => self.rng.pick(&["2", "yes", "", "TRUE", "-1"]),
+            "base64" => self.rng.pick(&["=", "AA", "****", "A===", ""]),
+            "dateTime.iso8601" => self.rng.pick(&[
+                "00000101T00:00:00",
+                "20091332T25:61:61Z",
+                "2009-02-29T00:00:00Z",
+                "",
+            ]),
+            "res" => self.rng.pick(&["", "//", "/a//b", "no-slash", "/\u{7f}"]),
+            _ => self.rng.pick(UNICODE_EDGE),
+        }
+        .to_string();
+        for t in v.texts_mut() {
+            t.clear();
+        }
+        if !text.is_empty() {
+            v.append_text_node(text);
+        }
+        Some("boundary value")
+    }
+
     /// A mutation of a corpus entry (least used first).
     fn corpus_step(&mut self) -> Step {
         let least = self.corpus.iter().map(|c| c.1).min().unwrap_or(0);
@@ -488,6 +563,11 @@ impl Gen {
                     {
                         token = self.rng.hex32();
                         crate::xmlh::set(&mut el, "token", token.as_str());
+                    }
+                    if self.rng.chance(1, 2) {
+                        if let Some(n) = self.boundary_value(&mut el) {
+                            notes.push(n);
+                        }
                     }
                     for _ in 0..self.rng.range(0, 2) {
                         notes.push(self.mutate_op(&mut el));
@@ -1466,8 +1546,11 @@ mod tests {
                 ..GenConfig::basic(false, true, true)
             },
         );
-        for _ in 0..500 {
+        for i in 0..500 {
             let s = g.next_step();
+            if i % 3 == 0 {
+                g.add_to_corpus(&s);
+            }
             if let Some(x) = s.xml.as_ref().filter(|x| x.len() < 100_000) {
                 let x = x.replace("{{", "").replace("}}", "");
                 assert!(x.parse::<Element>().is_ok(), "{x}");

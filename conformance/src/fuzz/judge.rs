@@ -535,16 +535,23 @@ impl Judge {
         }
     }
 
-    /// Remember the target's state when step `step` was sent (coverage signatures).
-    pub fn note_state(&mut self, step: usize) {
-        let open = self.open_ops();
-        let bucket = match open {
-            0 => "idle",
-            1 => "1-open",
-            2..=4 => "few-open",
-            _ => "many-open",
+    /// Remember the target's state when step `step` was sent (coverage signatures). It is
+    /// derived from the inputs (splitting writes or not, how long ago the target last lost its
+    /// session), not from timing, so that a seed gives the same inputs against a target that
+    /// answers the same way.
+    pub fn note_state(&mut self, step: usize, split: bool, since_loss: Option<usize>) {
+        let age = match since_loss {
+            None => "fresh",
+            Some(0) => "just-reconnected",
+            Some(1..=3) => "recently-reconnected",
+            Some(_) => "reconnected",
         };
-        self.state.insert(step, bucket.to_string());
+        let s = if split {
+            format!("split,{age}")
+        } else {
+            age.to_string()
+        };
+        self.state.insert(step, s);
     }
 
     /// Coverage signature of step `step`: what it was (`what`), every kind of answer the target
@@ -651,10 +658,10 @@ mod tests {
     fn signatures_name_the_answers_and_the_state() {
         let mut j = Judge::new("a@x/a");
         j.step = 3;
-        j.note_state(3);
+        j.note_state(3, false, None);
         j.on_sent("requester", &el("<iq xmlns='jabber:client' type='set' id='u' to='a@x/a'><bogus xmlns='http://xmlschema.engineyard.com/agent/api'/></iq>"));
         j.on_received("requester", &el("<iq xmlns='jabber:client' type='error' id='u' from='a@x/a'><error type='modify'><bad-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"));
-        assert_eq!(j.signature(3, "w"), "w|iq-error:bad-request|idle");
+        assert_eq!(j.signature(3, "w"), "w|iq-error:bad-request|fresh");
         assert_eq!(j.signature(4, "w"), "w|silence|-");
         let mut k = started();
         k.on_received("requester", &lifecycle("final"));
