@@ -172,6 +172,11 @@ impl Injector for EmbeddedInjector {
             .unwrap_or(0)
     }
 
+    fn disconnect(&self, jid: &str) -> Result<(), String> {
+        let j: FullJid = jid.parse().map_err(|e| format!("{jid}: {e}"))?;
+        self.server.disconnect(&j).map_err(|e| e.to_string())
+    }
+
     fn sent_by(&self, jid: &str, after: u64) -> Vec<Element> {
         let want: Option<jid::Jid> = jid.parse().ok();
         self.server

@@ -536,6 +536,7 @@ pub const AUX_LANE: &[&str] = &[
     "OPS-SCOPE-001",
     "OPS-SCOPE-002",
     "SEC-TESTMODE-001",
+    "OPS-SESSION-001",
     "OPS-LIFECYCLE-001",
     "OPS-NOHANDLER-001",
     "OPS-ORDER-001",

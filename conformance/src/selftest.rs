@@ -50,7 +50,7 @@ pub fn mutant_targets(name: &str) -> &'static [&'static str] {
 /// Mutants whose violation cannot show on the wire in the harness's environment, with why.
 pub const UNOBSERVABLE: &[(&str, &str)] = &[(
     "no-tenant-isolation",
-    "the embedded server and the Prosody helper serve one XMPP domain and the dispatcher (correctly) refuses advertisements from other domains, so its table never holds a foreign agent to leak; needs a two-domain server",
+    "the mutant only skips the domain filter inside the dispatcher's discover handler, but protocol::Responder nacks every op from another domain before any handler runs (VAP-SEC-018, VAP-OPS-084), so the unfiltered path is unreachable: DSP-TENANT-002 logs in on the embedded server's second domain and sees the nack and a clean local listing. To be observable the mutant must also bypass that guard (or admit foreign advertisements)",
 )];
 
 pub fn unobservable(name: &str) -> Option<&'static str> {

@@ -101,6 +101,10 @@ pub trait Injector: Send + Sync {
     fn mark(&self) -> u64;
     /// Stanzas the session `jid` sent (as read by the server) after `mark`.
     fn sent_by(&self, jid: &str, after: u64) -> Vec<minidom::Element>;
+    /// Cut the session of `jid` abruptly (TCP close, as if the network failed).
+    fn disconnect(&self, _jid: &str) -> Result<(), String> {
+        Err("this server cannot cut a session".into())
+    }
 }
 
 /// A third-party (or reference) dispatcher under test and the harness's agent identities.

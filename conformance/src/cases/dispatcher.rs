@@ -853,3 +853,108 @@ pub async fn resource_matching(cx: Ctx) -> CaseResult {
     let _ = advertise(&cx, a, &[], 0).await;
     Ok(())
 }
+
+/// Tenant isolation with a second served domain: an agent of the dispatcher's domain
+/// advertises; an identity logged in on the other domain reports load and advertises the same
+/// operation, then discovers it. Neither side may see the other tenant's JIDs.
+pub async fn tenant_isolation(cx: Ctx) -> CaseResult {
+    let (d, agents) = target(&cx)?;
+    let Some(outsider) = cx
+        .session
+        .dispatcher
+        .as_ref()
+        .and_then(|t| t.foreign.clone())
+    else {
+        return Err(Abort::skipped(
+            "needs a harness identity on a second domain of the same server (the embedded server serves two)",
+        ));
+    };
+    let local = agents
+        .first()
+        .cloned()
+        .ok_or_else(|| Abort::error("no harness agent identity"))?;
+    let operation = unique_op();
+    let d_domain = d
+        .parse::<jid::Jid>()
+        .map(|j| j.domain().to_string())
+        .unwrap_or_default();
+    // The local agent: load 0.3, then its advertisement.
+    report(&cx, &local, 0.3, 1000).await?;
+    let a = advertise(&cx, &local, &[&operation], 30).await?;
+    cx.require(
+        "VAP-SEC-019",
+        a.term_name() == "final",
+        "the local agent's advertisement is accepted (precondition)",
+        a.describe(),
+    )?;
+    // The outsider: a lower load, then the same advertisement (a correct dispatcher refuses it).
+    report(&cx, &outsider, 0.0, 1000).await?;
+    let foreign_ad = advertise(&cx, &outsider, &[&operation], 30).await?;
+    cx.trace.note(format!(
+        "outsider's advertisement: {}",
+        foreign_ad.describe()
+    ));
+    // A local requester sees only local agents, with their own load.
+    let (ol, listing) = discover(&cx, &operation, None).await?;
+    let outsider_jid = outsider.jid.to_string();
+    let local_jid = local.jid.to_string();
+    let (jids, loads) = listing.clone().unwrap_or_default();
+    let foreign_listed: Vec<&String> = jids
+        .iter()
+        .filter(|j| {
+            j.parse::<jid::Jid>()
+                .map(|x| x.domain().as_str() != d_domain)
+                .unwrap_or(true)
+        })
+        .collect();
+    cx.check(
+        "VAP-SEC-019",
+        listing.is_some() && foreign_listed.is_empty(),
+        format!("discover by a {d_domain} requester lists no JID of another domain"),
+        format!("jids {jids:?} ({})", ol.describe()),
+    );
+    let local_load = jids
+        .iter()
+        .position(|j| same_jid(j, &local_jid))
+        .and_then(|i| loads.get(i).cloned());
+    cx.check(
+        "VAP-LOAD-011",
+        !jids.iter().any(|j| same_jid(j, &outsider_jid))
+            && local_load
+                .as_deref()
+                .is_some_and(|l| l.ends_with(":0.3")),
+        format!(
+            "the load report from {outsider_jid} is ignored: it is not listed and the local agent keeps its own load 0.3"
+        ),
+        format!("jids {jids:?}, loads {loads:?}"),
+    );
+    // The outsider's own discover: nothing of the dispatcher's domain.
+    let (el, t) = op(
+        "/security/discover",
+        5000,
+        vec![v("res", "operation", &operation)],
+    );
+    let c = send_op(&outsider, &d, el, &t, None).await?;
+    let o = observe(&cx, &outsider, &c, cx.budget(3000), false).await;
+    let seen: Vec<String> = o
+        .chunks()
+        .first()
+        .and_then(|c| named(c, "jids"))
+        .map(|l| l.children().map(|c| c.text()).collect())
+        .unwrap_or_default();
+    cx.check(
+        "VAP-SEC-019",
+        !seen.iter().any(|j| {
+            j.parse::<jid::Jid>()
+                .map(|x| x.domain().as_str() == d_domain)
+                .unwrap_or(false)
+        }),
+        format!(
+            "discover by {outsider_jid} lists no {d_domain} JID (a nack not-authorized is expected)"
+        ),
+        format!("jids {seen:?} ({})", o.describe()),
+    );
+    // Withdraw the local advertisement.
+    let _ = advertise(&cx, &local, &[&operation], 0).await;
+    Ok(())
+}

@@ -434,6 +434,101 @@ async fn serve_until(
     }
 }
 
+/// OPS-SESSION-001: the agent's XMPP session is cut (server-side) while a sleep op runs; once
+/// it is back online it must not continue that op (no final, data or error for it). Runs on a
+/// second instance in test mode (`VERTEBRA_TEST_PROFILE=1`), so the agent under test's other
+/// cases are not disturbed.
+pub async fn no_resume_after_session_loss(cx: Ctx) -> CaseResult {
+    let Some(inj) = injector(&cx) else {
+        return Err(Abort::skipped(
+            "needs the embedded server (the harness cuts the agent's session)",
+        ));
+    };
+    let Some(ctl) = cx.session.control.clone() else {
+        return Err(Abort::skipped(
+            "needs spawn or reference mode (the harness starts a second instance to disconnect)",
+        ));
+    };
+    cx.trace
+        .note("a second instance with VERTEBRA_TEST_PROFILE=1 (started now, or reused)");
+    let (agent, _) = ctl
+        .start_aux(Some("1".into()))
+        .await
+        .map_err(|e| Abort::error(format!("the second instance did not become ready: {e}")))?;
+    let peer = cx.req().clone();
+    let sleep_ms = 700u64;
+    let (el, t) = op(
+        "/vertebra/test/sleep",
+        4000,
+        vec![i4("ms", sleep_ms as i64)],
+    );
+    let c = send_op(&peer, &agent, el, &t, None).await?;
+    let prefix = format!("{t}:");
+    let of_op = |r: &Rx| {
+        r.iq_type() == Some("set")
+            && same_jid(r.from().unwrap_or(""), &agent)
+            && r.vchild().is_some_and(|v| {
+                v.name() != "op" && v.attr("token").is_some_and(|k| k.starts_with(&prefix))
+            })
+    };
+    // Wait for the ack (or the fast-path ack on the op result): the op is then running.
+    let started = peer
+        .wait(c.since, cx.budget(3000), |r| {
+            of_op(r) && r.vchild().is_some_and(|v| v.name() == "ack")
+                || (r.attr("id") == Some(c.id.as_str())
+                    && r.el
+                        .get_child("op", crate::peer::NS)
+                        .is_some_and(|o| o.attr("ack") == Some("true")))
+        })
+        .await;
+    if started.is_none() {
+        return Err(Abort::error(
+            "the sleep op was not acked within 3 s; cannot cut the session mid-op",
+        ));
+    }
+    let cut_mark = peer.mark();
+    let cut_at = Instant::now();
+    inj.disconnect(&agent).map_err(Abort::error)?;
+    cx.trace
+        .note(format!("harness cut the session of {agent} (TCP close)"));
+    // Back online: it answers pings again (its reconnect back-off is its own business).
+    let end = tokio::time::Instant::now() + cx.budget(5000);
+    let mut back = None;
+    // Do not ping the old, dying session: wait a moment first.
+    tokio::time::sleep(cx.budget(50)).await;
+    while tokio::time::Instant::now() < end {
+        if matches!(peer.ping(&agent, cx.budget(300)).await, Ok(true)) {
+            back = Some(cut_at.elapsed());
+            break;
+        }
+        tokio::time::sleep(cx.budget(50)).await;
+    }
+    let Some(back) = back else {
+        return Err(Abort::error(
+            "the agent did not come back online within 5 s after its session was cut",
+        ));
+    };
+    // Past the point where the sleep would have ended, plus a grace.
+    let sleep_end = c.sent_at + Duration::from_millis(sleep_ms) + cx.budget(300);
+    let now = Instant::now();
+    if sleep_end > now {
+        tokio::time::sleep(sleep_end - now).await;
+    }
+    let _ = peer.ping(&agent, cx.budget(1000)).await;
+    let after: Vec<String> = peer
+        .collect(cut_mark, of_op)
+        .iter()
+        .filter_map(|r| r.vchild().map(|v| v.name().to_string()))
+        .collect();
+    cx.check(
+        "VAP-OPS-081",
+        after.is_empty(),
+        "nothing more for the op that was running when the session was lost",
+        format!("back online {back:?} after the cut; sent for the op afterwards: {after:?}"),
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
