@@ -302,6 +302,10 @@ impl CallError {
 /// Events of one call, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CallEvent {
+    /// The op result arrived: the responder took the op (an ack, or for the fast path
+    /// [`CallEvent::Acked`], follows). `all` dispatch counts ops waiting for this
+    /// ([VAP-DSP-013]).
+    Accepted,
     /// The responder acknowledged (ack or fast path).
     Acked,
     /// One chunk of values.
@@ -340,7 +344,7 @@ impl CallHandle {
         let mut chunks = vec![];
         while let Some(ev) = self.rx.recv().await {
             match ev {
-                CallEvent::Acked => {}
+                CallEvent::Accepted | CallEvent::Acked => {}
                 CallEvent::Data(a) => chunks.push(a),
                 CallEvent::Done { .. } => return Ok(chunks),
                 CallEvent::Failed(e) => return Err(e),
@@ -416,8 +420,10 @@ struct Inner {
     /// Time origin of the machines' [`Millis`].
     epoch: Instant,
     engine: Mutex<Engine>,
-    /// Wakes the timer task when a machine's next timeout may have moved earlier.
+    /// Wakes the timer task when a machine's next timeout moved earlier than `timer_at`.
     timer_kick: Notify,
+    /// The instant the timer task sleeps until (`Millis::MAX`: no timeout pending).
+    timer_at: std::sync::atomic::AtomicU64,
     closed: AtomicBool,
     handlers: RwLock<HashMap<String, Arc<dyn Handler>>>,
     authz_cache: Mutex<HashMap<String, Instant>>,
@@ -492,6 +498,7 @@ impl Node {
                     op_ctx: HashMap::new(),
                 }),
                 timer_kick: Notify::new(),
+                timer_at: std::sync::atomic::AtomicU64::new(Millis::MAX),
                 closed: AtomicBool::new(false),
                 handlers: RwLock::new(HashMap::new()),
                 authz_cache: Mutex::new(HashMap::new()),
@@ -733,7 +740,6 @@ impl Node {
             }
         };
         drop(eng);
-        self.inner.timer_kick.notify_one();
         CallHandle { rx, cancel, to }
     }
 
@@ -743,7 +749,6 @@ impl Node {
         let out = eng.calls.cancel(cid, self.inner.conn.new_id(), now);
         self.drive_call(&mut eng, cid, out);
         drop(eng);
-        self.inner.timer_kick.notify_one();
     }
 
     /// Carry out what the requester machine of one call asked for.
@@ -754,6 +759,9 @@ impl Node {
                 Output::Event(ev) => {
                     let (ev, last) = match ev {
                         MachineEvent::Accepted { fast_path, .. } => {
+                            if let Some(c) = eng.call_ctx.get(&cid) {
+                                let _ = c.events.send(CallEvent::Accepted);
+                            }
                             if !fast_path {
                                 continue;
                             }
@@ -772,6 +780,17 @@ impl Node {
                         let _ = c.events.send(ev);
                     }
                 }
+            }
+        }
+        self.note_timeout(eng.calls.get(cid).and_then(|r| r.next_timeout()));
+    }
+
+    /// Wake the timer task if `t` is earlier than what it sleeps for.
+    fn note_timeout(&self, t: Option<Millis>) {
+        if let Some(t) = t {
+            if t < self.inner.timer_at.load(Ordering::Relaxed) {
+                self.inner.timer_at.store(t, Ordering::Relaxed);
+                self.inner.timer_kick.notify_one();
             }
         }
     }
@@ -878,6 +897,12 @@ impl Node {
         if let Some(ctx) = eng.op_ctx.get(&oid) {
             ctx.progress.notify_waiters();
         }
+        let next = eng
+            .responders
+            .as_ref()
+            .and_then(|r| r.get(oid))
+            .and_then(|r| r.next_timeout());
+        self.note_timeout(next);
         let n = eng.responders.as_ref().map_or(0, |r| r.len()) as u32;
         if self.inner.inflight.swap(n, Ordering::Relaxed) != n {
             self.inner.load_changed.notify_one();
@@ -897,7 +922,6 @@ impl Node {
         };
         self.drive_op(&mut eng, oid, out, now);
         drop(eng);
-        self.inner.timer_kick.notify_one();
     }
 
     fn start_handler(&self, eng: &mut Engine, oid: OpId) {
@@ -987,7 +1011,6 @@ impl Node {
                 .and_then(|r| r.get(oid))
                 .map(|r| r.queued());
             drop(eng);
-            self.inner.timer_kick.notify_one();
             match queued {
                 None => return Err(ended()),
                 Some(0) => return Ok(()),
@@ -1186,10 +1209,15 @@ async fn timer(inner: Weak<Inner>) {
             let eng = node.engine();
             let a = eng.calls.next_timeout();
             let b = eng.responders.as_ref().and_then(Responders::next_timeout);
-            match (a, b) {
+            let next = match (a, b) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
-            }
+            };
+            // Stored under the engine lock: later changes compare against it.
+            node.inner
+                .timer_at
+                .store(next.unwrap_or(Millis::MAX), Ordering::Relaxed);
+            next
         };
         let epoch = node.inner.epoch;
         // Wait without keeping the node alive.
@@ -1335,7 +1363,6 @@ fn on_response(node: &Node, from: Jid, id: String, reply: IqReply) {
         log::debug!("IQ response {id} from {from} answers nothing of ours; ignored");
     }
     drop(eng);
-    node.inner.timer_kick.notify_one();
 }
 
 fn on_presence(node: &Node, p: Presence) {
@@ -1457,7 +1484,6 @@ fn on_iq(node: &Node, from: Jid, id: String, set: bool, mut payload: Element) {
                 }
             }
             drop(eng);
-            node.inner.timer_kick.notify_one();
         }
         // Legacy requesters may send ops in IQ get ([VAP-TRN-012]); anything else must be a set.
         _ if !set => node.inner.conn.reply_error(
@@ -1488,7 +1514,6 @@ fn on_iq(node: &Node, from: Jid, id: String, set: bool, mut payload: Element) {
                 }),
             }
             drop(eng);
-            node.inner.timer_kick.notify_one();
         }
         "ack" | "nack" | "data" | "final" | "error" => {
             // Requester side: [VAP-OPS-031] every per-op stanza is answered by the machine.
@@ -1503,7 +1528,6 @@ fn on_iq(node: &Node, from: Jid, id: String, set: bool, mut payload: Element) {
                 }),
             }
             drop(eng);
-            node.inner.timer_kick.notify_one();
         }
         // A load report belongs in presence ([VAP-LOAD-001]); unknown elements are bad requests
         // ([VAP-TRN-010]).

@@ -199,7 +199,8 @@ pub async fn call_all(
             let mut permit = permit.ok();
             while let Some(ev) = h.next().await {
                 match ev {
-                    crate::node::CallEvent::Acked => {
+                    // [VAP-DSP-013] counts ops waiting for their op result.
+                    crate::node::CallEvent::Accepted | crate::node::CallEvent::Acked => {
                         permit.take();
                     }
                     crate::node::CallEvent::Data(d) => {

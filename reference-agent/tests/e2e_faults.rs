@@ -234,3 +234,71 @@ async fn connection_cut_mid_op_no_silent_loss_no_rerun() {
     .expect("after reconnect");
     assert_eq!(r.last().unwrap().get_i4("value"), Some(2));
 }
+
+/// [VAP-OPS-081]: the agent loses its session in the middle of a streaming op; after it
+/// reconnects it neither continues nor ends that op on the new session (no more data, no
+/// error), while the requester got a terminal outcome at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_session_does_not_continue_the_op() {
+    let (bus, a, ja) = setup().await;
+    let req = bus.requester("req").await;
+    let server = bus.server.embedded().unwrap();
+    let f = server.faults();
+    f.add(
+        FaultRule::new(FaultAction::CutSender)
+            .from(JidPattern::Full(ja.clone()))
+            .kind(StanzaKind::Iq)
+            .when(|el| {
+                el.children()
+                    .any(|c| c.name() == "data" && c.attr("seq") == Some("3"))
+            })
+            .times(1),
+    );
+    let t0 = Instant::now();
+    let e = req
+        .call_collect(
+            Jid::from(ja.clone()),
+            test_ops::STREAM,
+            Args::new().with("count", Value::I4(50)),
+            CallOptions {
+                timeout: Duration::from_millis(1500),
+                window: Some(1),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.condition, "responder-gone", "{e:?}");
+    assert!(t0.elapsed() < Duration::from_millis(1500));
+    a.wait_online(common::ONLINE).await.unwrap();
+    bus.wait_listed(&req, test_ops::COUNTER, &ja).await;
+    // An agent that carried the op over would end it at its deadline at the latest: let the
+    // deadline pass (asserting an absence needs a wait).
+    tokio::time::sleep_until((t0 + Duration::from_millis(2000)).into()).await;
+    // A round trip through the agent's new session: anything it would still send for the old
+    // op is on the wire before this answer.
+    assert_eq!(counter(&req, &ja).await, 0);
+    let events = server.trace().snapshot();
+    let from_agent: Vec<_> = events
+        .iter()
+        .filter(|ev| {
+            ev.direction == vertebra_embedded_server::Direction::In
+                && ev.jid.as_ref() == Some(&Jid::from(ja.clone()))
+        })
+        .collect();
+    let first_conn = from_agent
+        .iter()
+        .find(|ev| ev.xml.contains("<data"))
+        .map(|ev| ev.conn)
+        .expect("the agent sent data on its first session");
+    let later: Vec<&String> = from_agent
+        .iter()
+        .filter(|ev| ev.conn != first_conn)
+        .filter(|ev| ev.xml.contains("<data") || ev.xml.contains("<error"))
+        .map(|ev| &ev.xml)
+        .collect();
+    assert!(
+        later.is_empty(),
+        "the op went on after the session was lost: {later:#?}"
+    );
+}

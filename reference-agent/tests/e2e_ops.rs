@@ -182,6 +182,7 @@ async fn scenario(kind: ServerKind) {
             ..Default::default()
         },
     );
+    assert_eq!(h.next().await, Some(CallEvent::Accepted));
     assert_eq!(h.next().await, Some(CallEvent::Acked));
     h.cancel();
     let t0 = std::time::Instant::now();

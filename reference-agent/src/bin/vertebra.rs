@@ -25,7 +25,7 @@ Examples:
   vertebra /gem/list cluster=res:/cluster/rd00 --all --json
   # call one agent directly
   vertebra /vertebra/test/echo x=i4:1 --jid agent1@localhost/agent
-  # who can do it, least loaded first; who is up
+  # who can do it, least loaded first; who is up (advertised agents only)
   vertebra discover /gem/list cluster=res:/cluster/rd00
   vertebra agents
 
@@ -110,7 +110,12 @@ enum Cmd {
         #[arg(long)]
         limit: Option<u32>,
     },
-    /// Every agent the dispatcher lists, with its load.
+    /// Every agent the dispatcher lists, with its load (least loaded first).
+    ///
+    /// Limitation: this is a discover on `/`, so it shows only agents with a live
+    /// advertisement. An agent that is connected but has not advertised (or whose
+    /// advertisement expired) is not listed: neither the XMPP server nor the dispatcher
+    /// protocol offers a way to list every connected agent.
     Agents,
     /// Start an embedded server, a dispatcher and three agents in this process.
     Demo {
