@@ -504,9 +504,12 @@ pub async fn no_resume_after_session_loss(cx: Ctx) -> CaseResult {
         tokio::time::sleep(cx.budget(50)).await;
     }
     let Some(back) = back else {
-        return Err(Abort::error(
-            "the agent did not come back online within 5 s after its session was cut",
-        ));
+        // Reconnecting is the agent's choice; one that stays away resumes nothing.
+        cx.info(
+            "VAP-OPS-081",
+            "not exercised: the agent did not come back online within 5 s after its session was cut (reconnecting is not required)",
+        );
+        return Ok(());
     };
     // Past the point where the sleep would have ended, plus a grace.
     let sleep_end = c.sent_at + Duration::from_millis(sleep_ms) + cx.budget(300);
