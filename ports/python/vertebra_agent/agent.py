@@ -18,6 +18,9 @@ from .transport import domain
 
 log = logging.getLogger("vertebra_agent")
 
+# How long a lost session is retried before the agent gives up and exits 1.
+RECONNECT_GIVE_UP_S = 30.0
+
 __all__ = ["Agent", "Config", "ConfigError"]
 
 
@@ -185,34 +188,28 @@ class Agent:
     def stop(self) -> None:
         self._stop.set()
 
-    async def run(self) -> int:
-        """Connect, serve until SIGTERM/SIGINT or :meth:`stop`; returns an exit status."""
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.add_signal_handler(sig, self._stop.set)
-            except (NotImplementedError, RuntimeError):
-                pass
+    def _connect(self) -> None:
         if self.config.server:
             host, _, port = self.config.server.rpartition(":")
             self.client.connect(host, int(port))
         else:
             self.client.connect()
+
+    async def _wait_online(self) -> bool:
+        """Wait for the session (bound and presence sent) or its failure, within the timeout."""
+        loop = asyncio.get_running_loop()
         online = loop.create_task(self.client.online.wait())
         ended = loop.create_task(self.client.ended.wait())
         done, _ = await asyncio.wait(
             {online, ended}, timeout=self.config.connect_timeout_s,
             return_when=asyncio.FIRST_COMPLETED,
         )
-        if online not in done:
-            online.cancel()
-            ended.cancel()
-            log.error("could not log in as %s within %.0fs", self.config.jid,
-                      self.config.connect_timeout_s)
-            self.client.disconnect(wait=0.5)
-            return 1
-        log.info("online as %s (test profile: %s)", self.client.boundjid.full,
-                 self.config.test_profile)
+        online.cancel()
+        ended.cancel()
+        return online in done
+
+    def _start_background(self) -> list[asyncio.Task]:
+        loop = asyncio.get_running_loop()
         background = []
         if self.config.report_load and not self.config.advertise:
             self.core.announce(with_load=True)  # (advertise() announces itself [VAP-LOAD-017])
@@ -220,25 +217,84 @@ class Agent:
             background.append(loop.create_task(self.core.load_loop()))  # [VAP-LOAD-004]
         if self.config.advertise:
             background.append(loop.create_task(self.core.advertise_loop()))
-        stop = loop.create_task(self._stop.wait())
-        await asyncio.wait({stop, ended}, return_when=asyncio.FIRST_COMPLETED)
-        status = 0 if stop.done() else 1
-        if status == 0 and not ended.done() and self.config.advertise:
+        return background
+
+    async def _reconnect(self) -> bool:
+        """After an unexpected end of the session: log in again with back-off (100 ms doubling
+        to 5 s) until online, a stop request, or RECONNECT_GIVE_UP_S without success. The ops
+        that were running are not resumed [VAP-OPS-081] (``AgentCore.abort_all``)."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + RECONNECT_GIVE_UP_S
+        delay = 0.1
+        while not self._stop.is_set() and loop.time() < give_up:
+            try:
+                await asyncio.wait_for(self._stop.wait(), delay)
+                return False
+            except asyncio.TimeoutError:
+                pass
+            delay = min(5.0, delay * 2)
+            self.client.online.clear()
+            self.client.ended.clear()
+            self._connect()
+            if await self._wait_online():
+                log.info("online again as %s", self.client.boundjid.full)
+                return True
+            log.info("reconnect attempt failed")
+            try:
+                await asyncio.wait_for(self.client.disconnect(wait=0.1), 1.0)
+            except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - already closed
+                pass
+        return False
+
+    async def run(self) -> int:
+        """Connect, serve until SIGTERM/SIGINT or :meth:`stop`; returns an exit status.
+
+        A failed first login exits 1 [VAP-TPF-025]; a session lost later is re-established
+        (the ops it carried are abandoned, [VAP-OPS-081]); exit 1 when that fails for
+        RECONNECT_GIVE_UP_S."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self._stop.set)
+            except (NotImplementedError, RuntimeError):
+                pass
+        self._connect()
+        if not await self._wait_online():
+            log.error("could not log in as %s within %.0fs", self.config.jid,
+                      self.config.connect_timeout_s)
+            self.client.disconnect(wait=0.5)
+            return 1
+        log.info("online as %s (test profile: %s)", self.client.boundjid.full,
+                 self.config.test_profile)
+        status = 0
+        while True:
+            background = self._start_background()
+            stop = loop.create_task(self._stop.wait())
+            ended = loop.create_task(self.client.ended.wait())
+            await asyncio.wait({stop, ended}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            ended.cancel()
+            for t in background:
+                t.cancel()
+            if self._stop.is_set():
+                break
+            log.warning("the XMPP session ended unexpectedly; reconnecting")
+            self.core.abort_all()  # [VAP-OPS-081] (also done on "disconnected")
+            if not await self._reconnect():
+                status = 0 if self._stop.is_set() else 1
+                break
+        if status == 0 and not self.client.ended.is_set() and self.config.advertise:
             try:  # [VAP-DSC-011] withdraw before a deliberate disconnect
                 await asyncio.wait_for(self.core.advertise(ttl=0), 1.5)
             except (asyncio.TimeoutError, Exception):  # noqa: BLE001
                 log.info("could not withdraw the advertisement")
-        for t in background:
-            t.cancel()
         self.core.abort_all()
-        if not ended.done():
+        if not self.client.ended.is_set():
             try:  # exit within 5 s of SIGTERM [VAP-TPF-024]
                 await asyncio.wait_for(self.client.disconnect(wait=0.5), 1.0)
                 await asyncio.wait_for(self.client.ended.wait(), 1.0)
             except asyncio.TimeoutError:
                 pass
-        stop.cancel()
-        ended.cancel()
         if status:
-            log.error("the XMPP session ended unexpectedly")
+            log.error("the XMPP session ended and could not be re-established")
         return status
