@@ -181,6 +181,10 @@ pub struct Execution<'a> {
     split: bool,
     /// Step index of the last session loss (cut, restart, stream closed after raw bytes).
     lost_at: Option<usize>,
+    /// What the target did with each `raw` step: `closed` (it closed or lost the stream and
+    /// came back), `kept` (it went on answering on the same stream), `stuck` (it kept the
+    /// stream but answered nothing; the harness cut it).
+    pub raw_outcomes: Vec<(usize, &'static str)>,
 }
 
 impl<'a> Execution<'a> {
@@ -219,6 +223,7 @@ impl<'a> Execution<'a> {
             sent: 0,
             split: false,
             lost_at: None,
+            raw_outcomes: Vec::new(),
         };
         if counter && env.test_profile && !env.dispatcher {
             x.counter_base = x.read_counter().await;
@@ -668,6 +673,7 @@ impl<'a> Execution<'a> {
         };
         let bytes = decode_raw(&env.roles.fill(step.raw.as_deref().unwrap_or("")));
         self.collect();
+        let conn0 = conn_of(srv, &j);
         self.note(
             VIA_INJECT,
             Direction::Sent,
@@ -681,18 +687,52 @@ impl<'a> Execution<'a> {
             );
             return None;
         }
-        if srv.wait_offline(&j, env.budget(500)).await.is_ok() {
-            self.note(
-                "harness",
-                Direction::Note,
-                "the target's stream closed after the raw bytes".into(),
-            );
-            self.flush().await;
-            self.judge.session_lost(false);
-            self.lost_at = Some(self.judge.step);
-            return self.back_online(&j).await;
+        let closed = srv.wait_offline(&j, env.budget(300)).await.is_ok();
+        if !closed {
+            // Still connected: either the bytes were harmless to it, or its parser waits for
+            // the end of an unfinished element (later stanzas become its children). A server
+            // never leaves an element unfinished, so waiting is no fault; the harness cuts
+            // such a stream and requires a reconnect.
+            let mut answered = false;
+            for _ in 0..2 {
+                if matches!(
+                    env.session.req.ping(env.target(), env.budget(700)).await,
+                    Ok(true)
+                ) {
+                    answered = true;
+                    break;
+                }
+            }
+            // A quick reconnect looks like "still online": compare connections.
+            let replaced = conn0.is_some() && conn_of(srv, &j) != conn0;
+            if answered && !replaced {
+                self.raw_outcomes.push((idx, "kept"));
+                return None;
+            }
+            if !answered && !replaced {
+                self.raw_outcomes.push((idx, "stuck"));
+                self.note(
+                    "harness",
+                    Direction::Note,
+                    "the target kept the stream open but answers nothing on it; the server cuts it"
+                        .into(),
+                );
+                let _ = srv.disconnect(&j);
+                let _ = srv.wait_offline(&j, env.budget(3000)).await;
+            }
         }
-        None
+        if self.raw_outcomes.last().is_none_or(|o| o.0 != idx) {
+            self.raw_outcomes.push((idx, "closed"));
+        }
+        self.note(
+            "harness",
+            Direction::Note,
+            "the target's stream closed after the raw bytes".into(),
+        );
+        self.flush().await;
+        self.judge.session_lost(false);
+        self.lost_at = Some(self.judge.step);
+        self.back_online(&j).await
     }
 
     fn exit_finding(&self) -> Option<Finding> {
@@ -937,6 +977,17 @@ pub fn foreign_domain(from: &str, domain: &str) -> bool {
     }
 }
 
+/// The connection the session `j` last read or wrote on (server trace).
+fn conn_of(srv: &ServerHandle, j: &jid::FullJid) -> Option<u64> {
+    let want = jid::Jid::from(j.clone());
+    srv.trace()
+        .snapshot()
+        .iter()
+        .rev()
+        .find(|e| e.jid.as_ref() == Some(&want))
+        .map(|e| e.conn)
+}
+
 /// Bytes of a `raw` step: the text, with `{{x:HH}}` standing for the byte 0xHH.
 pub fn decode_raw(s: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(s.len());
@@ -964,8 +1015,8 @@ pub fn decode_raw(s: &str) -> Vec<u8> {
 }
 
 /// The embedded server's raw-bytes hook.
-fn write_raw(_srv: &ServerHandle, _to: &jid::FullJid, _bytes: Vec<u8>) -> Result<(), String> {
-    Err("this embedded server has no raw-bytes hook".into())
+fn write_raw(srv: &ServerHandle, to: &jid::FullJid, bytes: Vec<u8>) -> Result<(), String> {
+    srv.inject_raw(to, bytes).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -38,6 +38,8 @@ pub struct GenConfig {
     pub raw: bool,
     /// JID edge cases as `from` / `to` of injected ops (needs `inject`).
     pub jid: bool,
+    /// Raw input that may abort the process that parses it ([`RAW_DEEP`]); spawn mode only.
+    pub raw_deep: bool,
     /// Feedback-guided selection: a share of the inputs are mutations of corpus entries.
     pub bias: bool,
 }
@@ -53,6 +55,7 @@ impl GenConfig {
             restart: false,
             raw: false,
             jid: false,
+            raw_deep: false,
             bias: false,
         }
     }
@@ -175,6 +178,21 @@ fn cont(kind: &str, name: Option<&str>, children: Vec<Element>) -> Element {
         b = b.append(c);
     }
     b.build()
+}
+
+/// The note of the input a corpus input descends from.
+fn origin(note: &str) -> &str {
+    let mut n = note;
+    loop {
+        let m = n
+            .trim_start_matches("corpus: ")
+            .trim_start_matches("again ");
+        if m.len() == n.len() {
+            break;
+        }
+        n = m;
+    }
+    n.split(" truncated to ").next().unwrap_or(n)
 }
 
 fn xml(el: &Element) -> String {
@@ -372,10 +390,36 @@ impl Gen {
     /// Bytes that are not well-formed XML, or well-formed but hostile (entities, huge
     /// attribute counts, deep nesting, restricted XML).
     fn raw_step(&mut self) -> Step {
-        let iq = "<iq type='get' id='raw{k}' to='{{target}}'>";
         let k = self.next_key + 1;
-        let iq = iq.replace("{k}", &k.to_string());
-        let (bytes, what): (String, &str) = match self.rng.below(18) {
+        let mut which = self.rng.below(RAW_KINDS);
+        if which == RAW_DEEP && !self.cfg.raw_deep {
+            which = 0;
+        }
+        let variant = self.rng.below(4);
+        let (bytes, what) = raw_bytes(which, variant, k);
+        let mut s = self.bare_step("raw", format!("raw bytes: {what}"));
+        s.via = VIA_INJECT.into();
+        s.raw = Some(bytes);
+        s
+    }
+}
+
+/// Number of kinds of raw input ([`raw_bytes`]).
+pub const RAW_KINDS: u64 = 18;
+/// The raw kind with deep element nesting (1000 and 20 000 levels). It overflows the stack
+/// of the Rust XMPP stack's element builder (minidom/xso under tokio-xmpp) and aborts the
+/// whole process, so it is generated only when the implementation is a process of its own
+/// ([`GenConfig::raw_deep`]: spawn mode), where that is a `process-exit` finding.
+pub const RAW_DEEP: u64 = 8;
+
+/// Raw input `which` (0..[`RAW_KINDS`]) in size variant `variant` (0..4), for step key `k`:
+/// the bytes (with placeholders and `{{x:HH}}` bytes) and what they are.
+pub fn raw_bytes(which: u64, variant: u64, k: u32) -> (String, &'static str) {
+    let iq = format!("<iq type='get' id='raw{k}' to='{{{{target}}}}'>");
+    {
+        let big = variant % 2 == 1;
+        let closed = variant < 2;
+        let (bytes, what): (String, &str) = match which {
             0 => (
                 format!("{iq}<op xmlns='http://xmlschema.engineyard.com/agent/api' tok"),
                 "truncated tag",
@@ -409,7 +453,7 @@ impl Gen {
                 "undefined entity and invalid character references",
             ),
             7 => {
-                let n = *self.rng.pick(&[1000usize, 10_000]);
+                let n = if big { 10_000 } else { 1000 };
                 let mut a = String::from("<iq type='get' id='rawattrs' to='{{target}}'");
                 for i in 0..n {
                     a.push_str(&format!(" a{i}='{i}'"));
@@ -418,8 +462,7 @@ impl Gen {
                 (a, "huge attribute count")
             }
             8 => {
-                let n = *self.rng.pick(&[1000usize, 20_000]);
-                let closed = self.rng.chance(1, 2);
+                let n = if big { 20_000 } else { 1000 };
                 let mut d = String::from("<message to='{{target}}'>");
                 d.push_str(&"<a>".repeat(n));
                 if closed {
@@ -459,12 +502,11 @@ impl Gen {
                 "600 KB stanza",
             ),
         };
-        let mut s = self.bare_step("raw", format!("raw bytes: {what}"));
-        s.via = VIA_INJECT.into();
-        s.raw = Some(bytes);
-        s
+        (bytes, what)
     }
+}
 
+impl Gen {
     /// Replace the text of one value inside `el` with a boundary value of its type.
     fn boundary_value(&mut self, el: &mut Element) -> Option<&'static str> {
         fn collect(e: &Element, at: &mut Vec<usize>, out: &mut Vec<Vec<usize>>) {
@@ -589,7 +631,7 @@ impl Gen {
                 s.note = format!(
                     "corpus: step key {} ({}){}",
                     base.key,
-                    base.note.trim_start_matches("corpus: "),
+                    origin(&base.note),
                     if notes.is_empty() {
                         String::new()
                     } else {
@@ -608,11 +650,15 @@ impl Gen {
                             cut -= 1;
                         }
                         r.truncate(cut.max(1));
-                        s.note = format!("corpus: {} truncated to {} bytes", base.note, r.len());
+                        s.note = format!(
+                            "corpus: {} truncated to {} bytes",
+                            origin(&base.note),
+                            r.len()
+                        );
                         return s;
                     }
                 }
-                s.note = format!("corpus: again {}", base.note);
+                s.note = format!("corpus: again {}", origin(&base.note));
                 s
             }
         }

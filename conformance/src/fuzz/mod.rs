@@ -122,7 +122,7 @@ pub struct FuzzReport {
 }
 
 /// Whether the embedded server can write raw bytes into a connection.
-pub const RAW_HOOK: bool = false;
+pub const RAW_HOOK: bool = true;
 
 /// What a step is, for its coverage signature: kind, IQ type, sender, payload element and op
 /// type (without values).
@@ -155,7 +155,16 @@ pub fn step_what(step: &Step) -> String {
                 step.iq_type.as_deref().unwrap_or("")
             )
         }
-        "raw" => format!("raw:{}", step.note.split(':').nth(1).unwrap_or("").trim()),
+        "raw" => format!(
+            "raw:{}",
+            step.note
+                .split("raw bytes: ")
+                .nth(1)
+                .unwrap_or("")
+                .split(" truncated")
+                .next()
+                .unwrap_or("")
+        ),
         k => k.to_string(),
     }
 }
@@ -366,6 +375,7 @@ pub async fn fuzz(env: &Env, cfg: &FuzzConfig) -> FuzzReport {
                 && env.session.mode != crate::session::Mode::Server,
             raw: RAW_HOOK && env.server.is_some(),
             jid: true,
+            raw_deep: env.session.mode == crate::session::Mode::Spawn,
             bias: cfg.bias,
             ..GenConfig::basic(
                 env.dispatcher,
