@@ -1,9 +1,10 @@
 //! `cargo bench -p vertebra-protocol`: a small hand-written timing harness (no criterion).
 //!
-//! 1. Codec: decode + encode of representative op and data stanzas (bytes → minidom element →
-//!    typed payload → element → bytes) against raw quick-xml reading + writing of the same
-//!    bytes (every event read and written back). Reported as throughput and as the ratio
-//!    ours / raw (target ≥ 0.5).
+//! 1. Codec: decode + encode of representative op and data stanzas through the public byte entry
+//!    points (`VertebraPayload::from_xml` / `write_xml`: streaming decode from quick-xml events,
+//!    streaming encode) against raw quick-xml reading + writing of the same bytes (every event
+//!    read and written back). Reported as throughput and as the ratio ours / raw (target ≥ 0.5).
+//!    The tree path (bytes → minidom element → typed payload → element → bytes) is shown too.
 //! 2. Dispatcher: least-loaded pick (`discover` with `limit = 1`) over 100 000 agents while loads
 //!    change, p50/p99 latency per pick (target p99 ≤ 50 µs), and heap bytes per agent measured
 //!    with a counting allocator (target ≤ 1 KiB).
@@ -53,7 +54,16 @@ fn data_stanza() -> String {
     s
 }
 
+/// The public byte entry points: streaming decode (quick-xml events → typed payload) and
+/// streaming encode (typed payload → bytes), `vertebra_protocol::codec`.
 fn ours(bytes: &[u8], out: &mut Vec<u8>) {
+    let p = VertebraPayload::from_xml(bytes).expect("decodes");
+    out.clear();
+    p.write_xml(out).expect("encodes");
+}
+
+/// The tree path (bytes → minidom element → typed payload → element → bytes), for comparison.
+fn tree(bytes: &[u8], out: &mut Vec<u8>) {
     let el = parse_element(bytes, None).expect("parses");
     let p = VertebraPayload::from_element(&el).expect("decodes");
     out.clear();
@@ -69,6 +79,36 @@ fn raw(bytes: &str, out: &mut Vec<u8>) {
             quick_xml::events::Event::Eof => break,
             e => w.write_event(e).expect("raw writes"),
         }
+    }
+    *out = w.into_inner();
+}
+
+/// What the streaming decoder cannot avoid: UTF-8 validation, quick-xml's `NsReader` with
+/// namespace resolution, and parsing every attribute (with duplicate checks) — plus the raw write.
+/// No typed values are built. An upper bound for "ours".
+fn floor(bytes: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    let s = std::str::from_utf8(bytes).expect("utf-8");
+    let mut r = quick_xml::NsReader::from_str(s);
+    let mut w = quick_xml::Writer::new(std::mem::take(out));
+    loop {
+        let (ns, e) = r.read_resolved_event().expect("parses");
+        black_box(&ns);
+        match e {
+            quick_xml::events::Event::Eof => break,
+            quick_xml::events::Event::Start(ref s) | quick_xml::events::Event::Empty(ref s) => {
+                for a in s.attributes() {
+                    let a = a.expect("attr");
+                    black_box(
+                        quick_xml::escape::unescape(&a.value)
+                            .expect("unescapes")
+                            .len(),
+                    );
+                }
+            }
+            _ => {}
+        }
+        w.write_event(e).expect("raw writes");
     }
     *out = w.into_inner();
 }
@@ -102,8 +142,26 @@ fn codec() {
             || raw(black_box(&doc), &mut buf),
             Duration::from_millis(1500),
         );
+        let tree_rate = rate(
+            || tree(black_box(doc.as_bytes()), &mut buf),
+            Duration::from_millis(500),
+        );
+        let floor_rate = rate(
+            || floor(black_box(doc.as_bytes()), &mut buf),
+            Duration::from_millis(500),
+        );
         let ratio = ours_rate / raw_rate;
         total_ratio.push(ratio);
+        println!(
+            "{name:5} floor (NsReader + every attribute parsed + raw write, no typed values) {:>10.0}/s  ratio {:.3}",
+            floor_rate,
+            floor_rate / raw_rate
+        );
+        println!(
+            "{name:5} tree path (minidom) {:>10.0}/s  ratio {:.3}",
+            tree_rate,
+            tree_rate / raw_rate
+        );
         println!(
             "{name:5} {:5} bytes  ours {:>10.0}/s ({:>6.2} MB/s)  raw {:>10.0}/s ({:>6.2} MB/s)  ratio {:.3}",
             doc.len(),
@@ -114,7 +172,22 @@ fn codec() {
             ratio
         );
     }
-    // Where the time goes (data stanza).
+    // Where the time goes (data stanza): streaming decode / encode, then the tree path's steps.
+    let doc0 = data_stanza();
+    let p0 = VertebraPayload::from_xml(doc0.as_bytes()).expect("decodes");
+    let mut b0 = Vec::new();
+    let sdec = rate(
+        || drop(black_box(VertebraPayload::from_xml(doc0.as_bytes()))),
+        Duration::from_millis(500),
+    );
+    let senc = rate(
+        || {
+            b0.clear();
+            black_box(&p0).write_xml(&mut b0).expect("encodes")
+        },
+        Duration::from_millis(500),
+    );
+    println!("data streaming, operations per second: decode {sdec:.0}  encode {senc:.0}");
     let doc = data_stanza();
     let el = parse_element(doc.as_bytes(), None).expect("parses");
     let p = VertebraPayload::from_element(&el).expect("decodes");
@@ -138,7 +211,7 @@ fn codec() {
         budget,
     );
     println!(
-        "data breakdown, operations per second: parse {parse:.0}  decode {decode:.0}  build {build:.0}  write {write:.0}"
+        "data tree path, operations per second: parse {parse:.0}  decode {decode:.0}  build {build:.0}  write {write:.0}"
     );
     let g = total_ratio
         .iter()
@@ -233,6 +306,22 @@ fn dispatcher() {
 }
 
 fn main() {
+    // `VERTEBRA_BENCH_PROFILE=data` (or `op`): only run the streaming codec on that stanza for a
+    // few seconds (for `perf record`).
+    if let Some(which) = std::env::var_os("VERTEBRA_BENCH_PROFILE") {
+        let doc = if which == "op" {
+            OP.to_string()
+        } else {
+            data_stanza()
+        };
+        let mut buf = Vec::new();
+        let r = rate(
+            || ours(black_box(doc.as_bytes()), &mut buf),
+            Duration::from_secs(3),
+        );
+        println!("streaming decode+encode {r:.0}/s");
+        return;
+    }
     // `cargo bench` passes `--bench`; a filter argument selects one part.
     let args: Vec<String> = std::env::args()
         .skip(1)

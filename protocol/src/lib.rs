@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod codec;
 pub mod dispatch;
 pub mod error;
 pub mod fuzzing;
@@ -28,6 +29,7 @@ pub mod token;
 pub mod value;
 pub mod xml;
 
+pub use codec::EncodeError;
 pub use error::{Condition, DecodeError, ErrorType, Fault, ProtocolError, Rule, WireError};
 pub use resource::{KeyedResource, Resource, ResourceScope};
 pub use stanza::{

@@ -33,6 +33,287 @@ pub mod test_profile {
     pub const COUNTER: &str = "/vertebra/test/counter";
     /// Sets the reported load.
     pub const SET_LOAD: &str = "/vertebra/test/set-load";
+
+    // Typed arguments and results (spec 12.2). `from_args` rejects missing required values,
+    // values of the wrong type and values out of range with `Rule::BadPayload`, whose wire
+    // condition is `bad-value` (`[VAP-TPF-004]`); unknown names are ignored.
+
+    use crate::error::{Condition, DecodeError, ErrorType, Rule, Travel};
+    use crate::value::{Args, Value};
+
+    /// Largest `count` of [`StreamRequest`].
+    pub const MAX_STREAM_COUNT: u32 = 10_000;
+    /// Largest `size` of [`StreamRequest`].
+    pub const MAX_STREAM_SIZE: u32 = 60_000;
+
+    fn bad(detail: impl Into<String>) -> DecodeError {
+        DecodeError::new(Rule::BadPayload, detail)
+    }
+
+    /// A required (or, with `optional`, absent → `None`) `i4` in `lo..=hi`.
+    fn i4_in(
+        a: &Args,
+        name: &str,
+        lo: i32,
+        hi: i32,
+        optional: bool,
+    ) -> Result<Option<u32>, DecodeError> {
+        match a.get(name) {
+            None if optional => Ok(None),
+            None => Err(bad(format!("{name}: required i4 is missing"))),
+            Some(Value::I4(v)) if (lo..=hi).contains(v) => Ok(Some(*v as u32)),
+            Some(Value::I4(v)) => Err(bad(format!("{name}: {v} is not {lo}..={hi}"))),
+            Some(v) => Err(bad(format!("{name}: expected i4, got {}", v.type_name()))),
+        }
+    }
+
+    fn string_opt(a: &Args, name: &str) -> Result<Option<String>, DecodeError> {
+        match a.get(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(v) => Err(bad(format!(
+                "{name}: expected string, got {}",
+                v.type_name()
+            ))),
+        }
+    }
+
+    /// `/vertebra/test/echo` arguments and result: any named values, returned unchanged in one
+    /// chunk (`[VAP-TPF-006]`).
+    #[derive(Debug, Clone, Default, PartialEq)]
+    pub struct Echo {
+        /// The named values.
+        pub values: Args,
+    }
+
+    impl Echo {
+        /// Encode (op arguments, or the one result chunk).
+        pub fn to_args(&self) -> Args {
+            self.values.clone()
+        }
+        /// Decode (never fails: every named value is echoed).
+        pub fn from_args(a: &Args) -> Result<Self, DecodeError> {
+            Ok(Echo { values: a.clone() })
+        }
+    }
+
+    /// `/vertebra/test/stream` arguments (`[VAP-TPF-007]`).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct StreamRequest {
+        /// `count` i4 0..=10 000: number of data chunks.
+        pub count: u32,
+        /// `size` i4 0..=60 000 (absent: 0): length of each chunk's `payload`.
+        pub size: Option<u32>,
+    }
+
+    impl StreamRequest {
+        /// Effective size (absent: 0).
+        pub fn size(&self) -> u32 {
+            self.size.unwrap_or(0)
+        }
+        /// Encode as op arguments.
+        pub fn to_args(&self) -> Args {
+            let mut a = Args::new().with("count", Value::I4(self.count as i32));
+            if let Some(s) = self.size {
+                a.insert("size", Value::I4(s as i32));
+            }
+            a
+        }
+        /// Decode from op arguments.
+        pub fn from_args(a: &Args) -> Result<Self, DecodeError> {
+            let count = i4_in(a, "count", 0, MAX_STREAM_COUNT as i32, false)?.unwrap_or(0);
+            let size = i4_in(a, "size", 0, MAX_STREAM_SIZE as i32, true)?;
+            Ok(StreamRequest { count, size })
+        }
+        /// The chunks a conforming agent sends, in order.
+        pub fn expected_chunks(&self) -> impl Iterator<Item = StreamChunk> + '_ {
+            (0..self.count).map(|i| StreamChunk::new(i, self.size()))
+        }
+    }
+
+    /// One `/vertebra/test/stream` data chunk: `index` and, when the size is > 0, `payload`.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct StreamChunk {
+        /// `index` i4 ≥ 0 (0-based).
+        pub index: u32,
+        /// `payload` string of `size` × `x` (absent when the size is 0).
+        pub payload: Option<String>,
+    }
+
+    impl StreamChunk {
+        /// The chunk with this index for this size.
+        pub fn new(index: u32, size: u32) -> Self {
+            StreamChunk {
+                index,
+                payload: (size > 0).then(|| "x".repeat(size as usize)),
+            }
+        }
+        /// Encode as data values.
+        pub fn to_args(&self) -> Args {
+            let mut a = Args::new().with("index", Value::I4(self.index as i32));
+            if let Some(p) = &self.payload {
+                a.insert("payload", Value::String(p.clone()));
+            }
+            a
+        }
+        /// Decode from data values (`payload`, when present, must be `x` letters only and at
+        /// most 60 000 of them).
+        pub fn from_args(a: &Args) -> Result<Self, DecodeError> {
+            let index = i4_in(a, "index", 0, i32::MAX, false)?.unwrap_or(0);
+            let payload = string_opt(a, "payload")?;
+            if let Some(p) = &payload {
+                if p.is_empty()
+                    || p.len() > MAX_STREAM_SIZE as usize
+                    || p.bytes().any(|b| b != b'x')
+                {
+                    return Err(bad("payload: must be 1..=60000 letters x"));
+                }
+            }
+            Ok(StreamChunk { index, payload })
+        }
+    }
+
+    /// `/vertebra/test/sleep` arguments (`[VAP-TPF-009]`, `[VAP-TPF-010]`); the final carries
+    /// no values.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct SleepRequest {
+        /// `ms` i4 ≥ 0.
+        pub ms: u32,
+    }
+
+    impl SleepRequest {
+        /// Encode as op arguments.
+        pub fn to_args(&self) -> Args {
+            Args::new().with("ms", Value::I4(self.ms.min(i32::MAX as u32) as i32))
+        }
+        /// Decode from op arguments.
+        pub fn from_args(a: &Args) -> Result<Self, DecodeError> {
+            let ms = i4_in(a, "ms", 0, i32::MAX, false)?.unwrap_or(0);
+            Ok(SleepRequest { ms })
+        }
+    }
+
+    /// `/vertebra/test/fail` arguments (`[VAP-TPF-011]`, `[VAP-TPF-012]`).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct FailRequest {
+        /// `condition` string: the condition of the error to end with.
+        pub condition: String,
+        /// Optional `reason` string.
+        pub reason: Option<String>,
+    }
+
+    impl FailRequest {
+        /// Encode as op arguments.
+        pub fn to_args(&self) -> Args {
+            let mut a = Args::new().with("condition", Value::String(self.condition.clone()));
+            if let Some(r) = &self.reason {
+                a.insert("reason", Value::String(r.clone()));
+            }
+            a
+        }
+        /// Decode from op arguments.
+        pub fn from_args(a: &Args) -> Result<Self, DecodeError> {
+            let condition = string_opt(a, "condition")?
+                .ok_or_else(|| bad("condition: required string is missing"))?;
+            let reason = string_opt(a, "reason")?;
+            Ok(FailRequest { condition, reason })
+        }
+        /// The error to end with: the condition and the `type` the error table assigns to it
+        /// (`[VAP-TPF-011]`), or `None` when it is not an error condition of 10-errors.md, which
+        /// the agent treats as `bad-value` (`[VAP-TPF-012]`).
+        pub fn error(&self) -> Option<(ErrorType, Condition)> {
+            let c = Condition::parse(&self.condition);
+            match c.travel() {
+                Travel::Error(t) => Some((t, c)),
+                _ => None,
+            }
+        }
+    }
+
+    /// `/vertebra/test/counter` arguments (`[VAP-TPF-013]`…`[VAP-TPF-015]`).
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+    pub struct CounterRequest {
+        /// Optional `read` boolean: return the value without incrementing.
+        pub read: Option<bool>,
+    }
+
+    impl CounterRequest {
+        /// True for a read-only call.
+        pub fn is_read(&self) -> bool {
+            self.read == Some(true)
+        }
+        /// Encode as op arguments.
+        pub fn to_args(&self) -> Args {
+            match self.read {
+                None => Args::new(),
+                Some(r) => Args::new().with("read", Value::Boolean(r)),
+            }
+        }
+        /// Decode from op arguments.
+        pub fn from_args(a: &Args) -> Result<Self, DecodeError> {
+            let read = match a.get("read") {
+                None => None,
+                Some(Value::Boolean(b)) => Some(*b),
+                Some(v) => {
+                    return Err(bad(format!(
+                        "read: expected boolean, got {}",
+                        v.type_name()
+                    )))
+                }
+            };
+            Ok(CounterRequest { read })
+        }
+    }
+
+    /// `/vertebra/test/counter` result chunk: `value` i4.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct CounterResult {
+        /// The counter after this call.
+        pub value: i32,
+    }
+
+    impl CounterResult {
+        /// Encode as data values.
+        pub fn to_args(&self) -> Args {
+            Args::new().with("value", Value::I4(self.value))
+        }
+        /// Decode from data values.
+        pub fn from_args(a: &Args) -> Result<Self, DecodeError> {
+            match a.get("value") {
+                Some(Value::I4(v)) => Ok(CounterResult { value: *v }),
+                Some(v) => Err(bad(format!("value: expected i4, got {}", v.type_name()))),
+                None => Err(bad("value: required i4 is missing")),
+            }
+        }
+    }
+
+    /// `/vertebra/test/set-load` arguments (`[VAP-TPF-016]`); the final carries no values.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    pub struct SetLoadRequest {
+        /// `value` double, finite and ≥ 0.
+        pub value: f64,
+    }
+
+    impl SetLoadRequest {
+        /// Encode as op arguments.
+        pub fn to_args(&self) -> Args {
+            Args::new().with("value", Value::Double(self.value))
+        }
+        /// Decode from op arguments.
+        pub fn from_args(a: &Args) -> Result<Self, DecodeError> {
+            match a.get("value") {
+                Some(Value::Double(v)) if v.is_finite() && *v >= 0.0 => {
+                    Ok(SetLoadRequest { value: *v })
+                }
+                Some(Value::Double(v)) => Err(bad(format!("value: {v} is not finite and >= 0"))),
+                Some(v) => Err(bad(format!(
+                    "value: expected double, got {}",
+                    v.type_name()
+                ))),
+                None => Err(bad("value: required double is missing")),
+            }
+        }
+    }
 }
 
 pub use test_profile as test_ops;

@@ -23,6 +23,24 @@ use crate::value::{decode_named, Args, NamedMode, Value};
 use crate::xml::{element_children, set_attr};
 use crate::NS;
 
+/// Attribute lookup shared by the tree decoder (`minidom::Element`) and the streaming decoder
+/// ([`crate::codec`]), so both apply the very same attribute rules in the same order.
+pub(crate) trait Attrs {
+    /// The unprefixed attribute `name`.
+    fn attr<'a>(&'a self, name: &'a str) -> Option<&'a str>;
+    /// The element's local name (for messages).
+    fn el_name(&self) -> &str;
+}
+
+impl Attrs for Element {
+    fn attr<'a>(&'a self, name: &'a str) -> Option<&'a str> {
+        Element::attr(self, name)
+    }
+    fn el_name(&self) -> &str {
+        self.name()
+    }
+}
+
 /// The version marker this crate speaks (`<op version="1.0">`, `[VAP-VER]`).
 pub const VERSION_1_0: &str = "1.0";
 /// Op deadline applied to legacy (version-less) ops, in ms (`[VAP-VER]`).
@@ -199,42 +217,95 @@ impl Op {
                 error,
             });
         }
-        let token = match el.attr("token") {
-            None => Err(DecodeError::new(Rule::BadToken, "<op> has no token")),
-            Some(t) => RequestToken::parse(t),
+        let head = op_head(el)?;
+        let mode = match head.version {
+            Version::V1_0 => NamedMode::Strict,
+            Version::Legacy => NamedMode::Legacy,
         };
-        let token = match token {
-            Ok(t) => t,
-            Err(error) => {
-                return Err(OpDecodeError {
-                    token: None,
-                    version: None,
-                    error,
-                })
-            }
-        };
-        let version = match parse_version(el.attr("version")) {
-            Ok(v) => v,
-            Err(error) => {
-                return Err(OpDecodeError {
-                    token: Some(token),
-                    version: None,
-                    error,
-                })
-            }
-        };
-        Op::decode_rest(el, token.clone(), version).map_err(|error| OpDecodeError {
+        match decode_named(el, 1, mode) {
+            Ok((args, unkeyed_resources)) => Ok(head.into_op(args, unkeyed_resources)),
+            Err(error) => Err(OpDecodeError {
+                token: Some(head.token),
+                version: Some(head.version),
+                error,
+            }),
+        }
+    }
+}
+
+/// The attributes of an `<op>`, decoded (everything but the children).
+pub(crate) struct OpHead {
+    pub(crate) token: RequestToken,
+    pub(crate) version: Version,
+    op_type: String,
+    timeout: Option<u32>,
+    scope: Option<Scope>,
+    window: Option<u8>,
+}
+
+impl OpHead {
+    pub(crate) fn into_op(self, args: Args, unkeyed_resources: Vec<Resource>) -> Op {
+        Op {
+            version: self.version,
+            token: self.token,
+            op_type: self.op_type,
+            timeout: self.timeout,
+            scope: self.scope,
+            window: self.window,
+            args,
+            unkeyed_resources,
+        }
+    }
+}
+
+/// Decode the attributes of an `<op>` in the order of [`Op::decode`]: token, version, then the
+/// rest.
+pub(crate) fn op_head<A: Attrs + ?Sized>(el: &A) -> Result<OpHead, OpDecodeError> {
+    let token = match el.attr("token") {
+        None => Err(DecodeError::new(Rule::BadToken, "<op> has no token")),
+        Some(t) => RequestToken::parse(t),
+    };
+    let token = match token {
+        Ok(t) => t,
+        Err(error) => {
+            return Err(OpDecodeError {
+                token: None,
+                version: None,
+                error,
+            })
+        }
+    };
+    let version = match parse_version(el.attr("version")) {
+        Ok(v) => v,
+        Err(error) => {
+            return Err(OpDecodeError {
+                token: Some(token),
+                version: None,
+                error,
+            })
+        }
+    };
+    match op_head_rest(el, version) {
+        Ok((op_type, timeout, scope, window)) => Ok(OpHead {
+            token,
+            version,
+            op_type,
+            timeout,
+            scope,
+            window,
+        }),
+        Err(error) => Err(OpDecodeError {
             token: Some(token),
             version: Some(version),
             error,
-        })
+        }),
     }
+}
 
-    fn decode_rest(
-        el: &Element,
-        token: RequestToken,
-        version: Version,
-    ) -> Result<Self, DecodeError> {
+type OpRest = (String, Option<u32>, Option<Scope>, Option<u8>);
+
+fn op_head_rest<A: Attrs + ?Sized>(el: &A, version: Version) -> Result<OpRest, DecodeError> {
+    {
         let raw_type = required(el, "type")?;
         // [VAP-OPS-012]; legacy verbs are bad-value ([VAP-VER-011]).
         let op_type = Resource::parse(raw_type)
@@ -284,21 +355,7 @@ impl Op {
                     })?,
             ),
         };
-        let mode = match version {
-            Version::V1_0 => NamedMode::Strict,
-            Version::Legacy => NamedMode::Legacy,
-        };
-        let (args, unkeyed_resources) = decode_named(el, 1, mode)?;
-        Ok(Op {
-            version,
-            token,
-            op_type,
-            timeout,
-            scope,
-            window,
-            args,
-            unkeyed_resources,
-        })
+        Ok((op_type, timeout, scope, window))
     }
 }
 
@@ -387,6 +444,13 @@ impl OpResult {
                 format!("<op> is in namespace {ns:?}"),
             ));
         }
+        op_result_attrs(el)
+    }
+}
+
+/// The attributes of an op result (shared with the streaming decoder).
+pub(crate) fn op_result_attrs<A: Attrs + ?Sized>(el: &A) -> Result<OpResult, DecodeError> {
+    {
         let token = OpToken::parse(
             el.attr("token")
                 .ok_or_else(|| DecodeError::new(Rule::BadToken, "op result has no token"))?,
@@ -501,11 +565,11 @@ fn expect(el: &Element, name: &str) -> Result<(), DecodeError> {
     Ok(())
 }
 
-fn required<'a>(el: &'a Element, attr: &'a str) -> Result<&'a str, DecodeError> {
+fn required<'a, A: Attrs + ?Sized>(el: &'a A, attr: &'a str) -> Result<&'a str, DecodeError> {
     el.attr(attr).ok_or_else(|| {
         DecodeError::new(
             Rule::MissingAttribute,
-            format!("<{}> requires attribute {attr}", el.name()),
+            format!("<{}> requires attribute {attr}", el.el_name()),
         )
     })
 }
@@ -518,7 +582,10 @@ fn parse_uint(s: &str) -> Option<u64> {
     s.parse().ok()
 }
 
-fn uint_attr(el: &Element, name: &'static str) -> Result<Option<u64>, DecodeError> {
+pub(crate) fn uint_attr<A: Attrs + ?Sized>(
+    el: &A,
+    name: &'static str,
+) -> Result<Option<u64>, DecodeError> {
     match el.attr(name) {
         None => Ok(None),
         Some(v) => parse_uint(v).map(Some).ok_or_else(|| {
@@ -536,7 +603,7 @@ fn token_el(name: &str, token: &OpToken) -> Element {
     el
 }
 
-fn op_token(el: &Element) -> Result<OpToken, DecodeError> {
+pub(crate) fn op_token<A: Attrs + ?Sized>(el: &A) -> Result<OpToken, DecodeError> {
     OpToken::parse(required(el, "token")?)
 }
 
@@ -564,6 +631,12 @@ impl Nack {
     /// Decode.
     pub fn from_element(el: &Element) -> Result<Self, DecodeError> {
         expect(el, "nack")?;
+        nack_attrs(el)
+    }
+}
+
+pub(crate) fn nack_attrs<A: Attrs + ?Sized>(el: &A) -> Result<Nack, DecodeError> {
+    {
         Ok(Nack {
             token: op_token(el)?,
             reason: el
@@ -647,13 +720,7 @@ impl OpError {
     /// ignored (legacy peers put marshalled exceptions there).
     pub fn from_element(el: &Element) -> Result<Self, DecodeError> {
         expect(el, "error")?;
-        let token = op_token(el)?;
-        // Unknown types are a terminal failure all the same ([VAP-ERR-004]): read as `error`.
-        let error_type = el
-            .attr("type")
-            .and_then(ErrorType::parse)
-            .unwrap_or(ErrorType::Error);
-        let condition = el.attr("condition").map(Condition::parse);
+        let (token, error_type, condition) = op_error_attrs(el)?;
         let mut reason = None;
         for c in element_children(el)? {
             if c.attr("name") == Some("reason") && c.name() == "string" {
@@ -669,6 +736,20 @@ impl OpError {
             reason,
         })
     }
+}
+
+/// The attributes of an `<error>` (shared with the streaming decoder).
+pub(crate) fn op_error_attrs<A: Attrs + ?Sized>(
+    el: &A,
+) -> Result<(OpToken, ErrorType, Option<Condition>), DecodeError> {
+    let token = op_token(el)?;
+    // Unknown types are a terminal failure all the same ([VAP-ERR-004]): read as `error`.
+    let error_type = el
+        .attr("type")
+        .and_then(ErrorType::parse)
+        .unwrap_or(ErrorType::Error);
+    let condition = el.attr("condition").map(Condition::parse);
+    Ok((token, error_type, condition))
 }
 
 impl Load {
@@ -692,6 +773,13 @@ impl Load {
     /// `Some`.
     pub fn from_element(el: &Element) -> Result<Self, DecodeError> {
         expect(el, "load")?;
+        load_attrs(el)
+    }
+}
+
+/// The attributes of a `<load>` (shared with the streaming decoder).
+pub(crate) fn load_attrs<A: Attrs + ?Sized>(el: &A) -> Result<Load, DecodeError> {
+    {
         let raw = required(el, "value")?;
         let value = crate::value::parse_double(raw)
             .ok()

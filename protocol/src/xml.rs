@@ -62,14 +62,41 @@ pub fn parse_element(bytes: &[u8], default_ns: Option<&str>) -> Result<Element, 
 /// or attribute holds a character XML cannot carry.
 pub fn to_string(el: &Element) -> Result<String, minidom::Error> {
     let mut out = Vec::new();
-    el.write_to(&mut out)?;
+    write_into(el, &mut out)?;
     // rxml only writes UTF-8.
     Ok(String::from_utf8(out).unwrap_or_default())
 }
 
-/// Serialize an element into a byte buffer (appending).
+/// Serialize an element into a byte buffer (appending). Fails (never panics) when a text or
+/// attribute holds a character XML cannot carry: minidom's writer panics on those
+/// ("encoder driven incorrectly"), so the tree is checked first.
 pub fn write_into(el: &Element, out: &mut Vec<u8>) -> Result<(), minidom::Error> {
+    check_writable(el)?;
     el.write_to(out)
+}
+
+/// Every attribute value and text node of the tree consists of XML characters.
+fn check_writable(el: &Element) -> Result<(), minidom::Error> {
+    let bad = || {
+        minidom::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("<{}> holds a character XML cannot carry", el.name()),
+        ))
+    };
+    if el.attrs().iter().any(|(_, v)| !is_xml_text(v)) {
+        return Err(bad());
+    }
+    for node in el.nodes() {
+        match node {
+            Node::Element(c) => check_writable(c)?,
+            Node::Text(t) => {
+                if !is_xml_text(t) {
+                    return Err(bad());
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// An attribute name for the builder. Only called with the crate's constant names.

@@ -1,0 +1,1088 @@
+//! The byte codec: Vertebra payloads straight from and to XML bytes, without building a
+//! `minidom` tree.
+//!
+//! **Decoding** reads quick-xml events ([`quick_xml::NsReader`]: its tokenizer, its namespace
+//! resolution, its entity handling) and builds the typed structs directly, with the same
+//! attribute functions, value parsers and limits as the tree decoder
+//! ([`VertebraPayload::from_element`] on [`crate::xml::parse_element`]).
+//!
+//! The tree decoder (rxml + minidom) is the reference: it is a strict XML 1.0 parser, while
+//! quick-xml is lenient in places (it does not check name characters, `<` in attribute values,
+//! whitespace between attributes, `]]>` in text, …). So the streaming decoder only *accepts*
+//! documents inside a conservative subset where both parsers provably see the same document:
+//! unprefixed element and attribute names of ASCII name characters, every element bound to
+//! [`NS`] by a default `xmlns`, no comments / CDATA / processing instructions / declarations,
+//! no carriage returns or tabs/newlines in attribute values (XML normalizes those), only the
+//! five predefined entities and short character references, XML characters only, the size and
+//! depth limits of [`crate::xml`]. Anything outside the subset, and every input that is
+//! invalid for any reason, is handed to the tree decoder, which then decides — so results *and*
+//! error kinds are those of the tree decoder by construction, and the streaming decoder never
+//! has to reproduce the order in which the tree decoder reports errors. Real traffic (our own
+//! encoder's output and every spec example) stays on the streaming path.
+//!
+//! **Encoding** writes bytes directly with a small streaming writer whose output is
+//! byte-identical to the `minidom`/rxml writer's ([`crate::xml::write_into`] of
+//! [`VertebraPayload::to_element`]): the same quoting (`'`), attribute order (sorted by name),
+//! `xmlns` placement, self-closing of empty elements and escaping (`<`, `>`, `&`, CR as `&#xd;`;
+//! in attributes also `"`, `'`, TAB and LF as character references). It fails exactly where
+//! rxml's writer fails: on characters XML cannot carry.
+//!
+//! Equivalence is tested in `protocol/tests/codec_equiv.rs` (every vector, proptest with
+//! random values and mutated bytes) and fuzzed (`fuzz/fuzz_targets/codec_diff.rs`).
+
+use std::borrow::Cow;
+use std::io::Write as _;
+
+use quick_xml::events::Event;
+use quick_xml::name::ResolveResult;
+use quick_xml::NsReader;
+
+use crate::error::DecodeError;
+use crate::resource::Resource;
+use crate::stanza::{
+    load_attrs, nack_attrs, op_error_attrs, op_head, op_result_attrs, op_token, uint_attr, Ack,
+    Attrs, Cancel, Data, Final, Load, Nack, Op, OpDecodeError, OpError, OpResult, Version,
+    VertebraPayload,
+};
+use crate::token::OpToken;
+use crate::value::{
+    decode_base64, encode_base64, format_double, parse_boolean, parse_double, parse_i4, Args,
+    DateTime, Exception, NamedMode, Value, MAX_DEPTH,
+};
+use crate::xml::{
+    is_xml_text, is_xml_ws, parse_element, trim_xml_ws, MAX_XML_BYTES, MAX_XML_DEPTH,
+};
+use crate::NS;
+
+/// Longest raw attribute value the streaming decoder accepts (rxml refuses tokens longer than
+/// its `max_token_length`, 8192 bytes by default; longer values go to the tree decoder).
+const MAX_FAST_ATTR: usize = 4096;
+/// Longest element or attribute name the streaming decoder accepts.
+const MAX_FAST_NAME: usize = 256;
+
+/// Encoding failed: a text or attribute holds a character XML cannot carry (the same cases in
+/// which the `minidom` writer fails).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot encode: {detail}")]
+pub struct EncodeError {
+    /// What could not be written.
+    pub detail: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Public entry points
+
+/// Decode an IQ-set (or presence) payload from bytes: the streaming decoder, falling back to the
+/// tree decoder for anything outside its subset. Same result and error kind as
+/// [`decode_payload_tree`] for every input.
+pub fn decode_payload(bytes: &[u8]) -> Result<VertebraPayload, DecodeError> {
+    match decode_payload_fast(bytes) {
+        Some(p) => Ok(p),
+        None => decode_payload_tree(bytes),
+    }
+}
+
+/// The reference path: [`parse_element`] (no default namespace) then
+/// [`VertebraPayload::from_element`].
+pub fn decode_payload_tree(bytes: &[u8]) -> Result<VertebraPayload, DecodeError> {
+    VertebraPayload::from_element(&parse_element(bytes, None)?)
+}
+
+/// The streaming decoder alone: `Some` when the input is inside its subset and valid, `None`
+/// when the tree decoder must decide (see the module docs).
+pub fn decode_payload_fast(bytes: &[u8]) -> Option<VertebraPayload> {
+    let mut rd = Rd::new(bytes)?;
+    rd.payload()
+}
+
+/// Decode an `<op>` from bytes, reporting how far decoding got (see [`Op::decode`]).
+pub fn decode_op(bytes: &[u8]) -> Result<Op, OpDecodeError> {
+    match decode_op_fast(bytes) {
+        Some(op) => Ok(op),
+        None => decode_op_tree(bytes),
+    }
+}
+
+/// The reference path for [`decode_op`].
+pub fn decode_op_tree(bytes: &[u8]) -> Result<Op, OpDecodeError> {
+    let el = parse_element(bytes, None).map_err(|error| OpDecodeError {
+        token: None,
+        version: None,
+        error,
+    })?;
+    Op::decode(&el)
+}
+
+/// The streaming decoder alone for [`decode_op`].
+pub fn decode_op_fast(bytes: &[u8]) -> Option<Op> {
+    let mut rd = Rd::new(bytes)?;
+    let (name, empty) = rd.root()?;
+    if name != "op" {
+        return None;
+    }
+    rd.op(empty)
+}
+
+/// Decode the payload of an op's IQ result (`<op token="T:S"/>`, [`OpResult::from_element`]).
+pub fn decode_op_result(bytes: &[u8]) -> Result<OpResult, DecodeError> {
+    match decode_op_result_fast(bytes) {
+        Some(r) => Ok(r),
+        None => decode_op_result_tree(bytes),
+    }
+}
+
+/// The reference path for [`decode_op_result`].
+pub fn decode_op_result_tree(bytes: &[u8]) -> Result<OpResult, DecodeError> {
+    OpResult::from_element(&parse_element(bytes, None)?)
+}
+
+/// The streaming decoder alone for [`decode_op_result`].
+pub fn decode_op_result_fast(bytes: &[u8]) -> Option<OpResult> {
+    let mut rd = Rd::new(bytes)?;
+    let (name, empty) = rd.root()?;
+    if name != "op" {
+        return None;
+    }
+    let r = op_result_attrs(&rd.view(name)).ok()?;
+    rd.skip(empty)?;
+    Some(r)
+}
+
+/// Decode one typed value element ([`Value::from_element`]).
+pub fn decode_value(bytes: &[u8]) -> Result<Value, DecodeError> {
+    match decode_value_fast(bytes) {
+        Some(v) => Ok(v),
+        None => decode_value_tree(bytes),
+    }
+}
+
+/// The reference path for [`decode_value`].
+pub fn decode_value_tree(bytes: &[u8]) -> Result<Value, DecodeError> {
+    Value::from_element(&parse_element(bytes, None)?)
+}
+
+/// The streaming decoder alone for [`decode_value`].
+pub fn decode_value_fast(bytes: &[u8]) -> Option<Value> {
+    let mut rd = Rd::new(bytes)?;
+    let (name, empty) = rd.root()?;
+    rd.value(name, empty, 1)
+}
+
+/// Encode a payload, appending to `out` (byte-identical to [`encode_payload_tree`]). On error
+/// `out` may hold a partial document.
+pub fn encode_payload(p: &VertebraPayload, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    let mut w = W { out };
+    match p {
+        VertebraPayload::Op(x) => w.op(x),
+        VertebraPayload::Ack(x) => w.token_only("ack", &x.token),
+        VertebraPayload::Cancel(x) => w.token_only("cancel", &x.token),
+        VertebraPayload::Nack(x) => {
+            w.open_root("nack");
+            w.attr("reason", x.reason.as_str())?;
+            w.attr_num("token", &x.token);
+            w.empty_end();
+            Ok(())
+        }
+        VertebraPayload::Data(x) => {
+            w.open_root("data");
+            if let Some(s) = x.seq {
+                w.attr_num("seq", s);
+            }
+            w.attr_num("token", &x.token);
+            w.args_body("data", &x.args)
+        }
+        VertebraPayload::Final(x) => {
+            w.open_root("final");
+            if let Some(c) = x.count {
+                w.attr_num("count", c);
+            }
+            w.attr_num("token", &x.token);
+            w.args_body("final", &x.args)
+        }
+        VertebraPayload::Error(x) => {
+            w.open_root("error");
+            if let Some(c) = &x.condition {
+                w.attr("condition", c.as_str())?;
+            }
+            w.attr_num("token", &x.token);
+            w.attr("type", x.error_type.as_str())?;
+            match &x.reason {
+                None => w.empty_end(),
+                Some(r) => {
+                    w.head_end();
+                    w.string_el(Some("reason"), r)?;
+                    w.close("error");
+                }
+            }
+            Ok(())
+        }
+        VertebraPayload::Load(x) => {
+            w.open_root("load");
+            if let Some(v) = x.capacity {
+                w.attr_num("capacity", v);
+            }
+            if let Some(v) = x.inflight {
+                w.attr_num("inflight", v);
+            }
+            if let Some(v) = x.interval {
+                w.attr_num("interval", v);
+            }
+            w.attr("value", &format_double(x.value))?;
+            w.empty_end();
+            Ok(())
+        }
+    }
+}
+
+/// The reference path: [`VertebraPayload::to_element`] written by `minidom`.
+pub fn encode_payload_tree(p: &VertebraPayload, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    crate::xml::write_into(&p.to_element(), out).map_err(|e| EncodeError {
+        detail: e.to_string(),
+    })
+}
+
+/// Encode an op result, appending to `out` (byte-identical to the tree path).
+pub fn encode_op_result(r: &OpResult, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    let mut w = W { out };
+    w.open_root("op");
+    if r.ack {
+        w.attr("ack", "true")?;
+    }
+    w.attr_num("token", &r.token);
+    w.empty_end();
+    Ok(())
+}
+
+/// Encode one value element (no `name`), appending to `out` (byte-identical to the tree path,
+/// which declares [`NS`] on it).
+pub fn encode_value(v: &Value, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    W { out }.value(v, None, true)
+}
+
+/// The reference path for [`encode_value`].
+pub fn encode_value_tree(v: &Value, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    crate::xml::write_into(&v.to_element(), out).map_err(|e| EncodeError {
+        detail: e.to_string(),
+    })
+}
+
+/// [`encode_payload`] into a new string.
+pub fn payload_to_string(p: &VertebraPayload) -> Result<String, EncodeError> {
+    let mut out = Vec::with_capacity(256);
+    encode_payload(p, &mut out)?;
+    // Only UTF-8 is ever written.
+    String::from_utf8(out).map_err(|e| EncodeError {
+        detail: e.to_string(),
+    })
+}
+
+impl VertebraPayload {
+    /// Decode from XML bytes (streaming; see [`decode_payload`]).
+    pub fn from_xml(bytes: &[u8]) -> Result<Self, DecodeError> {
+        decode_payload(bytes)
+    }
+    /// Encode to XML bytes, appending to `out` (streaming; see [`encode_payload`]).
+    pub fn write_xml(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        encode_payload(self, out)
+    }
+    /// Encode to an XML string (streaming).
+    pub fn to_xml(&self) -> Result<String, EncodeError> {
+        payload_to_string(self)
+    }
+}
+
+impl Op {
+    /// Decode from XML bytes (streaming; see [`decode_op`]).
+    pub fn from_xml(bytes: &[u8]) -> Result<Self, OpDecodeError> {
+        decode_op(bytes)
+    }
+}
+
+impl OpResult {
+    /// Decode from XML bytes (streaming; see [`decode_op_result`]).
+    pub fn from_xml(bytes: &[u8]) -> Result<Self, DecodeError> {
+        decode_op_result(bytes)
+    }
+    /// Encode to XML bytes, appending to `out`.
+    pub fn write_xml(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        encode_op_result(self, out)
+    }
+}
+
+impl Value {
+    /// Decode one value element from XML bytes (streaming; see [`decode_value`]).
+    pub fn from_xml(bytes: &[u8]) -> Result<Self, DecodeError> {
+        decode_value(bytes)
+    }
+    /// Encode as an element (no `name`), appending to `out`.
+    pub fn write_xml(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        encode_value(self, out)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streaming decoder
+
+/// One event of the conservative subset.
+enum Ev<'i> {
+    /// An element start (attributes in [`Rd::attrs`] until the next event); `empty` for `<x/>`.
+    Open { name: &'i str, empty: bool },
+    /// Literal text (no references).
+    Text(&'i str),
+    /// A character from an entity or character reference.
+    Char(char),
+    /// An element end.
+    Close,
+}
+
+struct Rd<'i> {
+    r: NsReader<&'i [u8]>,
+    input: &'i str,
+    depth: usize,
+    attrs: Vec<(&'i str, Cow<'i, str>)>,
+}
+
+/// Attributes of the element last opened, seen through the shared [`Attrs`] rules.
+struct View<'a, 'i> {
+    name: &'i str,
+    attrs: &'a [(&'i str, Cow<'i, str>)],
+}
+
+impl Attrs for View<'_, '_> {
+    fn attr<'a>(&'a self, name: &'a str) -> Option<&'a str> {
+        self.attrs
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_ref())
+    }
+    fn el_name(&self) -> &str {
+        self.name
+    }
+}
+
+/// ASCII XML name without a prefix.
+fn simple_name(b: &[u8]) -> bool {
+    !b.is_empty()
+        && b.len() <= MAX_FAST_NAME
+        && (b[0].is_ascii_alphabetic() || b[0] == b'_')
+        && b[1..]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
+fn xml_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+fn is_xml_char(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r')
+        || ('\u{20}'..='\u{D7FF}').contains(&c)
+        || ('\u{E000}'..='\u{FFFD}').contains(&c)
+        || c >= '\u{10000}'
+}
+
+impl<'i> Rd<'i> {
+    fn new(bytes: &'i [u8]) -> Option<Self> {
+        if bytes.len() > MAX_XML_BYTES {
+            return None;
+        }
+        let input = std::str::from_utf8(bytes).ok()?;
+        Some(Rd {
+            r: NsReader::from_str(input),
+            input,
+            depth: 0,
+            attrs: Vec::with_capacity(8),
+        })
+    }
+
+    /// `part` as a sub-slice of the input (events borrow from it).
+    fn reslice(&self, part: &str) -> Option<&'i str> {
+        let start = (part.as_ptr() as usize).checked_sub(self.input.as_ptr() as usize)?;
+        self.input.get(start..start.checked_add(part.len())?)
+    }
+
+    fn view(&self, name: &'i str) -> View<'_, 'i> {
+        View {
+            name,
+            attrs: &self.attrs,
+        }
+    }
+
+    fn attr(&self, name: &str) -> Option<&str> {
+        self.attrs
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_ref())
+    }
+
+    /// The next event of the subset; `None` for anything outside it (or any error).
+    fn next(&mut self) -> Option<Ev<'i>> {
+        let (res, ev) = self.r.read_resolved_event().ok()?;
+        let bound = matches!(res, ResolveResult::Bound(ns) if ns.as_ref() == NS);
+        let (e, empty) = match ev {
+            Event::Start(e) => (e, false),
+            Event::Empty(e) => (e, true),
+            Event::End(_) => {
+                self.depth = self.depth.checked_sub(1)?;
+                return Some(Ev::Close);
+            }
+            Event::Text(t) => {
+                let Cow::Borrowed(t) = t.into_inner() else {
+                    return None;
+                };
+                // CR is normalized by XML parsers; `]]>` is not allowed in text.
+                if !text_ok(t.as_bytes()) {
+                    return None;
+                }
+                return Some(Ev::Text(t));
+            }
+            Event::GeneralRef(r) => {
+                let c = match &*r {
+                    "lt" => '<',
+                    "gt" => '>',
+                    "amp" => '&',
+                    "apos" => '\'',
+                    "quot" => '"',
+                    other => {
+                        // `&#x` hex `;` or `&#` decimal `;`, short forms only.
+                        let digits_ok = match other.strip_prefix("#x") {
+                            Some(h) => {
+                                (1..=6).contains(&h.len())
+                                    && h.bytes().all(|b| b.is_ascii_hexdigit())
+                            }
+                            None => other.strip_prefix('#').is_some_and(|d| {
+                                (1..=7).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit())
+                            }),
+                        };
+                        if !digits_ok {
+                            return None;
+                        }
+                        r.resolve_char_ref().ok()??
+                    }
+                };
+                if !is_xml_char(c) {
+                    return None;
+                }
+                return Some(Ev::Char(c));
+            }
+            _ => return None,
+        };
+        if !bound || self.depth + 1 > MAX_XML_DEPTH {
+            return None;
+        }
+        let name = self.reslice(simple(e.name().as_ref())?)?;
+        self.attrs.clear();
+        let content: &str = &e;
+        for a in e.attributes() {
+            let a = a.ok()?;
+            let Cow::Borrowed(raw) = a.value else {
+                return None;
+            };
+            // XML requires whitespace after an attribute value before the next attribute;
+            // quick-xml does not check it.
+            let end = (raw.as_ptr() as usize)
+                .checked_sub(content.as_ptr() as usize)?
+                .checked_add(raw.len())?;
+            match content.as_bytes().get(end + 1) {
+                None => {}
+                Some(b) if xml_space(*b) => {}
+                Some(_) => return None,
+            }
+            let key = a.key.as_ref();
+            if key == "xmlns" {
+                // Resolved by the NsReader (the element must be bound to NS, checked above).
+                continue;
+            }
+            let key = self.reslice(simple(key)?)?;
+            let raw = self.reslice(raw)?;
+            let amp = attr_value_ok(raw.as_bytes())?;
+            if raw.len() > MAX_FAST_ATTR || (amp && !char_refs_ok(raw)) {
+                return None;
+            }
+            let value = if amp {
+                let v = quick_xml::escape::unescape(raw).ok()?.into_owned();
+                // A character reference may name a character XML cannot carry.
+                if !is_xml_text(&v) {
+                    return None;
+                }
+                Cow::Owned(v)
+            } else {
+                Cow::Borrowed(raw)
+            };
+            self.attrs.push((key, value));
+        }
+        if !empty {
+            self.depth += 1;
+        }
+        Some(Ev::Open { name, empty })
+    }
+
+    /// The root element: `(name, empty)`.
+    fn root(&mut self) -> Option<(&'i str, bool)> {
+        match self.next()? {
+            Ev::Open { name, empty } => Some((name, empty)),
+            _ => None,
+        }
+    }
+
+    /// Skip the content of the element just opened (every event still checked).
+    fn skip(&mut self, empty: bool) -> Option<()> {
+        if empty {
+            return Some(());
+        }
+        let mut level = 1usize;
+        loop {
+            match self.next()? {
+                Ev::Open { empty: false, .. } => level += 1,
+                Ev::Close => {
+                    level -= 1;
+                    if level == 0 {
+                        return Some(());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Text of a scalar element (concatenated; a child element is outside the subset).
+    fn text(&mut self, empty: bool) -> Option<Cow<'i, str>> {
+        if empty {
+            return Some(Cow::Borrowed(""));
+        }
+        let mut acc: Option<Cow<'i, str>> = None;
+        loop {
+            match self.next()? {
+                Ev::Close => return Some(acc.unwrap_or(Cow::Borrowed(""))),
+                Ev::Text(t) => match &mut acc {
+                    None => acc = Some(Cow::Borrowed(t)),
+                    Some(c) => c.to_mut().push_str(t),
+                },
+                Ev::Char(ch) => acc
+                    .get_or_insert(Cow::Owned(String::new()))
+                    .to_mut()
+                    .push(ch),
+                Ev::Open { .. } => return None,
+            }
+        }
+    }
+
+    /// Container content between child elements: whitespace only.
+    fn container_gap(ev: &Ev<'_>) -> Option<()> {
+        match ev {
+            Ev::Text(t) if is_xml_ws(t) => Some(()),
+            _ => None,
+        }
+    }
+
+    /// Named-value children (mirrors [`crate::value::decode_named`]).
+    fn named(
+        &mut self,
+        empty: bool,
+        depth: usize,
+        mode: NamedMode,
+    ) -> Option<(Args, Vec<Resource>)> {
+        let mut args = Args::new();
+        let mut unnamed = Vec::new();
+        if empty {
+            return Some((args, unnamed));
+        }
+        loop {
+            let (name, empty) = match self.next()? {
+                Ev::Close => return Some((args, unnamed)),
+                Ev::Open { name, empty } => (name, empty),
+                other => {
+                    Self::container_gap(&other)?;
+                    continue;
+                }
+            };
+            let vname = self
+                .attr("name")
+                .filter(|n| !n.is_empty())
+                .map(str::to_string);
+            match (mode, vname) {
+                // [VAP-VER-009]: a legacy `res` named like a path is a key-less resource.
+                (NamedMode::Legacy, Some(n)) if n.starts_with('/') && name == "res" => {
+                    if let Value::Res(r) = self.value(name, empty, depth)? {
+                        unnamed.push(r);
+                    }
+                }
+                (_, Some(n)) => {
+                    let v = self.value(name, empty, depth)?;
+                    args.try_push(n, v).ok()?;
+                }
+                (NamedMode::Strict, None) => return None,
+                (NamedMode::Legacy, None) => {
+                    if name == "res" {
+                        if let Value::Res(r) = self.value(name, empty, depth)? {
+                            unnamed.push(r);
+                        }
+                    } else {
+                        self.skip(empty)?;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One value element just opened (mirrors `decode_value` of [`crate::value`]).
+    fn value(&mut self, name: &str, empty: bool, depth: usize) -> Option<Value> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        Some(match name {
+            "i4" | "int" | "integer" => Value::I4(parse_i4(&self.text(empty)?).ok()?),
+            "double" => Value::Double(parse_double(&self.text(empty)?).ok()?),
+            "boolean" => Value::Boolean(parse_boolean(&self.text(empty)?).ok()?),
+            "string" => Value::String(self.text(empty)?.into_owned()),
+            "base64" => Value::Base64(decode_base64(&self.text(empty)?).ok()?),
+            "dateTime.iso8601" => {
+                Value::DateTime(DateTime::parse(trim_xml_ws(&self.text(empty)?)).ok()?)
+            }
+            "res" => Value::Res(Resource::parse(&self.text(empty)?).ok()?),
+            "nil" => {
+                if !is_xml_ws(&self.text(empty)?) {
+                    return None;
+                }
+                Value::Nil
+            }
+            "list" => {
+                let mut items = Vec::new();
+                if !empty {
+                    loop {
+                        match self.next()? {
+                            Ev::Close => break,
+                            Ev::Open { name, empty } => {
+                                items.push(self.value(name, empty, depth + 1)?)
+                            }
+                            other => Self::container_gap(&other)?,
+                        }
+                    }
+                }
+                Value::List(items)
+            }
+            "struct" => Value::Struct(self.named(empty, depth + 1, NamedMode::Strict)?.0),
+            "exception" => {
+                // [VAP-VAL-036], [VAP-VAL-038]
+                let mut class = None;
+                let mut message = None;
+                if !empty {
+                    loop {
+                        let (name, empty) = match self.next()? {
+                            Ev::Close => break,
+                            Ev::Open { name, empty } => (name, empty),
+                            other => {
+                                Self::container_gap(&other)?;
+                                continue;
+                            }
+                        };
+                        let slot = match self.attr("name") {
+                            Some("class") => &mut class,
+                            Some("message") => &mut message,
+                            _ => {
+                                self.skip(empty)?;
+                                continue;
+                            }
+                        };
+                        if slot.is_some() {
+                            return None;
+                        }
+                        match self.value(name, empty, depth + 1)? {
+                            Value::String(s) => *slot = Some(s),
+                            _ => return None,
+                        }
+                    }
+                }
+                Value::Exception(Exception {
+                    class: class?,
+                    message: message?,
+                })
+            }
+            _ => return None,
+        })
+    }
+
+    fn op(&mut self, empty: bool) -> Option<Op> {
+        let head = op_head(&self.view("op")).ok()?;
+        let mode = match head.version {
+            Version::V1_0 => NamedMode::Strict,
+            Version::Legacy => NamedMode::Legacy,
+        };
+        let (args, unkeyed) = self.named(empty, 1, mode)?;
+        Some(head.into_op(args, unkeyed))
+    }
+
+    /// A whole payload (mirrors [`VertebraPayload::from_element`]).
+    fn payload(&mut self) -> Option<VertebraPayload> {
+        let (name, empty) = self.root()?;
+        Some(match name {
+            "op" => VertebraPayload::Op(self.op(empty)?),
+            "ack" => {
+                let token = op_token(&self.view(name)).ok()?;
+                self.skip(empty)?;
+                VertebraPayload::Ack(Ack { token })
+            }
+            "cancel" => {
+                let token = op_token(&self.view(name)).ok()?;
+                self.skip(empty)?;
+                VertebraPayload::Cancel(Cancel { token })
+            }
+            "nack" => {
+                let n: Nack = nack_attrs(&self.view(name)).ok()?;
+                self.skip(empty)?;
+                VertebraPayload::Nack(n)
+            }
+            "load" => {
+                let l: Load = load_attrs(&self.view(name)).ok()?;
+                self.skip(empty)?;
+                VertebraPayload::Load(l)
+            }
+            "data" => {
+                let v = self.view(name);
+                let token = op_token(&v).ok()?;
+                let seq = uint_attr(&v, "seq").ok()?;
+                let (args, _) = self.named(empty, 1, NamedMode::Strict)?;
+                VertebraPayload::Data(Data { token, seq, args })
+            }
+            "final" => {
+                let v = self.view(name);
+                let token = op_token(&v).ok()?;
+                let count = uint_attr(&v, "count").ok()?;
+                let (args, _) = self.named(empty, 1, NamedMode::Strict)?;
+                VertebraPayload::Final(Final { token, count, args })
+            }
+            "error" => {
+                let (token, error_type, condition) = op_error_attrs(&self.view(name)).ok()?;
+                let mut reason = None;
+                if !empty {
+                    loop {
+                        let (cname, cempty) = match self.next()? {
+                            Ev::Close => break,
+                            Ev::Open { name, empty } => (name, empty),
+                            other => {
+                                Self::container_gap(&other)?;
+                                continue;
+                            }
+                        };
+                        if cname == "string" && self.attr("name") == Some("reason") {
+                            if let Value::String(s) = self.value(cname, cempty, 1)? {
+                                reason = Some(s);
+                            }
+                        } else {
+                            self.skip(cempty)?;
+                        }
+                    }
+                }
+                VertebraPayload::Error(OpError {
+                    token,
+                    error_type,
+                    condition,
+                    reason,
+                })
+            }
+            _ => return None,
+        })
+    }
+}
+
+/// Byte classes for the one-pass checks below.
+const OK: u8 = 0;
+/// A control character XML cannot carry.
+const CTRL: u8 = 1;
+/// TAB, LF.
+const WS: u8 = 2;
+/// CR.
+const CR: u8 = 3;
+/// `]` (start of `]]>`).
+const RSQB: u8 = 4;
+/// `<`.
+const LT: u8 = 5;
+/// `&`.
+const AMP: u8 = 6;
+/// 0xBE / 0xBF: last byte of U+FFFE / U+FFFF (EF BF BE / EF BF BF).
+const NONCHAR: u8 = 7;
+/// `"`, `'`, `>`: escaped by the writer.
+const QUOTE: u8 = 8;
+
+const CLASS: [u8; 256] = {
+    let mut t = [OK; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = CTRL;
+        i += 1;
+    }
+    t[b'\t' as usize] = WS;
+    t[b'\n' as usize] = WS;
+    t[b'\r' as usize] = CR;
+    t[b']' as usize] = RSQB;
+    t[b'<' as usize] = LT;
+    t[b'&' as usize] = AMP;
+    t[b'"' as usize] = QUOTE;
+    t[b'\'' as usize] = QUOTE;
+    t[b'>' as usize] = QUOTE;
+    t[0xbe] = NONCHAR;
+    t[0xbf] = NONCHAR;
+    t
+};
+
+fn is_nonchar_at(b: &[u8], i: usize) -> bool {
+    i >= 2 && b[i - 2] == 0xef && b[i - 1] == 0xbf
+}
+
+/// Literal text the tree decoder reads the same: XML characters only, no CR (normalized by XML
+/// parsers), no `]]>` (not allowed in text).
+fn text_ok(b: &[u8]) -> bool {
+    for (i, &c) in b.iter().enumerate() {
+        match CLASS[c as usize] {
+            CTRL | CR => return false,
+            RSQB if b.get(i + 1) == Some(&b']') && b.get(i + 2) == Some(&b'>') => return false,
+            NONCHAR if is_nonchar_at(b, i) => return false,
+            _ => {}
+        }
+    }
+    true
+}
+
+/// A raw attribute value the tree decoder reads the same: XML characters only, no `<`, no
+/// TAB/LF/CR (attribute-value normalization). `Some(true)` when it holds a reference.
+fn attr_value_ok(b: &[u8]) -> Option<bool> {
+    let mut amp = false;
+    for (i, &c) in b.iter().enumerate() {
+        match CLASS[c as usize] {
+            CTRL | WS | CR | LT => return None,
+            NONCHAR if is_nonchar_at(b, i) => return None,
+            AMP => amp = true,
+            _ => {}
+        }
+    }
+    Some(amp)
+}
+
+/// Every character reference in a raw attribute value has the strict XML form
+/// (`&#x` 1–6 hex digits `;` or `&#` 1–7 decimal digits `;`); quick-xml's own reference parser
+/// is more lenient.
+fn char_refs_ok(raw: &str) -> bool {
+    raw.match_indices("&#").all(|(i, _)| {
+        let rest = &raw[i + 2..];
+        let Some(end) = rest.find(';') else {
+            return false;
+        };
+        let body = &rest[..end];
+        match body.strip_prefix('x') {
+            Some(h) => (1..=6).contains(&h.len()) && h.bytes().all(|b| b.is_ascii_hexdigit()),
+            None => (1..=7).contains(&body.len()) && body.bytes().all(|b| b.is_ascii_digit()),
+        }
+    })
+}
+
+/// `b` when it is a [`simple_name`].
+fn simple(b: &str) -> Option<&str> {
+    simple_name(b.as_bytes()).then_some(b)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streaming writer (byte-identical to the rxml writer minidom uses)
+
+struct W<'o> {
+    out: &'o mut Vec<u8>,
+}
+
+/// Escape like rxml's writer: fails on characters XML cannot carry.
+fn escape_into(out: &mut Vec<u8>, s: &str, attribute: bool) -> Result<(), EncodeError> {
+    let data = s.as_bytes();
+    let mut last = 0;
+    for (i, &b) in data.iter().enumerate() {
+        if CLASS[b as usize] == OK || CLASS[b as usize] == RSQB {
+            continue;
+        }
+        let rep: &[u8] = match b {
+            b'\x00'..=b'\x08' | b'\x0b' | b'\x0c' | b'\x0e'..=b'\x1f' => {
+                return Err(EncodeError {
+                    detail: format!("character U+{b:04X} cannot appear in XML"),
+                })
+            }
+            b'"' if attribute => b"&#34;",
+            b'\'' if attribute => b"&#39;",
+            b'<' => b"&lt;",
+            b'>' => b"&gt;",
+            b'&' => b"&amp;",
+            b'\r' => b"&#xd;",
+            b'\n' if attribute => b"&#xa;",
+            b'\t' if attribute => b"&#x9;",
+            // U+FFFE and U+FFFF are EF BF BE / EF BF BF in UTF-8.
+            b'\xbe' | b'\xbf' if i >= 2 && data[i - 2] == 0xef && data[i - 1] == 0xbf => {
+                return Err(EncodeError {
+                    detail: "U+FFFE/U+FFFF cannot appear in XML".into(),
+                })
+            }
+            _ => continue,
+        };
+        out.extend_from_slice(&data[last..i]);
+        out.extend_from_slice(rep);
+        last = i + 1;
+    }
+    out.extend_from_slice(&data[last..]);
+    Ok(())
+}
+
+impl W<'_> {
+    fn open(&mut self, name: &str) {
+        self.out.push(b'<');
+        self.out.extend_from_slice(name.as_bytes());
+    }
+    fn open_root(&mut self, name: &str) {
+        self.open(name);
+        self.out.extend_from_slice(b" xmlns='");
+        self.out.extend_from_slice(NS.as_bytes());
+        self.out.push(b'\'');
+    }
+    fn attr(&mut self, name: &str, value: &str) -> Result<(), EncodeError> {
+        self.out.push(b' ');
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.extend_from_slice(b"='");
+        escape_into(self.out, value, true)?;
+        self.out.push(b'\'');
+        Ok(())
+    }
+    /// An attribute whose text never needs escaping (numbers, hex tokens).
+    fn attr_num(&mut self, name: &str, v: impl std::fmt::Display) {
+        self.out.push(b' ');
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.extend_from_slice(b"='");
+        let _ = write!(self.out, "{v}");
+        self.out.push(b'\'');
+    }
+    fn head_end(&mut self) {
+        self.out.push(b'>');
+    }
+    fn empty_end(&mut self) {
+        self.out.extend_from_slice(b"/>");
+    }
+    fn close(&mut self, name: &str) {
+        self.out.extend_from_slice(b"</");
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.push(b'>');
+    }
+    fn token_only(&mut self, name: &str, token: &OpToken) -> Result<(), EncodeError> {
+        self.open_root(name);
+        self.attr_num("token", token);
+        self.empty_end();
+        Ok(())
+    }
+    /// Named values as children, then the end of `name` (self-closing when there are none).
+    fn args_body(&mut self, name: &str, args: &Args) -> Result<(), EncodeError> {
+        if args.is_empty() {
+            self.empty_end();
+            return Ok(());
+        }
+        self.head_end();
+        for (n, v) in args.iter() {
+            self.value(v, Some(n), false)?;
+        }
+        self.close(name);
+        Ok(())
+    }
+    fn string_el(&mut self, name: Option<&str>, s: &str) -> Result<(), EncodeError> {
+        self.open("string");
+        if let Some(n) = name {
+            self.attr("name", n)?;
+        }
+        self.text_body("string", s)
+    }
+    /// Text content then the end tag (self-closing for empty text).
+    fn text_body(&mut self, tag: &str, s: &str) -> Result<(), EncodeError> {
+        if s.is_empty() {
+            self.empty_end();
+            return Ok(());
+        }
+        self.head_end();
+        escape_into(self.out, s, false)?;
+        self.close(tag);
+        Ok(())
+    }
+    fn num_body(&mut self, tag: &str, v: impl std::fmt::Display) {
+        self.head_end();
+        let _ = write!(self.out, "{v}");
+        self.close(tag);
+    }
+    fn value(&mut self, v: &Value, name: Option<&str>, root: bool) -> Result<(), EncodeError> {
+        let tag = v.type_name();
+        if root {
+            self.open_root(tag);
+        } else {
+            self.open(tag);
+        }
+        if let Some(n) = name {
+            self.attr("name", n)?;
+        }
+        match v {
+            Value::I4(x) => self.num_body(tag, x),
+            Value::Double(d) => self.text_body(tag, &format_double(*d))?,
+            Value::Boolean(b) => self.text_body(tag, if *b { "1" } else { "0" })?,
+            Value::String(s) => self.text_body(tag, s)?,
+            Value::Base64(b) => self.text_body(tag, &encode_base64(b))?,
+            Value::DateTime(d) => {
+                // The canonical wire form of `DateTime::to_wire`, written in place.
+                self.head_end();
+                let _ = write!(
+                    self.out,
+                    "{:04}{:02}{:02}T{:02}:{:02}:{:02}Z",
+                    d.year, d.month, d.day, d.hour, d.minute, d.second
+                );
+                self.close(tag);
+            }
+            Value::Res(r) => self.text_body(tag, r.as_str())?,
+            Value::Nil => self.empty_end(),
+            Value::List(items) => {
+                if items.is_empty() {
+                    self.empty_end();
+                } else {
+                    self.head_end();
+                    for i in items {
+                        self.value(i, None, false)?;
+                    }
+                    self.close(tag);
+                }
+            }
+            Value::Struct(a) => self.args_body(tag, a)?,
+            Value::Exception(e) => {
+                self.head_end();
+                self.string_el(Some("class"), &e.class)?;
+                self.string_el(Some("message"), &e.message)?;
+                self.close(tag);
+            }
+        }
+        Ok(())
+    }
+    fn op(&mut self, op: &Op) -> Result<(), EncodeError> {
+        self.open_root("op");
+        if let Some(s) = op.scope {
+            self.attr("scope", s.as_str())?;
+        }
+        if let Some(t) = op.timeout {
+            self.attr_num("timeout", t);
+        }
+        self.attr_num("token", &op.token);
+        self.attr("type", &op.op_type)?;
+        if op.version == Version::V1_0 {
+            self.attr("version", crate::stanza::VERSION_1_0)?;
+        }
+        if let Some(w) = op.window {
+            self.attr_num("window", w);
+        }
+        if op.args.is_empty() && op.unkeyed_resources.is_empty() {
+            self.empty_end();
+            return Ok(());
+        }
+        self.head_end();
+        for (n, v) in op.args.iter() {
+            self.value(v, Some(n), false)?;
+        }
+        for r in &op.unkeyed_resources {
+            self.open("res");
+            self.text_body("res", r.as_str())?;
+        }
+        self.close("op");
+        Ok(())
+    }
+}
