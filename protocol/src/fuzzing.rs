@@ -5,6 +5,7 @@
 //! * [`check_stanza`]: bytes → element → Vertebra payload; on success, encode → bytes → decode
 //!   must give the same value, and encoding must be canonical (a fixed point).
 //! * [`check_value`]: the same for one typed value, plus the JSON mapping round trip.
+//! * [`check_codec`]: the streaming byte codec against the tree codec (differential).
 //! * [`check_requester`], [`check_responder`]: the state machines driven by an event sequence
 //!   decoded from the bytes, checked against the protocol rules after every step.
 //! * [`check_dispatch`]: the directory driven by events, checked against a naive model.
@@ -79,6 +80,66 @@ pub fn check_stanza(data: &[u8]) {
         assert_eq!(r, back);
     }
     let _ = Op::decode(&payload);
+}
+
+/// Differential oracle for the byte codec ([`crate::codec`]): the streaming decoder (with its
+/// tree fallback) and the tree decoder give the same `Ok` value or the same error rule for
+/// payloads, ops (also the same token / version usability), op results and values; whatever the
+/// streaming decoder accepts on its own the tree decoder accepts identically; both encoders write
+/// the same bytes for every decoded value, and that output stays on the streaming path.
+pub fn check_codec(data: &[u8]) {
+    use crate::codec::*;
+    let tree = decode_payload_tree(data);
+    match (decode_payload(data), &tree) {
+        (Ok(a), Ok(b)) => assert_eq!(&a, b, "payload values differ"),
+        (Err(a), Err(b)) => assert_eq!(a.rule, b.rule, "payload error rules differ"),
+        (a, b) => panic!("payload paths disagree: fast {a:?} tree {b:?}"),
+    }
+    if let Some(p) = decode_payload_fast(data) {
+        assert_eq!(
+            Some(&p),
+            tree.as_ref().ok(),
+            "streaming decoder accepted alone"
+        );
+    }
+    match (decode_op(data), decode_op_tree(data)) {
+        (Ok(a), Ok(b)) => assert_eq!(a, b, "op values differ"),
+        (Err(a), Err(b)) => {
+            assert_eq!(a.error.rule, b.error.rule, "op error rules differ");
+            assert_eq!(a.token, b.token, "op token usability differs");
+            assert_eq!(a.version, b.version, "op version differs");
+        }
+        (a, b) => panic!("op paths disagree: fast {a:?} tree {b:?}"),
+    }
+    match (decode_op_result(data), decode_op_result_tree(data)) {
+        (Ok(a), Ok(b)) => assert_eq!(a, b, "op results differ"),
+        (Err(a), Err(b)) => assert_eq!(a.rule, b.rule, "op-result error rules differ"),
+        (a, b) => panic!("op-result paths disagree: fast {a:?} tree {b:?}"),
+    }
+    let vtree = decode_value_tree(data);
+    match (decode_value(data), &vtree) {
+        (Ok(a), Ok(b)) => assert_eq!(&a, b, "values differ"),
+        (Err(a), Err(b)) => assert_eq!(a.rule, b.rule, "value error rules differ"),
+        (a, b) => panic!("value paths disagree: fast {a:?} tree {b:?}"),
+    }
+    if let Ok(p) = tree {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        encode_payload(&p, &mut a).expect("decoded payloads encode");
+        encode_payload_tree(&p, &mut b).expect("decoded payloads encode (tree)");
+        assert_eq!(a, b, "encoders differ");
+        assert_eq!(
+            decode_payload_fast(&a).as_ref(),
+            Some(&p),
+            "own output not decoded on the streaming path"
+        );
+    }
+    if let Ok(v) = vtree {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        encode_value(&v, &mut a).expect("decoded values encode");
+        encode_value_tree(&v, &mut b).expect("decoded values encode (tree)");
+        assert_eq!(a, b, "value encoders differ");
+        assert_eq!(decode_value_fast(&a).as_ref(), Some(&v));
+    }
 }
 
 /// Value decode with XML and JSON round-trip oracles.

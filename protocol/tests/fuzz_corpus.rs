@@ -30,6 +30,11 @@ fn corpus_stanza_decode() {
 }
 
 #[test]
+fn corpus_codec_diff() {
+    replay("codec_diff", fuzzing::check_codec);
+}
+
+#[test]
 fn corpus_value_decode() {
     replay("value_decode", fuzzing::check_value);
 }
