@@ -311,6 +311,37 @@ async def test_malformed_ops():
 
 
 @async_test
+async def test_refused_data_iq_abandons_the_op_at_once():
+    """A data IQ answered with a non-retryable IQ error stops the op: the handler is cancelled
+    and nothing follows, not even ``deadline-expired`` when the deadline passes later
+    [VAP-OPS-085] [VAP-OPS-061]."""
+    bus, agent, req, gems, calls = setup()
+    peer = bus.node("raw@example.net/r")
+    peer.script = lambda seen: (Reply.error("cancel", "not-allowed") if seen.kind == "data"
+                                else Reply.result())
+    started = asyncio.Event()
+    stopped = asyncio.Event()
+
+    class Slow(Actor):
+        @operation("/slow")
+        async def slow(self, ctx):
+            started.set()
+            try:
+                await ctx.send({"i": 1})
+                await asyncio.sleep(5)
+            finally:
+                stopped.set()
+
+    agent.add_actor(Slow())
+    await peer.send_raw(AGENT, op("/slow", timeout="400"))
+    await peer.wait_for(lambda r: any(s.kind == "data" for s in r))
+    await asyncio.wait_for(stopped.wait(), 1.0)  # the handler was stopped, not left sleeping
+    await asyncio.sleep(0.6)  # past the 400 ms deadline
+    kinds = peer.kinds()
+    assert kinds[kinds.index("data") + 1:] == [], kinds
+
+
+@async_test
 async def test_profile_optional_arguments():
     """``stream`` without ``size`` sends no payload, ``fail`` without ``reason`` still ends with
     the condition [VAP-TPF-004] [VAP-TPF-007] [VAP-TPF-011] (SPEC-FINDINGS B11, B17)."""

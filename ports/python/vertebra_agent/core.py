@@ -532,8 +532,25 @@ class AgentCore:
             await self._send_reliably(op, el)
         except _Abandon as e:
             op.data_failed = e
+            self._abandon(op, e)
         finally:
             op.slots.release()
+
+    def _abandon(self, op: _Served, why: Exception) -> None:
+        """A data IQ of the op failed for good: stop its work now and send nothing more for it,
+        not even ``deadline-expired`` later [VAP-OPS-085] (SPEC-FINDINGS B9)."""
+        if op.terminal_sent:
+            return
+        log.info("op %s abandoned: %s", op.token, why)
+        op.terminal_sent = True
+        if op.timer is not None:
+            op.timer.cancel()
+        me = asyncio.current_task()
+        for t in list(op.inflight):
+            if t is not me:
+                t.cancel()
+        if op.task is not None and not op.task.done():
+            op.task.cancel()
 
     async def _drain(self, op: _Served) -> None:
         """[VAP-OPS-041] every data result before the terminal stanza."""
