@@ -6,7 +6,10 @@
 //! minidom ([`xml`]).
 //!
 //! Everything here is sans-IO: no sockets, no clock, no tasks. Decoding takes a
-//! `minidom::Element` (or bytes through [`xml::parse_element`]); encoding produces one.
+//! `minidom::Element` (or bytes through [`xml::parse_element`]); encoding produces one. For
+//! bytes, [`codec`] decodes straight from quick-xml events and encodes with a streaming writer
+//! (`VertebraPayload::from_xml` / `write_xml`), with the same results and error kinds as the
+//! element path and byte-identical output.
 //!
 //! Requirement IDs (`[VAP-…]`) in the docs name the spec sentence a piece of code enforces.
 

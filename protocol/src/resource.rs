@@ -51,6 +51,15 @@ impl Resource {
             return Ok(Resource::root());
         }
         let body = rest.strip_suffix('/').unwrap_or(rest);
+        // [VAP-RES-008] applies to the normalized path too ([VAP-RES-003]): `/a /` would
+        // normalize to `/a `, which no receiver accepts, so a sender could not emit it in
+        // normalized form ([VAP-RES-004]). Found by fuzzing (value_decode round trip).
+        if body.trim_end() != body {
+            return Err(DecodeError::new(
+                Rule::BadResource,
+                format!("resource {s:?} normalizes to a path with trailing whitespace"),
+            ));
+        }
         for seg in body.split('/') {
             if seg.is_empty() {
                 return Err(DecodeError::new(
