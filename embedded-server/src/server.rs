@@ -1522,6 +1522,10 @@ enum WriteOutcome {
     Failed,
 }
 
+/// Writes queued commands. Stanzas are serialised once, here, into one buffer per batch;
+/// the same bytes go to the wire (through the socket wrapper's raw path, so they keep
+/// their order with injected raw bytes) and, when the trace is on, into the trace — no
+/// second serialisation for the trace.
 async fn write_batch(
     shared: &Arc<Shared>,
     cs: &ConnShared,
@@ -1531,46 +1535,88 @@ async fn write_batch(
     id: ConnId,
     jid: &Jid,
 ) -> WriteOutcome {
+    let mut out: Vec<u8> = Vec::new();
     let mut next = Some(first);
     let mut n = 0;
     while let Some(cmd) = next.take() {
         match cmd {
             Command::Close(e) => {
-                if SinkExt::<&Stanza>::flush(stream).await.is_err() {
+                if flush_out(cs, stream, &mut out).await.is_err() {
                     return WriteOutcome::Failed;
                 }
                 return WriteOutcome::Close(e);
             }
             Command::Cut => {
-                let _ = SinkExt::<&Stanza>::flush(stream).await;
+                let _ = flush_out(cs, stream, &mut out).await;
                 return WriteOutcome::Failed;
             }
+            Command::Write {
+                item: Outgoing::Raw(b),
+                note,
+            } => {
+                shared.trace.record(
+                    Direction::Out,
+                    id,
+                    Some(jid),
+                    || crate::trace::escape_bytes(&b),
+                    note,
+                );
+                out.extend_from_slice(&b);
+            }
             Command::Write { item, note } => {
-                shared
-                    .trace
-                    .record(Direction::Out, id, Some(jid), || serialize(&item), note);
-                let r = match &item {
-                    Outgoing::Stanza(s) => stream.feed(s).await,
-                    Outgoing::Element(e) => stream.feed(e).await,
-                    Outgoing::Raw(b) => {
-                        // Handed to the socket wrapper, which writes it on the next flush,
-                        // after the XML stream's own buffered output (so order is kept).
-                        cs.raw.lock().expect("raw").extend_from_slice(b);
-                        SinkExt::<&Stanza>::flush(stream).await
-                    }
+                let bytes = match item {
+                    Outgoing::Stanza(s) => xso::to_vec(&s),
+                    Outgoing::Element(e) => xso::to_vec(&e),
+                    // (handled by the arm above)
+                    Outgoing::Raw(b) => Ok(b),
                 };
-                if r.is_err() {
-                    return WriteOutcome::Failed;
+                match bytes {
+                    Ok(b) => {
+                        out.extend_from_slice(&b);
+                        shared.trace.record(
+                            Direction::Out,
+                            id,
+                            Some(jid),
+                            move || {
+                                String::from_utf8(b).unwrap_or_else(|e| {
+                                    String::from_utf8_lossy(e.as_bytes()).into_owned()
+                                })
+                            },
+                            note,
+                        );
+                    }
+                    Err(e) => {
+                        log::warn!("embedded server: cannot serialise a stanza for {jid}: {e}");
+                        return WriteOutcome::Failed;
+                    }
                 }
             }
+        }
+        if out.len() >= WRITE_COALESCE && flush_out(cs, stream, &mut out).await.is_err() {
+            return WriteOutcome::Failed;
         }
         n += 1;
         if n < WRITE_BATCH {
             next = rx.try_recv().ok();
         }
     }
-    match SinkExt::<&Stanza>::flush(stream).await {
+    match flush_out(cs, stream, &mut out).await {
         Ok(()) => WriteOutcome::Ok,
         Err(_) => WriteOutcome::Failed,
     }
+}
+
+/// Hands `out` to the socket wrapper and flushes (the XML stream's own buffered output,
+/// if any, goes first).
+async fn flush_out(cs: &ConnShared, stream: &mut Xs, out: &mut Vec<u8>) -> io::Result<()> {
+    if !out.is_empty() {
+        let mut slot = cs.raw.lock().expect("raw");
+        if slot.is_empty() {
+            std::mem::swap(&mut *slot, out);
+        } else {
+            slot.extend_from_slice(out);
+            out.clear();
+        }
+    }
+    SinkExt::<&Stanza>::flush(stream).await
 }

@@ -151,10 +151,25 @@ async fn two_clients_exchange_iqs(s: &TestServer) {
         );
     }
     for (i, t) in tokens.into_iter().enumerate() {
-        let resp = tokio::time::timeout(T, t)
-            .await
-            .expect("IQ answered in time")
-            .expect("IQ response");
+        let resp = match tokio::time::timeout(T, t).await {
+            Ok(r) => r,
+            Err(_) => {
+                if let Some(e) = s.embedded() {
+                    for ev in e.trace().snapshot() {
+                        eprintln!(
+                            "{:?} {:?} {} {:?} {}",
+                            ev.elapsed,
+                            ev.direction,
+                            ev.conn,
+                            ev.jid.as_ref().map(|j| j.to_string()),
+                            ev.xml
+                        );
+                    }
+                }
+                panic!("IQ {i} not answered in time")
+            }
+        }
+        .expect("IQ response");
         match resp {
             IqResponse::Result(Some(el)) => {
                 assert_eq!(el.name(), "echoed");
