@@ -119,6 +119,21 @@ pub struct FuzzReport {
     /// Inputs generated from the corpus (feedback-guided).
     pub biased_inputs: u64,
     pub corpus: usize,
+    /// Raw-bytes inputs by what the target did: closed the stream (and came back), kept it
+    /// (went on answering), stuck (kept it without answering; cut by the harness).
+    pub raw_closed: u64,
+    pub raw_kept: u64,
+    pub raw_stuck: u64,
+}
+
+fn count_raw(report: &mut FuzzReport, exec: &mut Execution<'_>) {
+    for (_, o) in exec.raw_outcomes.drain(..) {
+        match o {
+            "closed" => report.raw_closed += 1,
+            "kept" => report.raw_kept += 1,
+            _ => report.raw_stuck += 1,
+        }
+    }
 }
 
 /// Whether the embedded server can write raw bytes into a connection.
@@ -404,6 +419,9 @@ pub async fn fuzz(env: &Env, cfg: &FuzzConfig) -> FuzzReport {
         signatures: 0,
         biased_inputs: 0,
         corpus: 0,
+        raw_closed: 0,
+        raw_kept: 0,
+        raw_stuck: 0,
     };
     let mut seen: HashSet<String> = HashSet::new();
     let mut time_in_minimize = Duration::ZERO;
@@ -430,6 +448,7 @@ pub async fn fuzz(env: &Env, cfg: &FuzzConfig) -> FuzzReport {
         if found.is_some() || window.len() >= 400 || step.is_none() {
             let now = window.len();
             feed_back(&exec, &mut gen, &mut sigs, &mut unsigned, now, true);
+            count_raw(&mut report, &mut exec);
         }
         if cfg.verbose && last_print.elapsed() > Duration::from_secs(5) {
             last_print = Instant::now();
@@ -768,6 +787,7 @@ pub fn cli_fuzz(a: FuzzArgs) -> i32 {
             "restarts": rep.restarts, "repeats": rep.repeats, "stopped": rep.stopped,
             "signatures": rep.signatures, "biased_inputs": rep.biased_inputs,
             "corpus": rep.corpus, "bias": !a.no_bias,
+            "raw": { "closed": rep.raw_closed, "kept": rep.raw_kept, "stuck": rep.raw_stuck },
             "unconfirmed": rep.unconfirmed.iter().map(|f| serde_json::json!({
                 "oracle": f.finding.oracle, "detail": f.finding.detail, "trace": f.path,
             })).collect::<Vec<_>>(),
@@ -819,6 +839,12 @@ pub fn cli_fuzz(a: FuzzArgs) -> i32 {
             rep.corpus,
             if a.no_bias { " (bias off)" } else { "" }
         );
+        if rep.raw_closed + rep.raw_kept + rep.raw_stuck > 0 {
+            println!(
+                "raw bytes: the target closed the stream (and came back) {} times, kept it {} times, kept it without answering {} times",
+                rep.raw_closed, rep.raw_kept, rep.raw_stuck
+            );
+        }
         println!(
             "{} findings ({} repeats of an oracle already reported); summary: {}",
             rep.findings.len(),

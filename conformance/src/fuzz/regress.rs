@@ -122,6 +122,17 @@ async fn run_regression(cx: Ctx) -> CaseResult {
         .iter()
         .find(|t| t.id.as_deref() == Some(cx.case_id))
         .ok_or_else(|| Abort::error("regression trace not loaded"))?;
+    // Steps that need the embedded server's handle (cuts, raw bytes, split writes) or its
+    // injection cannot be replayed here without it: untestable rather than vacuously passed.
+    if let Some(s) = t.steps.iter().find(|s| {
+        matches!(s.kind.as_str(), "cut" | "raw" | "split")
+            || (s.via == super::tracefile::VIA_INJECT && cx.session.inject.is_none())
+    }) {
+        return Err(Abort::untestable(format!(
+            "the trace needs the embedded server (step kind {:?}, via {:?}); run it with `vertebra-conformance replay` in reference or spawn mode",
+            s.kind, s.via
+        )));
+    }
     let env = env_from_session(
         cx.session.clone(),
         None,
@@ -192,9 +203,14 @@ pub fn promote(trace: &Path, dir: &Path, id: Option<&str>) -> Result<(String, Pa
     t.id = Some(id.clone());
     t.kind = "regression".into();
     let path = dir.join(format!("{id}.json"));
+    // Relative to the working directory when below it (no machine paths in the file).
+    let shown = std::env::current_dir()
+        .ok()
+        .and_then(|cwd| path.strip_prefix(cwd).ok().map(Path::to_path_buf))
+        .unwrap_or_else(|| path.clone());
     t.replay = format!(
         "vertebra-conformance replay {} {}",
-        path.display(),
+        shown.display(),
         t.found_on
     );
     t.save(&path)?;
