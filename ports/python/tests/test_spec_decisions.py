@@ -80,7 +80,8 @@ def test_datetime_edges():
 
 # B5 and VAP-RES-018: white space, `//`, length
 def test_resource_edges():
-    for bad in ["//", "/gem//", " /gem", "/gem\u00a0", "/gem\u3000", "/" + "x" * 4096]:
+    for bad in ["//", "/gem//", " /gem", "/gem\u00a0", "/gem\u3000", "/a /", "/a\u00a0/",
+                "/" + "x" * 4096]:
         with pytest.raises(ResourceError):
             Resource(bad)
     assert Resource("/" + "x" * 4095) == "/" + "x" * 4095

@@ -56,6 +56,8 @@ class Resource(str):
         if text == "/":
             return super().__new__(cls, "/")
         body = text[1:-1] if text.endswith("/") else text[1:]  # [VAP-RES-003]
+        if body and body[-1] in WHITE_SPACE:  # the normalized form counts too [VAP-RES-008]
+            raise ResourceError(f"resource {text!r} normalizes to a path ending in whitespace")
         segments = body.split("/")
         for seg in segments:
             if seg == "":
