@@ -74,7 +74,10 @@ impl Resource {
                 ));
             }
         }
-        Ok(Resource(format!("/{body}")))
+        let mut path = String::with_capacity(body.len() + 1);
+        path.push('/');
+        path.push_str(body);
+        Ok(Resource(path))
     }
 
     /// The normalized path text.
