@@ -19,7 +19,7 @@ use sasl::server::{
     Mechanism as SaslServerMechanism, Provider, ProviderError, Response as SaslResponse, Validator,
     ValidatorError,
 };
-use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, BufReader, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
@@ -49,7 +49,7 @@ use crate::faults::{Faults, Outgoing, Planned, Prng, SplitSpec};
 use crate::router::{BindOutcome, ConnId, Delivery, Router};
 use crate::trace::{Direction, Trace};
 
-type Io = BufReader<ConnIo>;
+type Io = ReadCapture;
 type Xs = XmlStream<Io, FallibleStreamElement>;
 
 const READ_BUFFER: usize = 8 * 1024;
@@ -724,6 +724,90 @@ struct ConnShared {
     socket_writes: AtomicU64,
     /// Raw bytes to write on the next flush ([`ServerHandle::inject_raw`]).
     raw: Mutex<Vec<u8>>,
+    /// Bytes the XML parser consumed since the last stanza (bound sessions, trace on):
+    /// the wire form of the stanza being read, recorded in the trace as is.
+    captured: Mutex<Vec<u8>>,
+}
+
+impl ConnShared {
+    /// Takes the captured wire bytes of the stanza just parsed (leading whitespace
+    /// between stanzas trimmed), or `None` if nothing was captured.
+    fn take_captured(&self) -> Option<Vec<u8>> {
+        let mut c = self.captured.lock().expect("captured");
+        if c.is_empty() {
+            return None;
+        }
+        let start = c
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .unwrap_or(c.len());
+        let mut v = std::mem::take(&mut *c);
+        drop(c);
+        v.drain(..start);
+        let end = v
+            .iter()
+            .rposition(|b| !b.is_ascii_whitespace())
+            .map_or(0, |p| p + 1);
+        v.truncate(end);
+        (!v.is_empty()).then_some(v)
+    }
+
+    fn clear_captured(&self) {
+        self.captured.lock().expect("captured").clear();
+    }
+}
+
+/// The connection's read side as the XML parser sees it: a buffered reader that, while the
+/// trace is on and the session is bound, keeps a copy of every byte the parser consumes, so
+/// that `In` trace events hold the stanza exactly as received without serialising it again.
+struct ReadCapture {
+    inner: BufReader<ConnIo>,
+    cs: Arc<ConnShared>,
+    trace: Trace,
+}
+
+impl AsyncRead for ReadCapture {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncBufRead for ReadCapture {
+    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
+        Pin::new(&mut self.get_mut().inner).poll_fill_buf(cx)
+    }
+    fn consume(mut self: Pin<&mut Self>, amt: usize) {
+        if amt > 0 && self.cs.bound.get().is_some() && self.trace.is_enabled() {
+            let avail = self.inner.buffer();
+            let n = amt.min(avail.len());
+            self.cs
+                .captured
+                .lock()
+                .expect("captured")
+                .extend_from_slice(&avail[..n]);
+        }
+        Pin::new(&mut self.inner).consume(amt)
+    }
+}
+
+impl AsyncWrite for ReadCapture {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 struct ConnIo {
@@ -919,6 +1003,7 @@ fn conn_io(shared: &Arc<Shared>, tcp: TcpStream, id: ConnId) -> (Io, Arc<ConnSha
         bound: OnceLock::new(),
         socket_writes: AtomicU64::new(0),
         raw: Mutex::new(Vec::new()),
+        captured: Mutex::new(Vec::new()),
     });
     let io = ConnIo {
         tcp,
@@ -933,7 +1018,12 @@ fn conn_io(shared: &Arc<Shared>, tcp: TcpStream, id: ConnId) -> (Io, Arc<ConnSha
         rawbuf: Vec::new(),
         rawpos: 0,
     };
-    (BufReader::with_capacity(READ_BUFFER, io), cs)
+    let io = ReadCapture {
+        inner: BufReader::with_capacity(READ_BUFFER, io),
+        cs: cs.clone(),
+        trace: shared.trace.clone(),
+    };
+    (io, cs)
 }
 
 fn timeouts(c: &ServerConfig) -> Timeouts {
@@ -1462,11 +1552,17 @@ fn handle_inbound(
         }
         Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::Stanza(stanza)))) => {
             cs.since_mark.store(0, Ordering::Release);
+            let wire = cs.take_captured();
             shared.trace.record(
                 Direction::In,
                 id,
                 Some(jid_any),
-                || serialize_stanza(&stanza),
+                || match wire {
+                    Some(b) => String::from_utf8(b)
+                        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+                    // trace switched on mid-stanza: nothing captured
+                    None => serialize_stanza(&stanza),
+                },
                 None,
             );
             let deliveries = shared
@@ -1484,6 +1580,7 @@ fn handle_inbound(
         ))),
         Some(Ok(FallibleStreamElement::Err(e))) => {
             cs.since_mark.store(0, Ordering::Release);
+            cs.clear_captured();
             if let StreamElementError::InvalidStanza { name, header, .. } = &e {
                 let is_request = matches!(header.type_.as_deref(), Some("get" | "set"));
                 if name.to_string() == "iq" && is_request {

@@ -48,7 +48,11 @@ pub struct TraceEvent {
     pub conn: ConnId,
     /// The connection's bound JID, if it had bound one.
     pub jid: Option<Jid>,
-    /// The serialised stanza.
+    /// The stanza's XML. [`Direction::In`]: the bytes exactly as the client sent them
+    /// (so the stanza may lack `xmlns='jabber:client'`, which it inherits from the stream).
+    /// [`Direction::Out`]: the bytes written to the socket (each stanza serialised on its
+    /// own, with its `xmlns`); raw writes are escaped by [`escape_bytes`].
+    /// [`Direction::Dropped`]: the stanza serialised.
     pub xml: String,
     /// Set when a fault rule acted on this stanza (e.g. `"delay 50ms"`, `"duplicate"`,
     /// `"rewrite"`, `"reorder"`, `"drop"`, `"inject"`).

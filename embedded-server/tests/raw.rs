@@ -383,3 +383,59 @@ async fn raw_fault_action_replaces_the_chosen_stanza() {
     drop(alice);
     s.shutdown().await;
 }
+
+/// `In` events hold each stanza's wire bytes, one stanza per event, even when several
+/// arrive in one TCP segment; `Out` events hold exactly what was written.
+#[tokio::test]
+async fn trace_holds_each_stanza_as_sent_and_written() {
+    let s = start().await;
+    let mut tap = Tap::start(s.addr()).await;
+    let mut bob = raw_at(tap.addr, "bob", "b").await;
+    let mut alice = raw_at(s.addr(), "alice", "a").await;
+    let bob_jid: Jid = bob.jid().clone().into();
+    let alice_jid: Jid = alice.jid().clone().into();
+    let batch: Vec<Stanza> = ["t1", "t2", "t3"]
+        .iter()
+        .map(|id| msg(bob_jid.clone(), id, &format!("body of {id} & <more>")).into())
+        .collect();
+    alice.send_stanzas(&batch).await.unwrap();
+    for _ in 0..3 {
+        bob.recv_until(T, |st| matches!(st, Stanza::Message(_)))
+            .await
+            .unwrap();
+    }
+    tap.wait_for(b"id='t3'").await;
+    let trace = s.trace().snapshot();
+    let ins: Vec<_> = trace
+        .iter()
+        .filter(|e| e.direction == Direction::In && e.jid.as_ref() == Some(&alice_jid))
+        .collect();
+    assert_eq!(ins.len(), 3, "{ins:#?}");
+    for (e, id) in ins.iter().zip(["t1", "t2", "t3"]) {
+        assert!(e.xml.starts_with("<message"), "{}", e.xml);
+        assert!(e.xml.ends_with("</message>"), "{}", e.xml);
+        assert_eq!(e.xml.matches("<message").count(), 1, "{}", e.xml);
+        assert!(e.xml.contains(&format!("id='{id}'")), "{}", e.xml);
+        assert!(
+            e.xml.contains("&amp; &lt;more&gt;"),
+            "escaped as sent: {}",
+            e.xml
+        );
+        // parses as a stanza
+        let el: tokio_xmpp::minidom::Element = format!("<w xmlns='jabber:client'>{}</w>", e.xml)
+            .parse()
+            .unwrap();
+        assert_eq!(el.children().count(), 1);
+    }
+    // every Out event for bob is a byte-exact part of what bob's socket received
+    let wire = tap.bytes();
+    let outs: Vec<_> = trace
+        .iter()
+        .filter(|e| e.direction == Direction::Out && e.jid.as_ref() == Some(&bob_jid))
+        .collect();
+    assert_eq!(outs.len(), 3);
+    for e in outs {
+        assert!(find(&wire, e.xml.as_bytes()).is_some(), "{}", e.xml);
+    }
+    s.shutdown().await;
+}
