@@ -7,11 +7,13 @@ import importlib
 import logging
 import types
 import xml.etree.ElementTree as ET
+from xml.sax.saxutils import quoteattr
 
 import slixmpp
 from slixmpp import JID
 from slixmpp.exceptions import IqError as SlixIqError
 from slixmpp.exceptions import IqTimeout as SlixIqTimeout
+from slixmpp.jid import InvalidJID
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher.base import MatcherBase
 
@@ -144,6 +146,39 @@ class VertebraClient(slixmpp.ClientXMPP):
         return _T()
 
     # -- incoming ----------------------------------------------------------------------------
+
+    def incoming_filter(self, xml: ET.Element) -> ET.Element:
+        """Keep stanzas whose ``from``/``to`` is not a valid JID (RFC 7622) away from slixmpp.
+
+        slixmpp parses those attributes lazily and raises ``InvalidJID`` deep inside its stanza
+        code, which ends the whole session (found by the fuzzer: a resource holding U+202E
+        U+200B, fixtures/traces/findings/python-jid-bidi-resource.json). Such an IQ get/set is
+        answered here with ``jid-malformed`` written as raw XML [VAP-TRN-006]; the stanza is
+        replaced by an element no handler matches, so the session and pings go on
+        [VAP-TRN-025]."""
+        bad = None
+        for attr in ("from", "to"):
+            value = xml.get(attr)
+            if value:
+                try:
+                    JID(value)
+                except InvalidJID:
+                    bad = attr
+                    break
+        if bad is None:
+            return xml
+        log.info("ignoring a stanza with a malformed %s JID", bad)
+        if xml.tag == "{jabber:client}iq" and xml.get("type") in ("get", "set"):
+            attrs = " type='error'"
+            if xml.get("id") is not None:
+                attrs += f" id={quoteattr(xml.get('id'))}"
+            if xml.get("from"):
+                attrs += f" to={quoteattr(xml.get('from'))}"
+            self.send_raw(
+                f"<iq{attrs}><error type='modify'><jid-malformed "
+                "xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
+            )
+        return ET.Element("{urn:vertebra:python-port}ignored")
 
     def _route_unhandled(self, stanza):
         if stanza.name == "iq":
