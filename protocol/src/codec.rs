@@ -418,8 +418,12 @@ impl<'i> Rd<'i> {
     /// The next event of the subset; `None` for anything outside it (or any error).
     fn next(&mut self) -> Option<Ev<'i>> {
         let (res, ev) = self.r.read_resolved_event().ok()?;
-        let bound = matches!(res, ResolveResult::Bound(ns) if ns.as_ref() == NS);
         let (e, empty) = match ev {
+            Event::Start(e) | Event::Empty(e) if !matches!(res, ResolveResult::Bound(ns) if ns.as_ref() == NS) =>
+            {
+                let _ = e;
+                return None;
+            }
             Event::Start(e) => (e, false),
             Event::Empty(e) => (e, true),
             Event::End(_) => {
@@ -467,7 +471,7 @@ impl<'i> Rd<'i> {
             }
             _ => return None,
         };
-        if !bound || self.depth + 1 > MAX_XML_DEPTH {
+        if self.depth + 1 > MAX_XML_DEPTH {
             return None;
         }
         let name = self.reslice(simple(e.name().as_ref())?)?;
