@@ -70,6 +70,9 @@ struct TraceInner {
     capacity: usize,
     max_xml: usize,
     start: Instant,
+    /// Wall-clock time at `start`: event times are `start_wall + elapsed` (one clock read
+    /// per event instead of two).
+    start_wall: SystemTime,
     seq: AtomicU64,
     dropped: AtomicU64,
     buf: Mutex<VecDeque<TraceEvent>>,
@@ -95,6 +98,7 @@ impl Trace {
                 capacity,
                 max_xml: max_xml.max(64),
                 start: Instant::now(),
+                start_wall: SystemTime::now(),
                 seq: AtomicU64::new(0),
                 dropped: AtomicU64::new(0),
                 buf: Mutex::new(VecDeque::with_capacity(capacity.min(1024))),
@@ -175,25 +179,32 @@ impl Trace {
             xml.truncate(cut);
             xml.push_str(&format!("…[truncated {dropped} bytes]"));
         }
+        let jid = jid.cloned();
         let mut buf = self.inner.buf.lock().expect("trace lock");
+        let elapsed = self.inner.start.elapsed();
         let ev = TraceEvent {
             seq: self.inner.seq.fetch_add(1, Ordering::Relaxed),
-            at: SystemTime::now(),
-            elapsed: self.inner.start.elapsed(),
+            at: self.inner.start_wall + elapsed,
+            elapsed,
             direction,
             conn,
-            jid: jid.cloned(),
+            jid,
             xml,
             note,
         };
         if self.inner.tx.receiver_count() > 0 {
             let _ = self.inner.tx.send(ev.clone());
         }
-        if buf.len() >= self.inner.capacity {
-            buf.pop_front();
+        let old = if buf.len() >= self.inner.capacity {
             self.inner.dropped.fetch_add(1, Ordering::Relaxed);
-        }
+            buf.pop_front()
+        } else {
+            None
+        };
         buf.push_back(ev);
+        drop(buf);
+        // the discarded event is freed outside the lock
+        drop(old);
     }
 }
 

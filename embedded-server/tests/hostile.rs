@@ -333,3 +333,89 @@ async fn message_flood_to_a_reading_peer_is_delivered() {
     assert_eq!(reader.await.unwrap(), N);
     assert_responsive(&mut alice, &s, "ok", T).await;
 }
+
+/// A TCP proxy in front of the server through which the test can push arbitrary bytes
+/// to the server in the middle of a logged-in client's stream.
+async fn injecting_proxy(
+    server: std::net::SocketAddr,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    tokio::spawn(async move {
+        let (client, _) = listener.accept().await.unwrap();
+        let upstream = TcpStream::connect(server).await.unwrap();
+        let (mut cr, mut cw) = client.into_split();
+        let (mut ur, mut uw) = upstream.into_split();
+        tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut ur, &mut cw).await;
+            let _ = cw.shutdown().await;
+        });
+        let mut buf = [0u8; 4096];
+        loop {
+            tokio::select! {
+                r = cr.read(&mut buf) => match r {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => if uw.write_all(&buf[..n]).await.is_err() { break },
+                },
+                Some(extra) = rx.recv() => {
+                    if uw.write_all(&extra).await.is_err() { break }
+                }
+            }
+        }
+        let _ = uw.shutdown().await;
+    });
+    (addr, tx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_from_a_bound_session_closes_only_that_session() {
+    let s = start(ServerConfig::default()).await;
+    let mut alice = raw(&s, "alice", "a").await;
+    let alice_jid: Jid = alice.jid().clone().into();
+    for (i, garbage) in [
+        &b"<message><body>\xff\xfe</body></message>"[..],
+        &b"<<<>>>&&&"[..],
+        &b"<iq type='get' id='x'><ping xmlns='urn:xmpp:ping'/></message>"[..],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (addr, inject) = injecting_proxy(s.addr()).await;
+        let mut mallory = RawClient::connect(addr, "mallory@localhost", "mallorypw", None, T)
+            .await
+            .expect("login through the proxy");
+        let mallory_jid = mallory.jid().clone();
+        let mallory_any: Jid = mallory_jid.clone().into();
+        // directed presence, so the server must tell alice when mallory's session ends
+        mallory
+            .send(tokio_xmpp::parsers::presence::Presence::available().with_to(alice_jid.clone()))
+            .await
+            .unwrap();
+        alice
+            .recv_until(
+                T,
+                |st| matches!(st, Stanza::Presence(p) if p.from.as_ref() == Some(&mallory_any)),
+            )
+            .await
+            .unwrap();
+        inject.send(garbage.to_vec()).unwrap();
+        let r = mallory.recv(T).await;
+        assert!(
+            matches!(&r, Err(e) if e.to_string().contains("not-well-formed")),
+            "case {i}: {r:?}"
+        );
+        s.wait_offline(&mallory_jid, T).await.unwrap();
+        alice
+            .recv_until(T, |st| {
+                matches!(st, Stanza::Presence(p) if p.from.as_ref() == Some(&mallory_any)
+                    && p.type_ == tokio_xmpp::parsers::presence::Type::Unavailable)
+            })
+            .await
+            .unwrap();
+        assert_responsive(&mut alice, &s, &format!("after-garbage-{i}"), T).await;
+    }
+}
