@@ -9,6 +9,18 @@ use vertebra_reference_agent::node::Call;
 use vertebra_reference_agent::protocol::{Args, ResourceScope, Value};
 use vertebra_reference_agent::requester::{call_all, discover};
 
+/// The embedded server's wire trace costs about a fifth of the CPU of this in-process bus; it
+/// is off unless `BENCH_SERVER_TRACE=1` (both settings are reported in docs/status.md).
+fn server_config() -> vertebra_embedded_server::ServerConfig {
+    let mut c = vertebra_embedded_server::ServerConfig::new("localhost");
+    c.trace = std::env::var("BENCH_SERVER_TRACE").is_ok_and(|v| v == "1");
+    println!(
+        "embedded server wire trace: {}",
+        if c.trace { "on" } else { "off" }
+    );
+    c
+}
+
 fn main() {
     let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .try_init();
@@ -22,7 +34,7 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let bus = LocalBus::start(vertebra_reference_agent::policy::allow_all()).await.unwrap();
+        let bus = LocalBus::start_with(server_config(), vertebra_reference_agent::policy::allow_all()).await.unwrap();
         let t0 = Instant::now();
         let mut agents = Vec::with_capacity(n);
         for i in 0..n {

@@ -62,6 +62,18 @@ async fn ops(req: &Node, to: &Jid, op: &str, n: usize) -> f64 {
     n as f64 / t0.elapsed().as_secs_f64()
 }
 
+/// The embedded server's wire trace costs about a fifth of the CPU of this in-process bus; it
+/// is off unless `BENCH_SERVER_TRACE=1` (both settings are reported in docs/status.md).
+fn server_config() -> vertebra_embedded_server::ServerConfig {
+    let mut c = vertebra_embedded_server::ServerConfig::new("localhost");
+    c.trace = std::env::var("BENCH_SERVER_TRACE").is_ok_and(|v| v == "1");
+    println!(
+        "embedded server wire trace: {}",
+        if c.trace { "on" } else { "off" }
+    );
+    c
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -69,9 +81,12 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let bus = LocalBus::start(vertebra_reference_agent::policy::allow_all())
-            .await
-            .unwrap();
+        let bus = LocalBus::start_with(
+            server_config(),
+            vertebra_reference_agent::policy::allow_all(),
+        )
+        .await
+        .unwrap();
         let agent = bus
             .agent("bench")
             .unwrap()

@@ -1416,7 +1416,8 @@ fn on_iq(node: &Node, from: Jid, id: String, set: bool, mut payload: Element) {
         "op" => {
             // Fuzzer-planted bugs (mutants only; no effect when conforming). Outside the engine
             // lock: the crash mutant panics here.
-            let planted = misbehave.planted(&from.to_string(), &id, &payload);
+            let planted = misbehave != Misbehaviour::None
+                && misbehave.planted(&from.to_string(), &id, &payload);
             let reexec = misbehave == Misbehaviour::ReexecuteDuplicate || planted;
             if misbehave == Misbehaviour::IgnoreDeadline && payload.attr("timeout").is_some() {
                 // MUTANT ignore-deadline: the machine never sees the op's real deadline.
