@@ -57,6 +57,8 @@ use crate::NS;
 /// Longest raw attribute value the streaming decoder accepts (rxml refuses tokens longer than
 /// its `max_token_length`, 8192 bytes by default; longer values go to the tree decoder).
 const MAX_FAST_ATTR: usize = 4096;
+/// Most attributes per element the streaming decoder accepts (its duplicate check is linear).
+const MAX_FAST_ATTRS: usize = 32;
 /// Longest element or attribute name the streaming decoder accepts.
 const MAX_FAST_NAME: usize = 256;
 
@@ -477,7 +479,12 @@ impl<'i> Rd<'i> {
         let name = self.reslice(simple(e.name().as_ref())?)?;
         self.attrs.clear();
         let content: &str = &e;
-        for a in e.attributes() {
+        let mut attributes = e.attributes();
+        // Duplicates are checked below against the (reused) attribute list instead of quick-xml's
+        // per-tag key list, which allocates for every element.
+        attributes.with_checks(false);
+        let mut seen_xmlns = false;
+        for a in attributes {
             let a = a.ok()?;
             let Cow::Borrowed(raw) = a.value else {
                 return None;
@@ -495,9 +502,18 @@ impl<'i> Rd<'i> {
             let key = a.key.as_ref();
             if key == "xmlns" {
                 // Resolved by the NsReader (the element must be bound to NS, checked above).
+                if seen_xmlns {
+                    return None;
+                }
+                seen_xmlns = true;
                 continue;
             }
             let key = self.reslice(simple(key)?)?;
+            // A duplicate attribute (the tree decoder keeps the last one), or more attributes
+            // than a Vertebra element has: leave it to the tree decoder.
+            if self.attrs.len() >= MAX_FAST_ATTRS || self.attrs.iter().any(|(k, _)| *k == key) {
+                return None;
+            }
             let raw = self.reslice(raw)?;
             let amp = attr_value_ok(raw.as_bytes())?;
             if raw.len() > MAX_FAST_ATTR || (amp && !char_refs_ok(raw)) {

@@ -548,6 +548,14 @@ fn lenient_quick_xml_cases_are_decided_by_the_tree() {
         format!("<ack xmlns='{ns}' token='{t}'b='1'/>"),
         format!("<ack xmlns='{ns}' token='{t}' b='<'/>"),
         format!("<ack xmlns='{ns}' token='{t}' token='{t}'/>"),
+        format!("<ack xmlns='{ns}' xmlns='{ns}' token='{t}'/>"),
+        format!(
+            "<ack xmlns='{ns}' token='{t}' {}/>",
+            (0..40)
+                .map(|i| format!("a{i}='1'"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
         format!("<ack xmlns='{ns}' tok\u{1}en='{t}'/>"),
         format!("<data xmlns='{ns}' token='{t}'><string name='s'>a\r\nb</string></data>"),
         format!("<data xmlns='{ns}' token='{t}'><string name='s'>a]]>b</string></data>"),
