@@ -109,7 +109,8 @@ pub struct Router {
     domain: BareJid,
     /// Every served domain, the primary one included.
     domains: BTreeSet<BareJid>,
-    accounts: HashSet<BareJid>,
+    /// Accounts: domain → localparts (looked up without allocating).
+    accounts: HashMap<String, HashSet<String>>,
     sessions: HashMap<FullJid, Session>,
     resources: HashMap<BareJid, BTreeSet<FullJid>>,
 }
@@ -120,7 +121,7 @@ impl Router {
         Router {
             domains: [domain.clone()].into_iter().collect(),
             domain,
-            accounts: HashSet::new(),
+            accounts: HashMap::new(),
             sessions: HashMap::new(),
             resources: HashMap::new(),
         }
@@ -155,7 +156,7 @@ impl Router {
     /// valid in a JID is ignored.
     pub fn add_account(&mut self, user: &str) {
         if let Ok(b) = BareJid::new(&format!("{user}@{}", self.domain)) {
-            self.accounts.insert(b);
+            self.insert_account(&b);
         }
     }
 
@@ -165,18 +166,35 @@ impl Router {
         if account.node().is_none() || !self.serves(account.domain().as_str()) {
             return false;
         }
-        self.accounts.insert(account.clone());
+        self.insert_account(account);
         true
+    }
+
+    fn insert_account(&mut self, account: &BareJid) {
+        if let Some(node) = account.node() {
+            self.accounts
+                .entry(account.domain().to_string())
+                .or_default()
+                .insert(node.to_string());
+        }
+    }
+
+    fn account_exists(&self, node: &str, domain: &str) -> bool {
+        self.accounts
+            .get(domain)
+            .is_some_and(|nodes| nodes.contains(node))
     }
 
     /// Whether the localpart is a known account of the primary domain.
     pub fn has_account(&self, user: &str) -> bool {
-        BareJid::new(&format!("{user}@{}", self.domain)).is_ok_and(|b| self.accounts.contains(&b))
+        BareJid::new(&format!("{user}@{}", self.domain)).is_ok_and(|b| self.has_account_jid(&b))
     }
 
     /// Whether the bare JID is a known account (any served domain).
     pub fn has_account_jid(&self, account: &BareJid) -> bool {
-        self.accounts.contains(account)
+        account
+            .node()
+            .is_some_and(|n| self.account_exists(n.as_str(), account.domain().as_str()))
     }
 
     /// The connection of a bound session.
@@ -331,10 +349,10 @@ impl Router {
         if !self.serves(to.domain().as_str()) {
             return Target::Remote;
         }
-        if to.node().is_none() {
+        let Some(node) = to.node() else {
             return Target::Server;
-        }
-        if !self.accounts.contains(&to.to_bare()) {
+        };
+        if !self.account_exists(node.as_str(), to.domain().as_str()) {
             return Target::UnknownUser;
         }
         match to.try_as_full() {
@@ -503,7 +521,7 @@ impl Router {
             Iq::Set { payload, .. } => (payload, false),
             Iq::Result { .. } | Iq::Error { .. } => return Vec::new(),
         };
-        let exists = self.accounts.contains(owner);
+        let exists = self.has_account_jid(owner);
         if !exists {
             return self.iq_error(
                 from,

@@ -1661,24 +1661,24 @@ async fn write_batch(
                 out.extend_from_slice(&b);
             }
             Command::Write { item, note } => {
-                let bytes = match item {
-                    Outgoing::Stanza(s) => xso::to_vec(&s),
-                    Outgoing::Element(e) => xso::to_vec(&e),
+                let start = out.len();
+                let r = match &item {
+                    Outgoing::Stanza(s) => encode_into(s, &mut out),
+                    Outgoing::Element(e) => encode_into(e, &mut out),
                     // (handled by the arm above)
-                    Outgoing::Raw(b) => Ok(b),
+                    Outgoing::Raw(b) => {
+                        out.extend_from_slice(b);
+                        Ok(())
+                    }
                 };
-                match bytes {
-                    Ok(b) => {
-                        out.extend_from_slice(&b);
+                match r {
+                    Ok(()) => {
+                        let written = &out[start..];
                         shared.trace.record(
                             Direction::Out,
                             id,
                             Some(jid),
-                            move || {
-                                String::from_utf8(b).unwrap_or_else(|e| {
-                                    String::from_utf8_lossy(e.as_bytes()).into_owned()
-                                })
-                            },
+                            || String::from_utf8_lossy(written).into_owned(),
                             note,
                         );
                     }
@@ -1701,6 +1701,23 @@ async fn write_batch(
         Ok(()) => WriteOutcome::Ok,
         Err(_) => WriteOutcome::Failed,
     }
+}
+
+/// Serialises one stanza or element (with its own `xmlns`) at the end of `out`. On error
+/// `out` is left as it was.
+fn encode_into<T: xso::AsXml>(x: &T, out: &mut Vec<u8>) -> Result<(), xso::error::Error> {
+    let start = out.len();
+    let r = (|| {
+        let mut w = xso::exports::rxml::writer::Encoder::new();
+        for item in x.as_xml_iter()? {
+            w.encode(item?.as_rxml_item(), out)?;
+        }
+        Ok(())
+    })();
+    if r.is_err() {
+        out.truncate(start);
+    }
+    r
 }
 
 /// Hands `out` to the socket wrapper and flushes (the XML stream's own buffered output,
