@@ -94,8 +94,27 @@ pub async fn run_command(command: String, call: Call) -> Result<Args, HandlerErr
         .with("status", Value::I4(out.status.code().unwrap_or(-1))))
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// Stack of the runtime's worker threads. The XML parsers of the XMPP stack (rxml, xso,
+/// minidom) recurse once per nesting level; a stanza nested a few thousand levels deep (the
+/// server's size limit allows that) overflows the default 2 MiB and aborts the process
+/// (fuzz finding `reference-deep-nesting`, [VAP-TRN-025]). Only touched pages are committed.
+const WORKER_STACK: usize = 256 * 1024 * 1024;
+
+fn main() -> ExitCode {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(WORKER_STACK)
+        .build();
+    match rt {
+        Ok(rt) => rt.block_on(agent_main()),
+        Err(e) => {
+            eprintln!("vertebra-agent: cannot start the runtime: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn agent_main() -> ExitCode {
     let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .target(env_logger::Target::Stderr)
         .try_init();
