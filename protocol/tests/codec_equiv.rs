@@ -328,6 +328,7 @@ const SNIPPETS: &[&str] = &[
     "\u{fffe}",
     "é",
     "\u{10000}",
+    "\u{feff}",
 ];
 
 #[derive(Debug, Clone)]
@@ -576,6 +577,13 @@ fn lenient_quick_xml_cases_are_decided_by_the_tree() {
         format!("<data xmlns='{ns}' token='{t}'><!-- c --></data>"),
         format!("<?xml version='1.0'?><ack xmlns='{ns}' token='{t}'/>"),
         format!(" <ack xmlns='{ns}' token='{t}'/>"),
+        format!("\u{feff}<ack xmlns='{ns}' token='{t}'/>"),
+        format!("<ack xmlns='{ns}' token='{t}' />"),
+        format!("<ack\nxmlns='{ns}'\ttoken = '{t}'/>"),
+        format!("<data xmlns='{ns}' token='{t}'><string name='s'>a&#x10FFFF;&#0000065;\u{85}\u{2028}b</string></data>"),
+        format!("<data xmlns='{ns}' token='{t}'><string name='s'>a&#xFFFE;b</string></data>"),
+        format!("<data xmlns='{ns}' token='{t}'><string name='s'>{}</string></data>", "x".repeat(20_000)),
+        format!("<data xmlns='{ns}' token='{t}'><string name='{}'>a</string></data>", "n".repeat(5_000)),
         format!("<ack xmlns='{ns}' token='{t}'/><garbage"),
         format!("<a:ack xmlns:a='{ns}' token='{t}'/>"),
         format!("<ack xmlns='{ns}' token='{t}'></ack >"),
