@@ -387,6 +387,8 @@ pub(crate) struct FaultsInner {
     released: Mutex<Vec<Planned>>,
     /// Wakes the server's flusher when `released` gets stanzas.
     released_notify: tokio::sync::Notify,
+    /// Whether `released` may hold stanzas (checked without locking on the hot path).
+    released_pending: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for Faults {
@@ -411,6 +413,7 @@ impl Faults {
                 }),
                 released: Mutex::new(Vec::new()),
                 released_notify: tokio::sync::Notify::new(),
+                released_pending: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -508,6 +511,7 @@ impl Faults {
                 delay: None,
                 note: Some("reorder (released)".into()),
             });
+        self.inner.released_pending.store(true, Ordering::Release);
         self.inner.released_notify.notify_one();
     }
 
@@ -521,7 +525,14 @@ impl Faults {
 
     pub(crate) fn take_released(&self) -> Vec<Planned> {
         let mut r = self.inner.released.lock().expect("released lock");
+        self.inner.released_pending.store(false, Ordering::Release);
         std::mem::take(&mut *r)
+    }
+
+    /// No rule installed and nothing released waiting: every delivery is written as is.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.inner.active_rules.load(Ordering::Acquire) == 0
+            && !self.inner.released_pending.load(Ordering::Acquire)
     }
 
     pub(crate) fn split_generation(&self) -> u64 {

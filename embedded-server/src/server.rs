@@ -525,6 +525,10 @@ impl Shared {
     /// as a slow reader and closes it.
     fn enqueue(&self, to: FullJid, item: Outgoing, note: Option<String>) {
         let st = self.router.lock().expect("router");
+        Self::enqueue_locked(&st, to, item, note);
+    }
+
+    fn enqueue_locked(st: &RouterState, to: FullJid, item: Outgoing, note: Option<String>) {
         let Some(conn) = st.router.conn_of(&to) else {
             return;
         };
@@ -543,6 +547,16 @@ impl Shared {
 
     /// Passes deliveries through the fault rules and queues them.
     fn dispatch(self: &Arc<Self>, sender: Option<ConnId>, deliveries: Vec<Delivery>) {
+        if self.faults.is_idle() {
+            // Fast path: no rule can act, so no plan; one router lock for all deliveries.
+            if !deliveries.is_empty() {
+                let st = self.router.lock().expect("router");
+                for d in deliveries {
+                    Self::enqueue_locked(&st, d.to, Outgoing::Stanza(d.stanza), None);
+                }
+            }
+            return;
+        }
         for d in deliveries {
             let plan = self.faults.plan(d);
             for (to, item, note) in plan.dropped {
