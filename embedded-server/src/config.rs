@@ -164,6 +164,10 @@ pub enum Error {
     /// No bound session matches the JID.
     #[error("no connected session for {0}")]
     NoSuchSession(String),
+    /// The session's outbound queue is full (it is not reading); it is being closed as a
+    /// slow reader.
+    #[error("outbound queue of {0} is full (slow reader); closing it")]
+    QueueFull(String),
     /// A wait ran out of time.
     #[error("timed out waiting for {0}")]
     Timeout(String),

@@ -294,7 +294,8 @@ impl ServerHandle {
     /// the bytes escaped by [`escape_bytes`](crate::trace::escape_bytes). The server keeps
     /// the connection open and goes on reading from it; what the client makes of the bytes
     /// is up to the client (a conforming one closes the stream). Errors:
-    /// [`Error::NoSuchSession`] if `jid` is not bound.
+    /// [`Error::NoSuchSession`] if `jid` is not bound, [`Error::QueueFull`] if its outbound
+    /// queue is full (the session is then closed as a slow reader).
     pub fn inject_raw(&self, jid: &FullJid, bytes: impl Into<Vec<u8>>) -> Result<()> {
         self.queue_command(
             jid,
@@ -325,7 +326,7 @@ impl ServerHandle {
             Err(mpsc::error::TrySendError::Full(_)) => {
                 log::warn!("embedded server: {jid} is not reading; closing it (slow reader)");
                 c.kill.kill(KillReason::SlowReader);
-                Err(Error::NoSuchSession(jid.to_string()))
+                Err(Error::QueueFull(jid.to_string()))
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Err(Error::NoSuchSession(jid.to_string())),
         }
