@@ -505,15 +505,11 @@ async fn case_requester(
     Some(p)
 }
 
-/// Agent cases that run one after the other while the parallel-safe cases run: they use the
-/// session's own requester and trace and share only the counter with other cases (no
-/// parallel-safe case calls it). The fuzz regression cases (`FUZZ-REG-*`) replay on the session's requester and join this lane.
-pub const COUNTER_LANE: &[&str] = &[
-    "OPS-DUPLICATE-001",
-    "OPS-COUNTER-001",
-    "OPS-ACK-001",
-    "SEC-AUTHZ-001",
-];
+/// Agent cases that run one after the other while the parallel-safe cases run, on the
+/// session's own requester and trace: the fuzz regression cases (`FUZZ-REG-*`, whose counter
+/// oracle needs the side-effect counter to themselves — no parallel-safe case calls it; the
+/// other counter cases run in the exclusive tail) and the ones listed here.
+pub const COUNTER_LANE: &[&str] = &[];
 
 /// Parallel-safe cases that wait longest (started first so the pool drains evenly).
 const LONG_FIRST: &[&str] = &[

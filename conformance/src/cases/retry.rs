@@ -293,9 +293,10 @@ pub async fn retransmission(cx: Ctx) -> CaseResult {
             },
         );
         // After the data IQ's last attempt failed (non-retryable error, or the last of the 4
-        // attempts §3.12 allows), nothing more for that op. With fewer than 4 attempts the
-        // agent may still have been backing off when the deadline passed: then its
-        // deadline-expired error (VAP-OPS-061) is not a continuation.
+        // attempts §3.12 allows), nothing more for that op. A deadline-expired error
+        // (VAP-OPS-061) is not a continuation when the agent may still have been waiting for
+        // an answer as the deadline passed: fewer than 4 attempts (backing off), or the last
+        // attempt came within 200 ms (scaled) of the deadline.
         let after_failure = |s: &[Rx], retryable: bool| -> Vec<String> {
             let attempts = s
                 .iter()
@@ -305,16 +306,21 @@ pub async fn retransmission(cx: Ctx) -> CaseResult {
                 .iter()
                 .rposition(|r| r.vchild().is_some_and(|c| c.name() == "data"));
             match last_data {
-                Some(i) => s[i + 1..]
-                    .iter()
-                    .filter(|r| {
-                        let expired = r.vchild().is_some_and(|c| {
-                            c.name() == "error" && c.attr("condition") == Some("deadline-expired")
-                        }) && r.at + cx.budget(50) >= deadline;
-                        !(retryable && attempts < 4 && expired)
-                    })
-                    .filter_map(|r| r.vchild().map(|c| c.name().to_string()))
-                    .collect(),
+                Some(i) => {
+                    let pending_at_deadline =
+                        attempts < 4 || s[i].at + cx.budget(200) >= deadline;
+                    s[i + 1..]
+                        .iter()
+                        .filter(|r| {
+                            let expired = r.vchild().is_some_and(|c| {
+                                c.name() == "error"
+                                    && c.attr("condition") == Some("deadline-expired")
+                            }) && r.at + cx.budget(50) >= deadline;
+                            !(retryable && pending_at_deadline && expired)
+                        })
+                        .filter_map(|r| r.vchild().map(|c| c.name().to_string()))
+                        .collect()
+                }
                 None => vec![],
             }
         };
