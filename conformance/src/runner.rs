@@ -546,10 +546,11 @@ fn in_counter_lane(c: &CaseDef) -> bool {
     COUNTER_LANE.contains(&c.id) || c.id.starts_with("FUZZ-REG-")
 }
 
-/// Three groups at once: parallel-safe agent cases (several at a time) next to the counter
-/// lane (one by one on the session's requester), then the remaining agent cases one by one
-/// (they restart the agent, flood it or change what the harness dispatcher answers); and
-/// the dispatcher cases one by one.
+/// Lanes at once: parallel-safe agent cases (several at a time), the fuzz-regression lane
+/// (`COUNTER_LANE` and `FUZZ-REG-*`, one by one on the session's requester) and the side lane
+/// (`AUX_LANE`), then the remaining agent cases one by one (they move the counter, restart the
+/// agent, flood it or change what the harness dispatcher answers); next to all of them the
+/// dispatcher cases one by one.
 async fn run_grouped(
     chosen: &[&'static CaseDef],
     session: &Arc<Session>,
@@ -603,7 +604,7 @@ async fn run_grouped(
                         run_case(c, session, &t, cfg.time_scale, levels, Some(r.clone())).await
                     }
                     // No extra identity (or no agent): one at a time on the session's
-                    // requester would race the counter lane, so report it on its own trace.
+                    // requester would race the fuzz lane, so report it on its own trace.
                     None => run_case(c, session, &t, cfg.time_scale, levels, None).await,
                 };
                 if let Some(r) = req {
