@@ -134,6 +134,9 @@ pub enum Incoming {
     Presence(Presence),
     /// A message stanza.
     Message(Message),
+    /// The session was lost (the connection broke); a new one is being negotiated. Stanzas
+    /// queued before this are dropped, not sent on the next session.
+    Suspended,
     /// The stream is (again) bound; `resumed` = stream management resumed without loss.
     Online {
         /// The bound JID.
@@ -167,10 +170,14 @@ struct Shared {
     id_prefix: String,
     auth_failed: std::sync::atomic::AtomicBool,
     no_reconnect: std::sync::atomic::AtomicBool,
+    /// Bumped by the driver when the session is lost: stanzas queued on a lost session are
+    /// dropped, never delivered on the next one.
+    generation: AtomicU64,
 }
 
 enum Cmd {
-    Send(Box<Stanza>),
+    /// A stanza and the session generation it was queued in.
+    Send(Box<Stanza>, u64),
     Close(oneshot::Sender<()>),
 }
 
@@ -261,6 +268,7 @@ impl Conn {
             id_prefix: random_hex(4),
             auth_failed: std::sync::atomic::AtomicBool::new(false),
             no_reconnect: std::sync::atomic::AtomicBool::new(false),
+            generation: AtomicU64::new(0),
         });
         let connector = DnsConfig::addr(&opts.server);
         let sh = shared.clone();
@@ -383,7 +391,10 @@ impl Conn {
     /// Queue a stanza for sending (never blocks).
     pub fn send(&self, stanza: impl Into<Stanza>) -> Result<(), ConnError> {
         self.tx
-            .send(Cmd::Send(Box::new(stanza.into())))
+            .send(Cmd::Send(
+                Box::new(stanza.into()),
+                self.shared.generation.load(Ordering::Acquire),
+            ))
             .map_err(|_| ConnError::Closed)
     }
 
@@ -567,7 +578,9 @@ async fn drive(
                         }
                     }
                     StreamEvent::Stream(SE::Suspended) => {
+                        shared.generation.fetch_add(1, Ordering::AcqRel);
                         let _ = state.send(ConnState::Connecting);
+                        let _ = incoming.send(Incoming::Suspended);
                     }
                     StreamEvent::Stanza(st) => {
                         handle_stanza(st, &mut stream, &incoming, &shared, bound.as_ref()).await;
@@ -576,7 +589,13 @@ async fn drive(
             }
             cmd = cmds.recv() => {
                 match cmd {
-                    Some(Cmd::Send(st)) => { let _ = stream.send(st).await; }
+                    Some(Cmd::Send(st, generation)) => {
+                        if generation == shared.generation.load(Ordering::Acquire) {
+                            let _ = stream.send(st).await;
+                        } else {
+                            log::debug!("stanza queued on a lost session dropped");
+                        }
+                    }
                     Some(Cmd::Close(ack)) => {
                         let _ = state.send(ConnState::Closed);
                         let _ = tokio::time::timeout(Duration::from_secs(2), stream.close()).await;

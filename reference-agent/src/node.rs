@@ -1277,6 +1277,7 @@ async fn router(node: Node, mut incoming: mpsc::UnboundedReceiver<Incoming>) {
                     on_new_session(&node, bound);
                 }
             }
+            Incoming::Suspended => abandon_ops(&node),
             Incoming::Presence(p) => on_presence(&node, p),
             Incoming::Message(_) => {}
             Incoming::Response { from, id, reply } => on_response(&node, from, id, reply),
@@ -1290,6 +1291,21 @@ async fn router(node: Node, mut incoming: mpsc::UnboundedReceiver<Incoming>) {
     }
     node.inner.closed.store(true, Ordering::Relaxed);
     node.inner.timer_kick.notify_one();
+}
+
+/// The session is lost: every op in progress is abandoned at once, so nothing more is sent for
+/// it, neither now nor on the next session ([VAP-OPS-081]).
+fn abandon_ops(node: &Node) {
+    let now = node.now_ms();
+    let mut eng = node.engine();
+    let all = eng
+        .responders
+        .as_mut()
+        .map(Responders::abandon_all)
+        .unwrap_or_default();
+    for (oid, out) in all {
+        node.drive_op(&mut eng, oid, out, now);
+    }
 }
 
 fn on_new_session(node: &Node, bound: FullJid) {
