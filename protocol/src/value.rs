@@ -281,7 +281,8 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 }
 
 impl DateTime {
-    /// Build and validate.
+    /// Build and validate: a real calendar date in UTC years 0001 … 9999, hours 0–23, minutes and
+    /// seconds 0–59 (`[VAP-VAL-026]`: year 0000 and second 60 are rejected).
     pub fn new(
         year: u16,
         month: u8,
@@ -291,8 +292,8 @@ impl DateTime {
         second: u8,
     ) -> Result<Self, DecodeError> {
         let bad = |what: &str| DecodeError::new(Rule::BadDateTime, what.to_string());
-        if year > 9999 {
-            return Err(bad("year out of range 0000..=9999"));
+        if !(1..=9999).contains(&year) {
+            return Err(bad("year out of range 0001..=9999"));
         }
         if !(1..=12).contains(&month) {
             return Err(bad("month out of range"));
@@ -325,12 +326,12 @@ impl DateTime {
             + i64::from(self.second)
     }
 
-    /// From seconds since the Unix epoch (fails outside years 0000..=9999).
+    /// From seconds since the Unix epoch (fails outside UTC years 0001..=9999, `[VAP-VAL-026]`).
     pub fn from_unix_seconds(secs: i64) -> Result<Self, DecodeError> {
         let days = secs.div_euclid(86_400);
         let rem = secs.rem_euclid(86_400);
         let (y, m, d) = civil_from_days(days);
-        if !(0..=9999).contains(&y) {
+        if !(1..=9999).contains(&y) {
             return Err(DecodeError::new(Rule::BadDateTime, "year out of range"));
         }
         DateTime::new(
@@ -506,26 +507,74 @@ pub fn parse_double(text: &str) -> Result<f64, DecodeError> {
     Ok(v)
 }
 
-/// Canonical `double` text (`[VAP-VAL-014]`): the shortest digit string that round-trips,
-/// laid out in plain notation when the decimal exponent `e` (of `d.ddd × 10^e`) satisfies
-/// `-4 <= e < 16`, otherwise as `d.ddde±N` (no exponent padding); no trailing `.0`; negative zero
-/// is `-0`. Examples: `0.25`, `1`, `1e+20`, `1.5e-7`, `0.0001`, `-0`.
+/// Split Rust's `{:e}` text of a positive finite value into (digit string, exponent).
+fn split_sci(text: &str) -> (String, i32) {
+    let (mant, exp) = text.split_once('e').unwrap_or((text, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    (mant.chars().filter(|c| *c != '.').collect(), exp)
+}
+
+/// Shortest round-trip digits `d1…dk` and exponent `e` of a positive finite `v`, with the tie
+/// rule of `[VAP-VAL-014]` step 2.
+///
+/// `{:e}` gives the shortest digits that round-trip, and the closest of them, except that on an
+/// exact tie between two equally short, equally close candidates it rounds up. A tie is only
+/// possible when `v` lies exactly halfway between the returned digits `D` and a neighbour
+/// `D ± 1` (same length, same exponent). So when the last digit of `D` is odd, for each neighbour
+/// the midpoint `(D + O) / 2` is compared digit-for-digit with the exact decimal expansion of `v`
+/// (`{:.1100e}` is exact for every `f64`: a binary64 value has at most 767 significant decimal
+/// digits); on equality, and when the even neighbour also parses back to `v`, the neighbour wins.
+fn shortest_digits(v: f64) -> (String, i32) {
+    let (digits, exp) = split_sci(&format!("{v:e}"));
+    let k = digits.len();
+    let last = digits.as_bytes()[k - 1];
+    if last % 2 == 0 || k > 17 {
+        return (digits, exp);
+    }
+    let Ok(d) = digits.parse::<u64>() else {
+        return (digits, exp);
+    };
+    // Exact expansion of v: digit string without trailing zeros, and its leading exponent.
+    let (exact, exact_exp) = split_sci(&format!("{v:.1100e}"));
+    let exact = exact.trim_end_matches('0');
+    for other in [d - 1, d + 1] {
+        let other_text = other.to_string();
+        // A neighbour that changes length or ends in 0 would be a shorter string; `{:e}` would
+        // have found it, so it cannot be a tie candidate of the same length.
+        if other_text.len() != k || other % 10 == 0 {
+            continue;
+        }
+        // Midpoint (D + O) / 2 = min(D, O) followed by the digit 5, one place further down.
+        let mid = format!("{}5", d.min(other));
+        let mid_exp = exp + (mid.len() as i32 - 1) - k as i32;
+        if mid != exact || mid_exp != exact_exp {
+            continue;
+        }
+        let candidate = format!("{other_text}e{}", exp - (k as i32 - 1));
+        if candidate.parse::<f64>().map(f64::to_bits) == Ok(v.to_bits()) {
+            return (other_text, exp);
+        }
+    }
+    (digits, exp)
+}
+
+/// Canonical `double` text (`[VAP-VAL-014]`, spec §4.2): the shortest digit string that
+/// round-trips; among those the one closest to the value, and on an exact tie the one whose last
+/// digit is even (`1059438285926254.25` → `1059438285926254.2`); laid out in plain notation when
+/// the decimal exponent `e` (of `d.ddd × 10^e`) satisfies `-4 <= e <= 15`, otherwise as
+/// `d.ddde±N` (no exponent padding); no trailing `.0`; negative zero is `-0`. Examples: `0.25`,
+/// `1`, `1e+20`, `1.5e-7`, `0.0001`, `-0`.
+///
+/// Rust's `{:e}` yields the shortest closest digits but rounds exact ties up, so the tie rule is
+/// applied here with exact arithmetic (see [`shortest_digits`]).
 pub fn format_double(v: f64) -> String {
     if v == 0.0 {
         return if v.is_sign_negative() { "-0" } else { "0" }.to_string();
     }
-    // `{:e}` gives the shortest round-trip digits: "-1.2345e-7".
-    let e = format!("{v:e}");
-    let (mant, exp) = e.split_once('e').unwrap_or((&e, "0"));
-    let exp: i32 = exp.parse().unwrap_or(0);
-    let (neg, mant) = match mant.strip_prefix('-') {
-        Some(m) => (true, m),
-        None => (false, mant),
-    };
-    let digits: String = mant.chars().filter(|c| *c != '.').collect();
+    let (digits, exp) = shortest_digits(v.abs());
     let k = digits.len() as i32;
-    let mut out = String::new();
-    if neg {
+    let mut out = String::with_capacity(k as usize + 8);
+    if v.is_sign_negative() {
         out.push('-');
     }
     if (-4..16).contains(&exp) {

@@ -142,6 +142,41 @@ fn scalars() {
             .to_wire(),
         "19991231T23:30:00Z"
     );
+    // [VAP-VAL-026]: UTC years 0001 ..= 9999 only.
+    for text in [
+        "00000101T00:00:00Z",
+        "0000-12-31T23:59:59Z",
+        "00010101T00:30:00+01:00",
+        "99991231T23:30:00-01:00",
+    ] {
+        assert_eq!(
+            DateTime::parse(text).unwrap_err().rule,
+            Rule::BadDateTime,
+            "{text}"
+        );
+    }
+    assert_eq!(
+        DateTime::parse("00010101T00:30:00-01:00")
+            .unwrap()
+            .to_wire(),
+        "00010101T01:30:00Z"
+    );
+    assert!(DateTime::new(0, 1, 1, 0, 0, 0).is_err());
+    assert!(DateTime::new(1, 1, 1, 0, 0, 0).is_ok());
+    assert!(DateTime::from_unix_seconds(-62_135_596_801).is_err());
+    assert_eq!(
+        DateTime::from_unix_seconds(-62_135_596_800)
+            .unwrap()
+            .to_wire(),
+        "00010101T00:00:00Z"
+    );
+    assert_eq!(
+        DateTime::from_unix_seconds(253_402_300_799)
+            .unwrap()
+            .to_wire(),
+        "99991231T23:59:59Z"
+    );
+    assert!(DateTime::from_unix_seconds(253_402_300_800).is_err());
 }
 
 #[test]

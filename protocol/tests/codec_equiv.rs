@@ -64,8 +64,8 @@ fn double() -> impl Strategy<Value = f64> {
 }
 
 fn datetime() -> impl Strategy<Value = DateTime> {
-    // Years 0000..=9999.
-    (-62_167_219_200i64..=253_402_300_799i64).prop_map(|s| DateTime::from_unix_seconds(s).unwrap())
+    // UTC years 0001..=9999 ([VAP-VAL-026]).
+    (-62_135_596_800i64..=253_402_300_799i64).prop_map(|s| DateTime::from_unix_seconds(s).unwrap())
 }
 
 fn scalar() -> impl Strategy<Value = Value> {
