@@ -62,6 +62,8 @@ pub struct FuzzConfig {
     pub bias: bool,
     /// Disruptive inputs: connection cuts (embedded) and restarts (spawn, reference).
     pub disrupt: bool,
+    /// Raw input that aborts the Rust XMPP stack ([`gen::RAW_DEEP`]; spawn mode only).
+    pub raw_deep: bool,
 }
 
 impl Default for FuzzConfig {
@@ -80,6 +82,7 @@ impl Default for FuzzConfig {
             verbose: false,
             bias: true,
             disrupt: true,
+            raw_deep: true,
         }
     }
 }
@@ -304,8 +307,8 @@ pub async fn run_steps_for(
     oracle: Option<&str>,
 ) -> (Option<Finding>, Vec<TraceEvent>) {
     if restart {
-        if let Some(c) = &env.session.control {
-            if let Err(e) = c.restart().await {
+        if env.session.control.is_some() {
+            if let Err(e) = exec::restart_bounded(env).await {
                 return (
                     None,
                     vec![TraceEvent {
@@ -390,7 +393,7 @@ pub async fn fuzz(env: &Env, cfg: &FuzzConfig) -> FuzzReport {
                 && env.session.mode != crate::session::Mode::Server,
             raw: RAW_HOOK && env.server.is_some(),
             jid: true,
-            raw_deep: env.session.mode == crate::session::Mode::Spawn,
+            raw_deep: cfg.raw_deep && env.session.mode == crate::session::Mode::Spawn,
             bias: cfg.bias,
             ..GenConfig::basic(
                 env.dispatcher,
@@ -445,6 +448,14 @@ pub async fn fuzz(env: &Env, cfg: &FuzzConfig) -> FuzzReport {
         } else {
             found = exec.checkpoint().await;
         }
+        // Before a new execution: let the open ops end, so that they do not move its counter
+        // after its baseline (and are judged here).
+        let found = match found {
+            None if window.len() >= 400 => {
+                exec.settle(Duration::from_secs_f64(2.0 * env.scale)).await
+            }
+            f => f,
+        };
         if found.is_some() || window.len() >= 400 || step.is_none() {
             let now = window.len();
             feed_back(&exec, &mut gen, &mut sigs, &mut unsigned, now, true);
@@ -496,8 +507,8 @@ pub async fn fuzz(env: &Env, cfg: &FuzzConfig) -> FuzzReport {
             time_in_minimize += t0.elapsed();
             // Fresh state for the rest of the run.
             match &env.session.control {
-                Some(c) => {
-                    if let Err(e) = c.restart().await {
+                Some(_) => {
+                    if let Err(e) = exec::restart_bounded(env).await {
                         report.stopped = Some(format!("could not restart the implementation: {e}"));
                         break;
                     }
@@ -520,7 +531,7 @@ pub async fn fuzz(env: &Env, cfg: &FuzzConfig) -> FuzzReport {
                 break;
             }
         } else if window.len() >= 400 {
-            // Bound the sequence a finding is minimized from.
+            // Bound the sequence a finding is minimized from (its open ops have settled).
             report.stanzas_judged += exec.judge.stanzas_judged;
             window.clear();
             exec = Execution::start(env, epoch.fetch_add(1, Ordering::Relaxed), false).await;
@@ -660,6 +671,9 @@ pub struct FuzzArgs {
     /// No disruptive inputs (connection cuts, restarts of the implementation).
     #[arg(long)]
     pub no_disrupt: bool,
+    /// No deeply nested raw input (it aborts implementations on the Rust XMPP stack).
+    #[arg(long)]
+    pub no_deep: bool,
     /// Instead of fuzzing: promote a finding trace to a regression case (copied into
     /// --regressions with the next free FUZZ-REG-NNN ID, or --id).
     #[arg(long, value_name = "TRACE")]
@@ -766,6 +780,7 @@ pub fn cli_fuzz(a: FuzzArgs) -> i32 {
             verbose: true,
             bias: !a.no_bias,
             disrupt: !a.no_disrupt,
+            raw_deep: !a.no_deep,
         };
         println!(
             "vertebra-conformance fuzz — {} mode, target {} ({}), seed {}, budget {} inputs{}",

@@ -7,7 +7,7 @@
 //! `{{domain}}`, and `{{tok:K}}` — the composite token the implementation returned for the op
 //! sent by the step whose `key` is K. For JID edge cases: `{{requester_local}}`,
 //! `{{requester_local_upper}}`, `{{requester_resource}}`, `{{agent_bare}}`,
-//! `{{agent_local_upper}}` and `{{foreign_domain}}` (a second domain the server serves, or an
+//! `{{agent_local_upper}}`, `{{agent_resource}}` and `{{foreign_domain}}` (a second domain the server serves, or an
 //! unserved one). In `raw` bytes, `{{x:HH}}` is the byte 0xHH (non-UTF-8 input).
 
 use crate::trace::TraceEvent;
@@ -208,6 +208,7 @@ impl Roles {
             )
             .replace("{{requester_resource}}", &resource(&self.requester))
             .replace("{{agent_bare}}", &bare(&self.agent))
+            .replace("{{agent_resource}}", &resource(&self.agent))
             .replace("{{agent_local_upper}}", &local(&self.agent).to_uppercase())
             .replace("{{foreign_domain}}", foreign)
             .replace("{{agent}}", &self.agent)
@@ -284,6 +285,10 @@ mod tests {
         assert!(!c.contains("s3cr3tpw"));
         assert!(c.contains("{{requester}}"));
         assert_eq!(r.fill("{{requester}}"), "requester@localhost/harness");
+        assert_eq!(
+            r.fill("{{agent_local_upper}}@{{domain}}/{{agent_resource}} {{requester_local}}@{{foreign_domain}}/{{requester_resource}} {{agent_bare}}"),
+            "AGENT@localhost/agent requester@elsewhere.example/harness agent@localhost"
+        );
         assert_eq!(
             redact_text("VERTEBRA_PASSWORD=abc x"),
             "VERTEBRA_PASSWORD=[redacted] x"
