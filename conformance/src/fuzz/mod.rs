@@ -306,19 +306,17 @@ pub async fn run_steps_for(
     record: bool,
     oracle: Option<&str>,
 ) -> (Option<Finding>, Vec<TraceEvent>) {
-    if restart {
-        if env.session.control.is_some() {
-            if let Err(e) = exec::restart_bounded(env).await {
-                return (
-                    None,
-                    vec![TraceEvent {
-                        t_ms: 0.0,
-                        dir: crate::trace::Direction::Note,
-                        via: "harness".into(),
-                        data: format!("restart failed: {e}"),
-                    }],
-                );
-            }
+    if restart && env.session.control.is_some() {
+        if let Err(e) = exec::restart_bounded(env).await {
+            return (
+                None,
+                vec![TraceEvent {
+                    t_ms: 0.0,
+                    dir: crate::trace::Direction::Note,
+                    via: "harness".into(),
+                    data: format!("restart failed: {e}"),
+                }],
+            );
         }
     }
     let counter = oracle.is_none_or(|o| o == "counter-mismatch");
