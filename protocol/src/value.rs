@@ -520,23 +520,22 @@ fn split_sci(text: &str) -> (String, i32) {
 /// `{:e}` gives the shortest digits that round-trip, and the closest of them, except that on an
 /// exact tie between two equally short, equally close candidates it rounds up. A tie is only
 /// possible when `v` lies exactly halfway between the returned digits `D` and a neighbour
-/// `D ± 1` (same length, same exponent). So when the last digit of `D` is odd, for each neighbour
-/// the midpoint `(D + O) / 2` is compared digit-for-digit with the exact decimal expansion of `v`
-/// (`{:.1100e}` is exact for every `f64`: a binary64 value has at most 767 significant decimal
-/// digits); on equality, and when the even neighbour also parses back to `v`, the neighbour wins.
+/// `D ± 1` (same length, same exponent), and both round-trip, so they are at most one ulp apart:
+/// for a normal `v`, ulp(v) ≤ 2⁻⁵²·v < 2.3·10^(e−15) while the neighbours are 10^(e−k+1) apart,
+/// so `k ≥ 16`. For those (and for subnormals) with an odd last digit, the midpoint
+/// `(D + O) / 2` is compared exactly with `v` ([`exact_decimal`]); on equality, and when the even
+/// neighbour also parses back to `v`, the neighbour wins.
 fn shortest_digits(v: f64) -> (String, i32) {
     let (digits, exp) = split_sci(&format!("{v:e}"));
     let k = digits.len();
     let last = digits.as_bytes()[k - 1];
-    if last % 2 == 0 || k > 17 {
+    if last % 2 == 0 || k > 17 || (k < 16 && v >= f64::MIN_POSITIVE) {
         return (digits, exp);
     }
     let Ok(d) = digits.parse::<u64>() else {
         return (digits, exp);
     };
-    // Exact expansion of v: digit string without trailing zeros, and its leading exponent.
-    let (exact, exact_exp) = split_sci(&format!("{v:.1100e}"));
-    let exact = exact.trim_end_matches('0');
+    let exact = exact_decimal(v);
     for other in [d - 1, d + 1] {
         let other_text = other.to_string();
         // A neighbour that changes length or ends in 0 would be a shorter string; `{:e}` would
@@ -544,10 +543,19 @@ fn shortest_digits(v: f64) -> (String, i32) {
         if other_text.len() != k || other % 10 == 0 {
             continue;
         }
-        // Midpoint (D + O) / 2 = min(D, O) followed by the digit 5, one place further down.
-        let mid = format!("{}5", d.min(other));
-        let mid_exp = exp + (mid.len() as i32 - 1) - k as i32;
-        if mid != exact || mid_exp != exact_exp {
+        // Midpoint (D + O) / 2 = min(D, O) followed by the digit 5, one place further down:
+        // the integer `mid` times 10^(e − k). It ends in 5, so it has no trailing zero.
+        let mid = u128::from(d.min(other)) * 10 + 5;
+        let mid_pow = exp - k as i32;
+        let tie = match &exact {
+            Exact::Small(n, p) => *n == mid && *p == mid_pow,
+            Exact::Long => false,
+            Exact::Text(digits_text, lead) => {
+                let mid_text = mid.to_string();
+                *digits_text == mid_text && *lead == mid_pow + mid_text.len() as i32 - 1
+            }
+        };
+        if !tie {
             continue;
         }
         let candidate = format!("{other_text}e{}", exp - (k as i32 - 1));
@@ -556,6 +564,58 @@ fn shortest_digits(v: f64) -> (String, i32) {
         }
     }
     (digits, exp)
+}
+
+/// The exact decimal value of a positive finite `f64`.
+enum Exact {
+    /// `n × 10^p` with `n` not divisible by 10.
+    Small(u128, i32),
+    /// More than 38 significant digits: never a midpoint of two ≤ 17-digit strings.
+    Long,
+    /// Digits without trailing zeros and the exponent of the first one (from `{:.1100e}`, which
+    /// is exact: a binary64 value has at most 767 significant decimal digits).
+    Text(String, i32),
+}
+
+/// `v = M · 2^q` with `M` odd, written exactly in decimal: for `q < 0` it is `M · 5^−q · 10^q`
+/// (`M · 5^−q` is odd, so not divisible by 10); for `q ≥ 0` the integer `M · 2^q` with its
+/// trailing zeros moved into the exponent. Falls back to the full decimal expansion when the
+/// integer does not fit in 128 bits.
+fn exact_decimal(v: f64) -> Exact {
+    let bits = v.to_bits();
+    let biased = ((bits >> 52) & 0x7ff) as i32;
+    let frac = bits & ((1u64 << 52) - 1);
+    let (mut m, mut q) = if biased == 0 {
+        (frac, -1074)
+    } else {
+        (frac | (1u64 << 52), biased - 1075)
+    };
+    if m == 0 {
+        return Exact::Small(0, 0);
+    }
+    let tz = m.trailing_zeros();
+    m >>= tz;
+    q += tz as i32;
+    if q < 0 {
+        return match 5u128
+            .checked_pow(q.unsigned_abs())
+            .and_then(|f| f.checked_mul(u128::from(m)))
+        {
+            Some(n) => Exact::Small(n, q),
+            None => Exact::Long,
+        };
+    }
+    if q <= 127 - 53 {
+        let mut n = u128::from(m) << q;
+        let mut p = 0;
+        while n % 10 == 0 {
+            n /= 10;
+            p += 1;
+        }
+        return Exact::Small(n, p);
+    }
+    let (digits, lead) = split_sci(&format!("{v:.1100e}"));
+    Exact::Text(digits.trim_end_matches('0').to_string(), lead)
 }
 
 /// Canonical `double` text (`[VAP-VAL-014]`, spec §4.2): the shortest digit string that
