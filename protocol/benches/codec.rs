@@ -84,7 +84,7 @@ fn raw(bytes: &str, out: &mut Vec<u8>) {
 }
 
 /// Raw quick-xml with namespace resolution: `NsReader` read (every event, its namespace resolved)
-/// + plain write. A namespaced protocol cannot skip namespace resolution, so this is the second,
+/// and plain write. A namespaced protocol cannot skip namespace resolution, so this is the second,
 /// stricter baseline ("raw-ns"); the target is stated against plain `Reader` ("raw").
 fn raw_ns(bytes: &str, out: &mut Vec<u8>) {
     out.clear();
