@@ -104,6 +104,8 @@ macro_rules! both {
 
 /// Two tokio-xmpp clients exchange IQs with a custom payload (several in flight).
 async fn two_clients_exchange_iqs(s: &TestServer) {
+    // RUST_LOG=tokio_xmpp=trace shows the client side if this ever fails again
+    let _ = env_logger::builder().is_test(true).try_init();
     let d = s.domain().to_owned();
     let (mut alice, _alice_jid) = connect(s.addr(), &format!("alice@{d}/a"), "alicepw", T)
         .await
@@ -112,8 +114,12 @@ async fn two_clients_exchange_iqs(s: &TestServer) {
         .await
         .expect("bob online");
     const N: usize = 8;
+    // bob answers once all N requests are in, so all N are in flight at once. It also keeps
+    // alice from sending while her answers arrive: tokio-xmpp 6's client worker can miss a
+    // wake-up (its receiver returns Pending without a waker while `send_iq` holds the shared
+    // lock) and then never resolves the IQ tokens — seen as a rare hang of this test.
     let responder = tokio::spawn(async move {
-        let mut answered = 0;
+        let mut requests = Vec::new();
         while let Some(ev) = bob.next().await {
             if let Event::Stanza(Stanza::Iq(Iq::Get {
                 from: Some(from),
@@ -122,23 +128,27 @@ async fn two_clients_exchange_iqs(s: &TestServer) {
                 ..
             })) = ev
             {
-                let seq = payload.attr("seq").unwrap_or("").to_owned();
-                let reply = Iq::Result {
-                    from: None,
-                    to: Some(from),
-                    id,
-                    payload: Some(
-                        format!("<echoed xmlns='{NS_TEST}' seq='{seq}'/>")
-                            .parse()
-                            .unwrap(),
-                    ),
-                };
-                bob.send_stanza(reply.into()).await.expect("bob reply");
-                answered += 1;
-                if answered == N {
+                requests.push((from, id, payload));
+                if requests.len() == N {
                     break;
                 }
             }
+        }
+        let mut answered = 0;
+        for (from, id, payload) in requests {
+            let seq = payload.attr("seq").unwrap_or("").to_owned();
+            let reply = Iq::Result {
+                from: None,
+                to: Some(from),
+                id,
+                payload: Some(
+                    format!("<echoed xmlns='{NS_TEST}' seq='{seq}'/>")
+                        .parse()
+                        .unwrap(),
+                ),
+            };
+            bob.send_stanza(reply.into()).await.expect("bob reply");
+            answered += 1;
         }
         (bob, answered)
     });
