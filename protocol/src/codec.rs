@@ -1,8 +1,8 @@
 //! The byte codec: Vertebra payloads straight from and to XML bytes, without building a
 //! `minidom` tree.
 //!
-//! **Decoding** reads quick-xml events ([`quick_xml::NsReader`]: its tokenizer, its namespace
-//! resolution, its entity handling) and builds the typed structs directly, with the same
+//! **Decoding** reads quick-xml events ([`quick_xml::Reader`]: its tokenizer and entity
+//! handling) and builds the typed structs directly, with the same
 //! attribute functions, value parsers and limits as the tree decoder
 //! ([`VertebraPayload::from_element`] on [`crate::xml::parse_element`]).
 //!
@@ -11,7 +11,8 @@
 //! whitespace between attributes, `]]>` in text, …). So the streaming decoder only *accepts*
 //! documents inside a conservative subset where both parsers provably see the same document:
 //! unprefixed element and attribute names of ASCII name characters, every element bound to
-//! [`NS`] by a default `xmlns`, the root element first (no byte order mark, whitespace or
+//! [`NS`] by a default `xmlns` (declared on the root; any other `xmlns` is exactly [`NS`]), the
+//! root element first (no byte order mark, whitespace or
 //! declaration before it), no comments / CDATA / processing instructions,
 //! no carriage returns or tabs/newlines in attribute values (XML normalizes those), only the
 //! five predefined entities and short character references, XML characters only, the size and
@@ -35,8 +36,7 @@ use std::borrow::Cow;
 use std::io::Write as _;
 
 use quick_xml::events::Event;
-use quick_xml::name::ResolveResult;
-use quick_xml::NsReader;
+use quick_xml::Reader;
 
 use crate::error::DecodeError;
 use crate::resource::Resource;
@@ -339,7 +339,7 @@ enum Ev<'i> {
 }
 
 struct Rd<'i> {
-    r: NsReader<&'i [u8]>,
+    r: Reader<&'i [u8]>,
     input: &'i str,
     depth: usize,
     attrs: Vec<(&'i str, Cow<'i, str>)>,
@@ -393,7 +393,7 @@ impl<'i> Rd<'i> {
         }
         let input = std::str::from_utf8(bytes).ok()?;
         Some(Rd {
-            r: NsReader::from_str(input),
+            r: Reader::from_str(input),
             input,
             depth: 0,
             attrs: Vec::with_capacity(8),
@@ -422,13 +422,12 @@ impl<'i> Rd<'i> {
 
     /// The next event of the subset; `None` for anything outside it (or any error).
     fn next(&mut self) -> Option<Ev<'i>> {
-        let (res, ev) = self.r.read_resolved_event().ok()?;
+        // Namespaces without a resolver: the subset has no prefixed names (`simple` below), so an
+        // element's namespace is the nearest default `xmlns`. The root must declare NS and any
+        // other declaration must be NS exactly, so by induction every element is bound to NS —
+        // what quick-xml's `NsReader` would resolve, without its per-event bookkeeping.
+        let ev = self.r.read_event().ok()?;
         let (e, empty) = match ev {
-            Event::Start(e) | Event::Empty(e) if !matches!(res, ResolveResult::Bound(ns) if ns.as_ref() == NS) =>
-            {
-                let _ = e;
-                return None;
-            }
             Event::Start(e) => (e, false),
             Event::Empty(e) => (e, true),
             Event::End(_) => {
@@ -504,8 +503,9 @@ impl<'i> Rd<'i> {
             }
             let key = a.key.as_ref();
             if key == "xmlns" {
-                // Resolved by the NsReader (the element must be bound to NS, checked above).
-                if seen_xmlns {
+                // The default namespace declaration: NS exactly (a reference in it, or any other
+                // namespace, is left to the tree decoder).
+                if seen_xmlns || raw != NS {
                     return None;
                 }
                 seen_xmlns = true;
@@ -533,6 +533,10 @@ impl<'i> Rd<'i> {
                 Cow::Borrowed(raw)
             };
             self.attrs.push((key, value));
+        }
+        // The root has no parent to inherit NS from.
+        if self.depth == 0 && !seen_xmlns {
+            return None;
         }
         if !empty {
             self.depth += 1;

@@ -600,3 +600,39 @@ fn lenient_quick_xml_cases_are_decided_by_the_tree() {
         same_payload(c.as_bytes());
     }
 }
+
+/// The streaming decoder binds names to NS without quick-xml's resolver (the subset has no
+/// prefixes): the root must declare NS, any other `xmlns` must be NS exactly. Each case is
+/// compared with the tree decoder; the cases inside the subset must stay on the fast path.
+#[test]
+fn default_namespace_cases() {
+    let ns = NS;
+    let t = "9f1c2a7b4e6d8f0a1b3c5d7e9f2a4b6c:3e5a7c9b1d2f4e6a8c0b2d4f6a8c0e1b";
+    let fast = [
+        format!("<data xmlns='{ns}' token='{t}'><i4 name='a'>1</i4></data>"),
+        format!("<data xmlns='{ns}' token='{t}'><i4 xmlns='{ns}' name='a'>1</i4></data>"),
+        format!(
+            "<data xmlns='{ns}' token='{t}'><list name='l'><list xmlns='{ns}'><nil/></list></list></data>"
+        ),
+    ];
+    for c in &fast {
+        same_payload(c.as_bytes());
+        assert!(decode_payload_fast(c.as_bytes()).is_some(), "{c}");
+    }
+    let other = [
+        format!("<data token='{t}'><i4 name='a'>1</i4></data>"),
+        format!("<data xmlns='urn:other' token='{t}'><i4 name='a'>1</i4></data>"),
+        format!("<data xmlns='{ns}' token='{t}'><i4 xmlns='urn:other' name='a'>1</i4></data>"),
+        format!("<data xmlns='{ns}' token='{t}'><i4 xmlns='' name='a'>1</i4></data>"),
+        format!(
+            "<data xmlns='{ns}' token='{t}'><list name='l'><list xmlns='urn:x'><nil/></list></list></data>"
+        ),
+        format!("<data xmlns='{ns}' xmlns='{ns}' token='{t}'/>"),
+        format!("<data xmlns='http://xmlschema.engineyard.com/agent/ap&#x69;' token='{t}'/>"),
+        format!("<data xmlns=' {ns}' token='{t}'/>"),
+    ];
+    for c in &other {
+        same_payload(c.as_bytes());
+        assert!(decode_payload_fast(c.as_bytes()).is_none(), "{c}");
+    }
+}
