@@ -238,7 +238,7 @@ pub struct SpawnEnv {
     pub password: Option<String>,
     /// `VERTEBRA_DISPATCHER`.
     pub dispatcher: Option<String>,
-    /// `VERTEBRA_TEST_PROFILE=1`.
+    /// `VERTEBRA_TEST_PROFILE` is exactly `1` [VAP-TPF-020].
     pub test_profile: bool,
     /// `VERTEBRA_LOAD_INTERVAL_MS`.
     pub load_interval: Option<Duration>,
@@ -265,10 +265,9 @@ impl SpawnEnv {
                 Some(Duration::from_millis(ms))
             }
         };
-        let test_profile = matches!(
-            get("VERTEBRA_TEST_PROFILE").as_deref().map(str::trim),
-            Some("1") | Some("true") | Some("yes")
-        );
+        // [VAP-TPF-020] test mode if and only if the value is exactly `1`: no trimming, no
+        // `true`/`yes` synonyms; an empty value or anything else requests nothing.
+        let test_profile = get("VERTEBRA_TEST_PROFILE").as_deref() == Some("1");
         Ok(SpawnEnv {
             server: get("VERTEBRA_SERVER"),
             jid: get("VERTEBRA_JID"),
@@ -314,6 +313,38 @@ mod tests {
         let off =
             SpawnEnv::from_lookup(|k| (k == "VERTEBRA_TEST_PROFILE").then(|| "0".into())).unwrap();
         assert!(!off.test_profile);
+    }
+
+    /// [VAP-TPF-020]: `VERTEBRA_TEST_PROFILE` requests test mode if and only if it is exactly `1`.
+    #[test]
+    fn test_profile_only_for_exactly_one() {
+        let mode = |v: Option<&str>| {
+            SpawnEnv::from_lookup(|k| {
+                if k == "VERTEBRA_TEST_PROFILE" {
+                    v.map(str::to_string)
+                } else {
+                    None
+                }
+            })
+            .unwrap()
+            .test_profile
+        };
+        assert!(mode(Some("1")));
+        for v in [
+            None,
+            Some(""),
+            Some("0"),
+            Some("true"),
+            Some("yes"),
+            Some("TRUE"),
+            Some(" 1"),
+            Some("01"),
+        ] {
+            assert!(
+                !mode(v),
+                "VERTEBRA_TEST_PROFILE={v:?} must not request test mode"
+            );
+        }
     }
 
     #[test]
