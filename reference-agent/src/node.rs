@@ -34,7 +34,9 @@ use tokio_xmpp::parsers::{
 use vertebra_protocol::error::Travel;
 use vertebra_protocol::machine::{IqBody, Millis, OutIq};
 use vertebra_protocol::mux::{CallId, Calls, OpId, Responders};
-use vertebra_protocol::payloads::{AuthorizeRequest, AuthorizeResponse, OP_AUTHORIZE};
+use vertebra_protocol::payloads::{
+    AuthorizeRequest, AuthorizeResponse, OP_ADVERTISE, OP_AUTHORIZE, OP_DISCOVER,
+};
 use vertebra_protocol::requester::{CallEvent as MachineEvent, Outcome, OutcomeKind, Output};
 use vertebra_protocol::responder::{Decision, ResponderConfig, ResponderEvent, Route};
 use vertebra_protocol::stanza::MAX_TIMEOUT_MS;
@@ -1560,7 +1562,7 @@ fn on_iq(node: &Node, from: Jid, id: String, set: bool, mut payload: Element) {
 /// [VAP-RES-017]), the admission hook, and an authorization decision known without asking
 /// anyone (local policy, cache) — the machine decides what to send from it.
 fn route(node: &Node, from: &Jid, op: &Op, chosen: &mut Option<Arc<dyn Handler>>) -> Route {
-    let Some(h) = select_handler(node, &op.op_type) else {
+    let Some(h) = select_handler(node, op) else {
         return Route::NoHandler;
     };
     *chosen = Some(h);
@@ -1685,21 +1687,54 @@ async fn authorize_remote(
     }
 }
 
-/// The handler that serves an op type: among the registered paths equal to or a segment-wise
-/// ancestor of it ([VAP-RES-013], never a string prefix, [VAP-RES-010]), the one with the most
-/// segments ([VAP-RES-017]). Handlers provide no scoping resources of their own, so an op
-/// without scoping resources is in scope for every one of them ([VAP-RES-015]).
-fn select_handler(node: &Node, op_type: &str) -> Option<Arc<dyn Handler>> {
-    let target = Resource::parse(op_type).ok()?;
-    let handlers = node.inner.handlers.read().unwrap();
-    handlers
-        .iter()
-        .filter_map(|(path, h)| {
-            let path = Resource::parse(path).ok()?;
-            path.is_prefix_of(&target).then(|| (path.depth(), h))
-        })
-        .max_by_key(|(depth, _)| *depth)
-        .map(|(_, h)| h.clone())
+/// The handler that serves an op: among the registered paths equal to or a segment-wise
+/// ancestor of its type ([VAP-RES-013], never a string prefix, [VAP-RES-010]), the one with the
+/// most segments ([VAP-RES-017]), provided the op is in scope for it ([VAP-RES-014]); otherwise
+/// none, which ends the op with `no-handler` ([VAP-RES-016]).
+///
+/// Every handler of a node provides the same resources, the node's advertised
+/// [`NodeConfig::resources`], so scope does not change which handler is deepest: the op is in
+/// scope when, for every key of its scoping resources (top-level `res`, [VAP-RES-011]), some
+/// provided resource under that key matches, and each key-less (legacy) resource matches a
+/// provided resource under any key ([VAP-VER-009]). An op without scoping resources is in scope
+/// for every handler ([VAP-RES-015]).
+fn select_handler(node: &Node, op: &Op) -> Option<Arc<dyn Handler>> {
+    let target = Resource::parse(&op.op_type).ok()?;
+    let handler = {
+        let handlers = node.inner.handlers.read().unwrap();
+        handlers
+            .iter()
+            .filter_map(|(path, h)| {
+                let path = Resource::parse(path).ok()?;
+                path.is_prefix_of(&target).then(|| (path.depth(), h))
+            })
+            .max_by_key(|(depth, _)| *depth)
+            .map(|(_, h)| h.clone())?
+    };
+    if scope_exempt(&target) || node.inner.cfg.resources.satisfies(&op.scope()) {
+        Some(handler)
+    } else {
+        log::debug!(
+            "op {}: scoping resources out of scope for every handler",
+            op.op_type
+        );
+        None
+    }
+}
+
+/// Root of the test-profile operation paths ([VAP-TPF]).
+const TEST_PROFILE_ROOT: &str = "/vertebra/test";
+
+/// Ops whose `res` values are not matched against the provided resources: the test-profile
+/// ops are in scope whatever they carry ([VAP-TPF-006], with [VAP-TPF-005] they are advertised
+/// without scoping resources), and the dispatcher's own operations take `res` values as
+/// arguments and are selected by path only (spec 06).
+fn scope_exempt(target: &Resource) -> bool {
+    let under = |root: &str| Resource::parse(root).is_ok_and(|r| r.is_prefix_of(target));
+    under(TEST_PROFILE_ROOT)
+        || [OP_ADVERTISE, OP_DISCOVER, OP_AUTHORIZE]
+            .iter()
+            .any(|p| target.as_str() == *p)
 }
 
 fn encode_misbehaving(mut el: Element, m: Misbehaviour) -> Element {

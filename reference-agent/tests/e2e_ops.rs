@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{Bus, KINDS};
 use vertebra_embedded_server::testing::ServerKind;
-use vertebra_reference_agent::node::{CallEvent, CallOptions};
+use vertebra_reference_agent::node::{Call, CallEvent, CallOptions};
 use vertebra_reference_agent::protocol::dispatch::{Effect, Policy, PolicyRule, Subject};
 use vertebra_reference_agent::protocol::payloads::test_ops;
 use vertebra_reference_agent::protocol::{Args, Value};
@@ -205,6 +205,73 @@ async fn scenario(kind: ServerKind) {
 
     a1.shutdown().await;
     a2.shutdown().await;
+}
+
+/// [VAP-RES-014]..[VAP-RES-016]: an op is served only when its top-level `res` values are in
+/// scope of the agent's provided resources; test-profile ops are in scope whatever they carry
+/// ([VAP-TPF-006]).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scoping_resources_on_embedded() {
+    let Some(bus) = Bus::start(
+        ServerKind::Embedded,
+        vertebra_reference_agent::policy::allow_all(),
+    )
+    .await
+    else {
+        return;
+    };
+    let a = bus
+        .start_agent(
+            bus.agent("scoped")
+                .await
+                .test_profile(true)
+                .resource("cluster", "/cluster/rd00")
+                .handle("/gem", |_c: Call| async move {
+                    Ok(Args::new().with("served", Value::Boolean(true)))
+                }),
+        )
+        .await;
+    let req = bus.requester("req").await;
+    let j = a.node().jid().unwrap();
+    bus.wait_listed(&req, "/gem/list", &j).await;
+    let res = |p: &str| Value::Res(Resource::parse(p).unwrap());
+    let call = |args: Args, op: &'static str| {
+        let req = req.clone();
+        let to = Jid::from(j.clone());
+        async move { call_direct(&req, to, op, args, Duration::from_secs(5)).await }
+    };
+    // in scope: no res at all, a matching descendant, a matching ancestor; nested res are
+    // arguments, not scope ([VAP-RES-012])
+    for args in [
+        Args::new(),
+        Args::new().with("cluster", res("/cluster/rd00/host1")),
+        Args::new().with("cluster", res("/cluster")),
+        Args::new().with("nested", Value::List(vec![res("/elsewhere")])),
+    ] {
+        call(args.clone(), "/gem/list")
+            .await
+            .unwrap_or_else(|e| panic!("{args:?} must be served: {e:?}"));
+    }
+    // out of scope: no match under the key, a key the agent provides nothing under, or one
+    // key matching and another not
+    for args in [
+        Args::new().with("cluster", res("/cluster/rd01")),
+        Args::new().with("cluster", res("/cluster/rd0")),
+        Args::new().with("zone", res("/cluster/rd00")),
+        Args::new()
+            .with("cluster", res("/cluster/rd00"))
+            .with("zone", res("/zone/a")),
+    ] {
+        let e = call(args.clone(), "/gem/list").await.unwrap_err();
+        assert_eq!(e.condition, "no-handler", "{args:?}");
+    }
+    // test-profile ops are in scope whatever res they carry
+    let args = Args::new().with("zone", res("/zone/a"));
+    let chunks = call(args.clone(), test_ops::ECHO)
+        .await
+        .expect("echo in scope");
+    assert_eq!(chunks, vec![args]);
+    a.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
