@@ -856,10 +856,39 @@ fn is_nonchar_at(b: &[u8], i: usize) -> bool {
     i >= 2 && b[i - 2] == 0xef && b[i - 1] == 0xbf
 }
 
+const LO8: u64 = 0x0101_0101_0101_0101;
+const HI8: u64 = 0x8080_8080_8080_8080;
+
+/// Whether the 8 bytes in `w` are all printable ASCII (0x20–0x7F) and none is one of `special`:
+/// such a chunk is [`OK`] for every class check and can be skipped whole. Word-at-a-time tests:
+/// with no high bit set, `(x − 0x01…01·n) & !x & 0x80…80` is non-zero exactly when some byte of
+/// `x` is below `n` (`n ≤ 0x80`); with `n = 1` after XOR it finds a byte equal to `special`.
+fn plain8(w: u64, special: &[u8]) -> bool {
+    let below = |x: u64, n: u8| x.wrapping_sub(LO8 * u64::from(n)) & !x & HI8 != 0;
+    w & HI8 == 0 && !below(w, 0x20) && special.iter().all(|&c| !below(w ^ (LO8 * u64::from(c)), 1))
+}
+
+/// Offset of the first 8-byte chunk of `b` that is not [`plain8`] (a multiple of 8), or the
+/// start of the tail shorter than 8 bytes.
+fn skip_plain(b: &[u8], special: &[u8]) -> usize {
+    let mut i = 0;
+    while let Some(chunk) = b.get(i..i + 8) {
+        let w = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+        if !plain8(w, special) {
+            break;
+        }
+        i += 8;
+    }
+    i
+}
+
 /// Literal text the tree decoder reads the same: XML characters only, no CR (normalized by XML
 /// parsers), no `]]>` (not allowed in text).
 fn text_ok(b: &[u8]) -> bool {
-    for (i, &c) in b.iter().enumerate() {
+    // Chunks without control, non-ASCII or `]` bytes need no per-byte look; a `]]>` starts at a
+    // `]`, which puts its chunk on the per-byte path (the look-ahead reads the whole slice).
+    let start = skip_plain(b, b"]");
+    for (i, &c) in b.iter().enumerate().skip(start) {
         match CLASS[c as usize] {
             CTRL | CR => return false,
             RSQB if b.get(i + 1) == Some(&b']') && b.get(i + 2) == Some(&b'>') => return false,
@@ -874,7 +903,8 @@ fn text_ok(b: &[u8]) -> bool {
 /// TAB/LF/CR (attribute-value normalization). `Some(true)` when it holds a reference.
 fn attr_value_ok(b: &[u8]) -> Option<bool> {
     let mut amp = false;
-    for (i, &c) in b.iter().enumerate() {
+    let start = skip_plain(b, b"<&");
+    for (i, &c) in b.iter().enumerate().skip(start) {
         match CLASS[c as usize] {
             CTRL | WS | CR | LT => return None,
             NONCHAR if is_nonchar_at(b, i) => return None,
@@ -1111,5 +1141,73 @@ impl W<'_> {
         }
         self.close("op");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The byte-at-a-time checks without the word-at-a-time skip.
+    fn text_ok_ref(b: &[u8]) -> bool {
+        b.iter().enumerate().all(|(i, &c)| match CLASS[c as usize] {
+            CTRL | CR => false,
+            RSQB => !(b.get(i + 1) == Some(&b']') && b.get(i + 2) == Some(&b'>')),
+            NONCHAR => !is_nonchar_at(b, i),
+            _ => true,
+        })
+    }
+
+    fn attr_value_ok_ref(b: &[u8]) -> Option<bool> {
+        let mut amp = false;
+        for (i, &c) in b.iter().enumerate() {
+            match CLASS[c as usize] {
+                CTRL | WS | CR | LT => return None,
+                NONCHAR if is_nonchar_at(b, i) => return None,
+                AMP => amp = true,
+                _ => {}
+            }
+        }
+        Some(amp)
+    }
+
+    #[test]
+    fn word_skip_matches_byte_checks() {
+        let base = b"abcdefghijklmnopqrstuvwxyz0123".to_vec();
+        let mut cases = Vec::new();
+        for pos in 0..base.len() {
+            for byte in 0..=255u8 {
+                let mut v = base.clone();
+                v[pos] = byte;
+                cases.push(v);
+            }
+            for ins in [
+                &b"]]>"[..],
+                b"\xef\xbf\xbe",
+                b"\xef\xbf\xbf",
+                b"]]",
+                b"&amp;",
+                b"<",
+            ] {
+                let mut v = base.clone();
+                let end = (pos + ins.len()).min(v.len());
+                v.splice(pos..end, ins.iter().copied());
+                cases.push(v);
+            }
+        }
+        for len in 0..20 {
+            cases.push(base[..len].to_vec());
+        }
+        for c in &cases {
+            assert_eq!(text_ok(c), text_ok_ref(c), "{c:?}");
+            assert_eq!(attr_value_ok(c), attr_value_ok_ref(c), "{c:?}");
+        }
+        // The checks do reject: a control byte, `]]>` across a chunk boundary, a `<`.
+        assert!(!text_ok(b"abcdefg\x01"));
+        assert!(!text_ok(b"abcdef]]>xyz"));
+        assert!(text_ok(b"abcdef]]xyz"));
+        assert_eq!(attr_value_ok(b"abcdefgh<"), None);
+        assert_eq!(attr_value_ok(b"abcdefgh&amp;"), Some(true));
+        assert_eq!(attr_value_ok(b"abcdefghijkl"), Some(false));
     }
 }
