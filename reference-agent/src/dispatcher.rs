@@ -119,6 +119,12 @@ impl Dispatcher {
         ncfg.identity_type = vertebra_protocol::IDENTITY_TYPE_DISPATCHER;
         ncfg.features = vec![vertebra_protocol::FEATURE_DISPATCHER.to_string()];
         ncfg.serve = false;
+        if cfg.misbehave == Misbehaviour::NoTenantIsolation {
+            // MUTANT no-tenant-isolation: the node lets a foreign discover op past the
+            // responder's tenant check (see `Node::mutant_alias`). Other dispatcher mutants stay
+            // out of the node, whose mutants are the agent's.
+            ncfg.misbehave = cfg.misbehave;
+        }
         let node = Node::start(ncfg);
         let domain = cfg.connect.jid.domain().as_str().to_string();
         let d = Dispatcher {

@@ -439,6 +439,9 @@ struct Inner {
     admission: RwLock<Option<AdmissionHook>>,
     iq_hooks: RwLock<HashMap<String, IqHook>>,
     online_hook: RwLock<Option<OnlineHook>>,
+    /// MUTANT no-tenant-isolation only: foreign requesters of the dispatcher's discover op
+    /// under an alias of our own domain, and back.
+    tenant_aliases: Mutex<TenantAliases>,
     session: watch::Sender<u64>,
     stop: watch::Sender<bool>,
 }
@@ -455,6 +458,15 @@ impl std::fmt::Debug for Node {
             .field("jid", &self.inner.cfg.connect.jid)
             .finish()
     }
+}
+
+/// Foreign requesters under own-domain aliases (MUTANT no-tenant-isolation only).
+#[derive(Default)]
+struct TenantAliases {
+    /// Real JID → alias.
+    alias: HashMap<Jid, Jid>,
+    /// Alias → real JID.
+    real: HashMap<Jid, Jid>,
 }
 
 fn stanza_err(t: XmppErrorType, c: DefinedCondition) -> StanzaError {
@@ -514,6 +526,7 @@ impl Node {
                 admission: RwLock::new(None),
                 iq_hooks: RwLock::new(HashMap::new()),
                 online_hook: RwLock::new(None),
+                tenant_aliases: Mutex::new(TenantAliases::default()),
                 session,
                 stop,
             }),
@@ -693,8 +706,43 @@ impl Node {
     }
 
     /// Send one IQ a machine emitted.
-    fn send_out(&self, iq: OutIq) {
+    fn send_out(&self, mut iq: OutIq) {
+        if self.inner.cfg.misbehave == Misbehaviour::NoTenantIsolation {
+            // MUTANT no-tenant-isolation: stanzas for an aliased foreign requester go to it.
+            if let Some(real) = self.inner.tenant_aliases.lock().unwrap().real.get(&iq.to) {
+                iq.to = real.clone();
+            }
+        }
         let _ = self.inner.conn.send(into_iq(iq));
+    }
+
+    /// MUTANT no-tenant-isolation: the JID the machines see for an IQ from `from`. A discover
+    /// op (`op_type`) from another domain gets an alias in our own domain, so the responder's
+    /// tenant check ([VAP-SEC-021]) lets it through to the discover handler, which then lists
+    /// our own tenant's agents to the foreign requester ([VAP-SEC-019] broken); later IQs of
+    /// that requester (results, cancels) use the same alias. Anything else is unchanged.
+    fn mutant_alias(&self, from: Jid, op_type: Option<&str>) -> Jid {
+        if self.inner.cfg.misbehave != Misbehaviour::NoTenantIsolation {
+            return from;
+        }
+        let mut t = self.inner.tenant_aliases.lock().unwrap();
+        if let Some(alias) = t.alias.get(&from) {
+            if op_type.is_none() || op_type == Some(OP_DISCOVER) {
+                return alias.clone();
+            }
+            return from;
+        }
+        let Some(me) = self.jid() else { return from };
+        if op_type != Some(OP_DISCOVER) || from.domain() == me.domain() {
+            return from;
+        }
+        let local = from.node().map_or("foreign", |n| n.as_str());
+        let Ok(alias) = Jid::new(&format!("{local}@{}/{from}", me.domain())) else {
+            return from;
+        };
+        t.alias.insert(from.clone(), alias.clone());
+        t.real.insert(alias.clone(), from);
+        alias
     }
 
     // ----- requester side -------------------------------------------------------------------
@@ -1361,6 +1409,7 @@ fn on_new_session(node: &Node, bound: FullJid) {
 
 /// An IQ result or error for an IQ one of the machines sent.
 fn on_response(node: &Node, from: Jid, id: String, reply: IqReply) {
+    let from = node.mutant_alias(from, None);
     let now = node.now_ms();
     let mut eng = node.engine();
     let call = match &reply {
@@ -1430,6 +1479,12 @@ fn on_iq(node: &Node, from: Jid, id: String, set: bool, mut payload: Element) {
     }
     let misbehave = node.inner.cfg.misbehave;
     let now = node.now_ms();
+    // MUTANT no-tenant-isolation: a foreign requester's discover op under an own-domain alias.
+    let from = if payload.name() == "op" {
+        node.mutant_alias(from, Some(payload.attr("type").unwrap_or("")))
+    } else {
+        node.mutant_alias(from, None)
+    };
     match payload.name() {
         "op" => {
             // Fuzzer-planted bugs (mutants only; no effect when conforming). Outside the engine
