@@ -484,8 +484,9 @@ pub async fn fuzz(env: &Env, cfg: &FuzzConfig) -> FuzzReport {
                         candidate.len()
                     );
                 }
-                let r =
-                    handle_finding(env, cfg, f, candidate, &epoch, report.findings.len() + 1).await;
+                // Numbered over confirmed and unconfirmed ones (each gets its own file).
+                let n = report.findings.len() + report.unconfirmed.len() + 1;
+                let r = handle_finding(env, cfg, f, candidate, &epoch, n).await;
                 if cfg.verbose {
                     eprintln!(
                         "fuzz:   minimized {} -> {} steps in {} trials; replay: {}",
