@@ -264,7 +264,10 @@ pub fn register_test_profile(node: &Node) {
     node.handle(test_ops::COUNTER, move |c: Call| {
         let counter = counter.clone();
         async move {
-            let v = if c.args.get_bool("read") == Some(true) {
+            // [VAP-TPF-004]: `read`, when present, must be a boolean (else bad-value).
+            let req = test_ops::CounterRequest::from_args(&c.args)
+                .map_err(|e| HandlerError::bad_value(e.detail))?;
+            let v = if req.is_read() {
                 counter.load(Ordering::SeqCst)
             } else {
                 counter.fetch_add(1, Ordering::SeqCst) + 1

@@ -116,6 +116,11 @@ async fn scenario(kind: ServerKind) {
                 .with("reason", Value::String("x".into())),
         ),
         (test_ops::SLEEP, Args::new().with("ms", Value::I4(-5))),
+        (test_ops::COUNTER, Args::new().with("read", Value::I4(1))),
+        (
+            test_ops::COUNTER,
+            Args::new().with("read", Value::String("true".into())),
+        ),
         (
             test_ops::STREAM,
             Args::new().with("count", Value::I4(10_001)),
