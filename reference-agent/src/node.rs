@@ -1885,10 +1885,17 @@ async fn advertiser(node: Node) {
                 },
             )
             .await;
-        // [VAP-DSC-010] re-advertise at ≤ 0.9 × ttl; retry soon after a failure.
-        let next = match &r {
-            Ok(_) => Duration::from_millis(ttl as u64 * 900),
-            Err(e) => {
+        // [VAP-DSC-010] re-advertise at ≤ 0.9 × ttl; retry soon after a failure
+        // ([VAP-DSC-024]). Success is a final with `response` = 1 in the data or the final
+        // (spec 06 §6.4): a final without it, or with 0, is a failure too.
+        let failure = match &r {
+            Ok(chunks) if advertise_accepted(chunks) => None,
+            Ok(_) => Some("ended without response = 1".to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        let next = match failure {
+            None => Duration::from_millis(ttl as u64 * 900),
+            Some(e) => {
                 log::warn!("advertise to {d} failed: {e}; retrying");
                 Duration::from_millis(200)
             }
@@ -1900,6 +1907,12 @@ async fn advertiser(node: Node) {
             _ = stop.changed() => return,
         }
     }
+}
+
+/// Whether the chunks of an advertise that ended with a final (data values, then the final's)
+/// carry `<boolean name="response">1</boolean>` (spec 06 §6.4, [VAP-DSC-024]).
+fn advertise_accepted(chunks: &[Args]) -> bool {
+    chunks.iter().any(|c| c.get_bool("response") == Some(true))
 }
 
 /// Wait (with a deadline) until the node's advertisement has been accepted at least once —
@@ -1935,6 +1948,21 @@ pub async fn wait_advertised(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [VAP-DSC-024]: only a final carrying `response` = 1 counts as a successful advertise.
+    #[test]
+    fn advertise_success_needs_response_one() {
+        let yes = Args::new().with("response", Value::Boolean(true));
+        let no = Args::new().with("response", Value::Boolean(false));
+        assert!(advertise_accepted(std::slice::from_ref(&yes)));
+        assert!(advertise_accepted(&[Args::new(), yes]));
+        assert!(!advertise_accepted(&[]));
+        assert!(!advertise_accepted(&[Args::new()]));
+        assert!(!advertise_accepted(&[no]));
+        assert!(!advertise_accepted(&[
+            Args::new().with("response", Value::String("1".into()))
+        ]));
+    }
 
     #[test]
     fn try_next_rules() {
