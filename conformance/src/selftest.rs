@@ -47,11 +47,11 @@ pub fn mutant_targets(name: &str) -> &'static [&'static str] {
     }
 }
 
-/// Mutants whose violation cannot show on the wire in the harness's environment, with why.
-pub const UNOBSERVABLE: &[(&str, &str)] = &[(
-    "no-tenant-isolation",
-    "the mutant only skips the domain filter inside the dispatcher's discover handler, but protocol::Responder nacks every op from another domain before any handler runs (VAP-SEC-018, VAP-OPS-084), so the unfiltered path is unreachable: DSP-TENANT-002 logs in on the embedded server's second domain and sees the nack and a clean local listing. To be observable the mutant must also bypass that guard (or admit foreign advertisements)",
-)];
+/// Mutants whose violation cannot show on the wire in the harness's environment, with why
+/// (none at present: the
+/// `no-tenant-isolation` mutant now also passes foreign discover ops through the responder's
+/// tenant check, so DSP-TENANT-002 sees it).
+pub const UNOBSERVABLE: &[(&str, &str)] = &[];
 
 pub fn unobservable(name: &str) -> Option<&'static str> {
     UNOBSERVABLE
