@@ -285,6 +285,31 @@ impl SpawnEnv {
     }
 }
 
+/// The `--tls MODE` / `--ca-file PATH` options of the binaries: `plain` (the default; the
+/// spawn contract's loopback mode, [VAP-TPF-018]) or `starttls` (trusting the CA certificates
+/// in `ca_file`, else the system bundle). The spawn contract defines no TLS variables, so
+/// these are options only. A CA file with `plain` is refused (it would silently do nothing).
+pub fn tls_from_options(
+    mode: &str,
+    ca_file: Option<&std::path::Path>,
+) -> Result<crate::conn::Tls, ConfigError> {
+    match mode {
+        "plain" if ca_file.is_some() => Err(ConfigError::Bad {
+            name: "--ca-file",
+            detail: "only meaningful with --tls starttls".into(),
+        }),
+        "plain" => Ok(crate::conn::Tls::Plain),
+        "starttls" => crate::conn::Tls::starttls(ca_file).map_err(|e| ConfigError::Bad {
+            name: "--ca-file",
+            detail: e.to_string(),
+        }),
+        other => Err(ConfigError::Bad {
+            name: "--tls",
+            detail: format!("{other:?}: expected `plain` or `starttls`"),
+        }),
+    }
+}
+
 /// Default dispatcher JID for a domain: `dispatcher@<domain>/dispatcher`.
 pub fn default_dispatcher(domain: &str) -> Result<FullJid, ConfigError> {
     parse_full_jid("dispatcher", &format!("dispatcher@{domain}/dispatcher"))
@@ -345,6 +370,22 @@ mod tests {
                 "VERTEBRA_TEST_PROFILE={v:?} must not request test mode"
             );
         }
+    }
+
+    #[test]
+    fn tls_options_are_checked() {
+        use crate::conn::Tls;
+        assert!(matches!(tls_from_options("plain", None), Ok(Tls::Plain)));
+        assert!(tls_from_options("tls", None).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        assert!(tls_from_options("plain", Some(&ca)).is_err());
+        // missing file, then a file without a certificate: clear errors, not a panic
+        let e = tls_from_options("starttls", Some(&ca)).unwrap_err();
+        assert!(e.to_string().contains("cannot read CA file"), "{e}");
+        std::fs::write(&ca, "not a certificate\n").unwrap();
+        let e = tls_from_options("starttls", Some(&ca)).unwrap_err();
+        assert!(e.to_string().contains("no CERTIFICATE"), "{e}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The XMPP connection layer: one c2s session on tokio-xmpp's `StanzaStream`, owned by one
 //! driver task. It only moves bytes and time:
 //!
-//! - logs in (plaintext TCP; the connector retries with its own bounded back-off and records
+//! - logs in (plaintext TCP, or STARTTLS with rustls and a given CA — see [`Tls`]; the
+//!   connector retries with its own bounded back-off and records
 //!   the last failure so `wait_online` can say *why* it is not online),
 //! - answers XEP-0199 ping and XEP-0030 disco#info itself ([VAP-TRN] "ping answered by every
 //!   agent; disco#info answered with the identity/features"),
@@ -36,6 +37,55 @@ use tokio_xmpp::stanzastream::{Connection, Event as StreamEvent, StanzaStream, S
 use tokio_xmpp::xmlstream::{initiate_stream, StreamHeader, Timeouts};
 use tokio_xmpp::Stanza;
 
+pub use tokio_rustls::rustls;
+
+/// Transport security of the c2s connection.
+#[derive(Clone, Debug, Default)]
+pub enum Tls {
+    /// Plaintext TCP (the spawn contract's loopback mode, [VAP-TPF-018]). Against a server
+    /// that requires TLS, login fails with [`ConnError::Tls`] ("server requires TLS").
+    #[default]
+    Plain,
+    /// STARTTLS (RFC 6120 §5) with this rustls client configuration (trust roots inside).
+    /// Against a server that offers no STARTTLS, login fails with [`ConnError::Tls`]; there is
+    /// no fallback to plaintext.
+    StartTls(Arc<rustls::ClientConfig>),
+}
+
+impl Tls {
+    /// STARTTLS trusting the CA certificates in the PEM file `ca_file`; without one, the
+    /// system bundle (`SSL_CERT_FILE`, else `/etc/ssl/certs/ca-certificates.crt`).
+    pub fn starttls(ca_file: Option<&std::path::Path>) -> Result<Tls, ConnError> {
+        use rustls::pki_types::{pem::PemObject, CertificateDer};
+        let path = match ca_file {
+            Some(p) => p.to_path_buf(),
+            None => std::env::var_os("SSL_CERT_FILE")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| "/etc/ssl/certs/ca-certificates.crt".into()),
+        };
+        let bad = |detail: String| ConnError::TlsConfig(format!("{}: {detail}", path.display()));
+        let pem = std::fs::read(&path).map_err(|e| bad(format!("cannot read CA file: {e}")))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| bad(format!("bad PEM: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| bad(format!("unusable CA certificate: {e}")))?;
+        }
+        if roots.is_empty() {
+            return Err(bad("no CERTIFICATE in the file".into()));
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Ok(Tls::StartTls(Arc::new(config)))
+    }
+}
+
 /// Where and as whom to connect.
 #[derive(Clone, Debug)]
 pub struct ConnectOptions {
@@ -51,6 +101,8 @@ pub struct ConnectOptions {
     pub backoff_max: Duration,
     /// Stream read timeouts handed to tokio-xmpp.
     pub timeouts: Timeouts,
+    /// Plaintext (default) or STARTTLS.
+    pub tls: Tls,
 }
 
 impl ConnectOptions {
@@ -63,7 +115,14 @@ impl ConnectOptions {
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(2),
             timeouts: Timeouts::tight(),
+            tls: Tls::Plain,
         }
+    }
+
+    /// The same options with this transport security.
+    pub fn with_tls(mut self, tls: Tls) -> Self {
+        self.tls = tls;
+        self
     }
 }
 
@@ -94,6 +153,54 @@ pub enum ConnError {
     /// The connection was closed by its owner.
     #[error("connection closed")]
     Closed,
+    /// Transport security failed: the server requires TLS but the client is plaintext, the
+    /// client wants STARTTLS but the server offers none, or the TLS handshake failed (e.g. the
+    /// server certificate is not trusted). Returned by `wait_online` as soon as it is seen.
+    #[error("TLS failure after {waited:?}: {detail}")]
+    Tls {
+        /// How long we waited.
+        waited: Duration,
+        /// What failed.
+        detail: String,
+    },
+    /// Bad TLS configuration (unreadable or empty CA file).
+    #[error("TLS configuration: {0}")]
+    TlsConfig(String),
+}
+
+/// Why one login attempt failed.
+#[derive(Debug)]
+enum LoginError {
+    Xmpp(tokio_xmpp::Error),
+    /// A transport-security failure; retrying will not help until something changes.
+    Tls(String),
+}
+
+impl From<tokio_xmpp::Error> for LoginError {
+    fn from(e: tokio_xmpp::Error) -> Self {
+        LoginError::Xmpp(e)
+    }
+}
+
+impl From<tokio_xmpp::xmlstream::RecvFeaturesError> for LoginError {
+    fn from(e: tokio_xmpp::xmlstream::RecvFeaturesError) -> Self {
+        LoginError::Xmpp(e.into())
+    }
+}
+
+impl From<std::io::Error> for LoginError {
+    fn from(e: std::io::Error) -> Self {
+        LoginError::Xmpp(e.into())
+    }
+}
+
+impl std::fmt::Display for LoginError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoginError::Xmpp(e) => e.fmt(f),
+            LoginError::Tls(d) => f.write_str(d),
+        }
+    }
 }
 
 /// Answer to an IQ request.
@@ -169,6 +276,7 @@ struct Shared {
     next_id: AtomicU64,
     id_prefix: String,
     auth_failed: std::sync::atomic::AtomicBool,
+    tls_failed: std::sync::atomic::AtomicBool,
     no_reconnect: std::sync::atomic::AtomicBool,
     /// Bumped by the driver when the session is lost: stanzas queued on a lost session are
     /// dropped, never delivered on the next one.
@@ -204,16 +312,65 @@ fn random_hex(n: usize) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// Send `<starttls/>`, wait for `<proceed/>` and run the TLS handshake on the bare TCP stream.
+async fn start_tls(
+    mut stream: tokio_xmpp::xmlstream::XmppStream<tokio::io::BufStream<tokio::net::TcpStream>>,
+    domain: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, LoginError> {
+    use futures::SinkExt;
+    use tokio_xmpp::parsers::starttls::{Nonza, Request};
+    use tokio_xmpp::xmlstream::{ReadError, XmppStreamElement};
+    stream
+        .send(&XmppStreamElement::Starttls(Nonza::Request(Request)))
+        .await?;
+    loop {
+        match stream
+            .next()
+            .await
+            .map(|v| v.and_then(|v| v.into_read_error()))
+        {
+            Some(Ok(XmppStreamElement::Starttls(Nonza::Proceed(_)))) => break,
+            Some(Ok(XmppStreamElement::Starttls(Nonza::Failure(_)))) => {
+                return Err(LoginError::Tls(
+                    "server refused STARTTLS (<failure/>)".into(),
+                ))
+            }
+            Some(Ok(_)) | Some(Err(ReadError::SoftTimeout)) => {}
+            Some(Err(ReadError::HardError(e))) => return Err(e.into()),
+            Some(Err(ReadError::ParseError(e))) => {
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e).into())
+            }
+            None | Some(Err(ReadError::StreamFooterReceived)) => {
+                return Err(tokio_xmpp::Error::Disconnected.into())
+            }
+        }
+    }
+    let tcp = stream.into_inner().into_inner();
+    let name = rustls::pki_types::ServerName::try_from(domain.to_owned())
+        .map_err(|e| LoginError::Tls(format!("{domain:?} is not a TLS server name: {e}")))?;
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| LoginError::Tls(format!("TLS handshake with {domain} failed: {e}")))
+}
+
 async fn login_once(
     server: &DnsConfig,
     jid: &Jid,
     password: &str,
     timeouts: Timeouts,
-) -> Result<Connection, tokio_xmpp::Error> {
+    tls: &Tls,
+) -> Result<Connection, LoginError> {
     let username = jid
         .node()
         .map(|n| n.as_str().to_owned())
         .unwrap_or_default();
+    let header = || StreamHeader {
+        to: Some(Cow::Borrowed(jid.domain().as_str())),
+        from: None,
+        id: None,
+    };
     // Our own TCP set-up (instead of tokio-xmpp's TcpServerConnector) for TCP_NODELAY:
     // without it, back-to-back stanzas (op result then final) wait for delayed ACKs.
     let tcp = server.resolve().await?;
@@ -221,28 +378,49 @@ async fn login_once(
     let pending = initiate_stream(
         tokio::io::BufStream::new(tcp),
         ns::JABBER_CLIENT,
-        StreamHeader {
-            to: Some(Cow::Borrowed(jid.domain().as_str())),
-            from: None,
-            id: None,
-        },
+        header(),
         timeouts,
     )
     .await?;
-    let channel_binding = sasl::common::ChannelBinding::None;
     let (features, stream) = pending.recv_features().await?;
+    let (features, stream) = match tls {
+        Tls::Plain => {
+            if features.starttls.as_ref().is_some_and(|t| t.required)
+                || (features.can_starttls() && features.sasl_mechanisms.is_empty())
+            {
+                return Err(LoginError::Tls(
+                    "server requires TLS (STARTTLS required) but this connection is plaintext; \
+                     use --tls starttls"
+                        .into(),
+                ));
+            }
+            (features, stream.box_stream())
+        }
+        Tls::StartTls(config) => {
+            if !features.can_starttls() {
+                return Err(LoginError::Tls(
+                    "STARTTLS requested but the server does not offer it".into(),
+                ));
+            }
+            let tls_stream = start_tls(stream, jid.domain().as_str(), config.clone()).await?;
+            let pending = initiate_stream(
+                tokio::io::BufStream::new(tls_stream),
+                ns::JABBER_CLIENT,
+                header(),
+                timeouts,
+            )
+            .await?;
+            let (features, stream) = pending.recv_features().await?;
+            (features, stream.box_stream())
+        }
+    };
+    let channel_binding = sasl::common::ChannelBinding::None;
     let creds = Credentials::default()
         .with_username(username)
         .with_password(password.to_owned())
         .with_channel_binding(channel_binding);
     let stream = tokio_xmpp::client_login(stream, features.sasl_mechanisms, creds).await?;
-    let stream = stream
-        .send_header(StreamHeader {
-            to: Some(Cow::Borrowed(jid.domain().as_str())),
-            from: None,
-            id: None,
-        })
-        .await?;
+    let stream = stream.send_header(header()).await?;
     let (features, stream) = stream.recv_features().await?;
     Ok(Connection {
         stream: stream.box_stream(),
@@ -267,6 +445,7 @@ impl Conn {
             next_id: AtomicU64::new(1),
             id_prefix: random_hex(4),
             auth_failed: std::sync::atomic::AtomicBool::new(false),
+            tls_failed: std::sync::atomic::AtomicBool::new(false),
             no_reconnect: std::sync::atomic::AtomicBool::new(false),
             generation: AtomicU64::new(0),
         });
@@ -287,7 +466,8 @@ impl Conn {
                             slot.closed().await;
                             return;
                         }
-                        match login_once(&connector, &o.jid, &o.password, o.timeouts).await {
+                        match login_once(&connector, &o.jid, &o.password, o.timeouts, &o.tls).await
+                        {
                             Ok(conn) => {
                                 let _ = slot.send(conn);
                                 return;
@@ -301,8 +481,14 @@ impl Conn {
                                         o.server
                                     );
                                 }
-                                if matches!(e, tokio_xmpp::Error::Auth(_)) {
-                                    sh.auth_failed.store(true, Ordering::Relaxed);
+                                match e {
+                                    LoginError::Xmpp(tokio_xmpp::Error::Auth(_)) => {
+                                        sh.auth_failed.store(true, Ordering::Relaxed)
+                                    }
+                                    LoginError::Tls(_) => {
+                                        sh.tls_failed.store(true, Ordering::Relaxed)
+                                    }
+                                    LoginError::Xmpp(_) => {}
                                 }
                                 *sh.last_error.lock().unwrap() = msg;
                                 if slot.is_closed() {
@@ -343,6 +529,12 @@ impl Conn {
                     ConnState::Online(j) => return Ok(j.clone()),
                     ConnState::Closed => return Err(ConnError::Closed),
                     ConnState::Connecting => {}
+                }
+                if self.shared.tls_failed.load(Ordering::Relaxed) {
+                    return Err(ConnError::Tls {
+                        waited: started.elapsed(),
+                        detail: self.shared.last_error.lock().unwrap().clone(),
+                    });
                 }
                 if self.shared.auth_failed.load(Ordering::Relaxed) {
                     return Err(ConnError::NotOnline {

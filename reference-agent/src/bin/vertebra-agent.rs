@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use vertebra_protocol::{Args, Value};
 use vertebra_reference_agent::agent::AgentBuilder;
-use vertebra_reference_agent::config::SpawnEnv;
+use vertebra_reference_agent::config::{tls_from_options, SpawnEnv};
 use vertebra_reference_agent::node::{Call, HandlerError};
 
 const EXAMPLES: &str = "\
@@ -17,6 +17,9 @@ Examples:
   # the conformance test profile, connection settings from the environment
   VERTEBRA_SERVER=127.0.0.1:5222 VERTEBRA_JID=agent1@localhost/agent VERTEBRA_PASSWORD=pw \\
     vertebra-agent --test-profile
+  # a real server: STARTTLS, trusting the server's CA
+  vertebra-agent --server xmpp.example.com:5222 --tls starttls --ca-file ca.pem \
+    --jid agent1@example.com/agent --exec /tools/uptime=uptime
   # put a command-line program on the bus: `/tools/uptime` runs `uptime`
   vertebra-agent --exec /tools/uptime=uptime --resource host=/hosts/web1";
 
@@ -32,6 +35,12 @@ struct Opts {
     /// Password.
     #[arg(long, env = "VERTEBRA_PASSWORD", hide_env_values = true)]
     password: Option<String>,
+    /// Transport security: `plain` (loopback) or `starttls`.
+    #[arg(long, value_name = "MODE", default_value = "plain")]
+    tls: String,
+    /// CA certificates (PEM) to trust with `--tls starttls` (default: the system bundle).
+    #[arg(long, value_name = "PATH")]
+    ca_file: Option<std::path::PathBuf>,
     /// Dispatcher full JID (default dispatcher@<domain>/dispatcher).
     #[arg(long, env = "VERTEBRA_DISPATCHER")]
     dispatcher: Option<String>,
@@ -142,6 +151,13 @@ async fn agent_main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    match tls_from_options(&o.tls, o.ca_file.as_deref()) {
+        Ok(tls) => b.config_mut().connect.tls = tls,
+        Err(e) => {
+            eprintln!("vertebra-agent: {e} (see --help)");
+            return ExitCode::from(2);
+        }
+    }
     b = b.capacity(o.capacity);
     for r in &o.resource {
         let Some((k, p)) = r.split_once('=') else {

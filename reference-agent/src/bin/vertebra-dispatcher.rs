@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use vertebra_reference_agent::config::{parse_full_jid, Misbehaviour};
+use vertebra_reference_agent::config::{parse_full_jid, tls_from_options, Misbehaviour};
 use vertebra_reference_agent::conn::ConnectOptions;
 use vertebra_reference_agent::dispatcher::{Dispatcher, DispatcherConfig};
 use vertebra_reference_agent::tokio_xmpp::parsers::jid::Jid;
@@ -35,6 +35,12 @@ struct Opts {
     /// Password.
     #[arg(long, env = "VERTEBRA_PASSWORD", hide_env_values = true)]
     password: String,
+    /// Transport security: `plain` (loopback) or `starttls`.
+    #[arg(long, value_name = "MODE", default_value = "plain")]
+    tls: String,
+    /// CA certificates (PEM) to trust with `--tls starttls` (default: the system bundle).
+    #[arg(long, value_name = "PATH")]
+    ca_file: Option<std::path::PathBuf>,
     /// Policy file (JSON). Without it every call is denied.
     #[arg(long, env = "VERTEBRA_POLICY")]
     policy: Option<PathBuf>,
@@ -61,6 +67,13 @@ async fn main() -> ExitCode {
         Jid::from(jid),
         o.password.clone(),
     ));
+    match tls_from_options(&o.tls, o.ca_file.as_deref()) {
+        Ok(tls) => cfg.connect.tls = tls,
+        Err(e) => {
+            eprintln!("vertebra-dispatcher: {e}");
+            return ExitCode::from(2);
+        }
+    }
     cfg.policy_file = o.policy.clone();
     if o.policy.is_none() {
         log::warn!("no --policy: every call will be denied (default deny)");

@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use vertebra_protocol::{Args, ResourceScope, Value};
 use vertebra_reference_agent::cli::{exit, exit_code_for, parse_args, show_chunk};
-use vertebra_reference_agent::config::{default_dispatcher, parse_full_jid};
+use vertebra_reference_agent::config::{default_dispatcher, parse_full_jid, tls_from_options};
 use vertebra_reference_agent::conn::ConnectOptions;
 use vertebra_reference_agent::node::{CallError, Node, NodeConfig};
 use vertebra_reference_agent::requester::{call_all, call_direct, call_single, discover, scope_of};
@@ -59,7 +59,7 @@ struct Cli {
 
 #[derive(ClapArgs, Debug, Clone)]
 struct ConnArgs {
-    /// Server `host:port` (plain c2s; loopback or a trusted network).
+    /// Server `host:port` (plain c2s on loopback, or see `--tls starttls`).
     #[arg(long, env = "VERTEBRA_SERVER", global = true)]
     server: Option<String>,
     /// Log in as this full JID.
@@ -68,6 +68,12 @@ struct ConnArgs {
     /// Password (prefer the environment variable).
     #[arg(long, env = "VERTEBRA_PASSWORD", global = true, hide_env_values = true)]
     password: Option<String>,
+    /// Transport security: `plain` (loopback) or `starttls`.
+    #[arg(long, value_name = "MODE", default_value = "plain", global = true)]
+    tls: String,
+    /// CA certificates (PEM) to trust with `--tls starttls` (default: the system bundle).
+    #[arg(long, value_name = "PATH", global = true)]
+    ca_file: Option<std::path::PathBuf>,
     /// Dispatcher full JID.
     #[arg(long, env = "VERTEBRA_DISPATCHER", global = true)]
     dispatcher: Option<String>,
@@ -152,7 +158,9 @@ async fn connect(c: &ConnArgs) -> Result<(Node, Jid), ExitCode> {
         Some(d) => parse_full_jid("--dispatcher", d).map_err(|e| fail(exit::USAGE, e))?,
         None => default_dispatcher(jid.domain().as_str()).map_err(|e| fail(exit::USAGE, e))?,
     };
-    let mut cfg = NodeConfig::new(ConnectOptions::new(server.clone(), Jid::from(jid), pw));
+    let tls = tls_from_options(&c.tls, c.ca_file.as_deref()).map_err(|e| fail(exit::USAGE, e))?;
+    let mut cfg =
+        NodeConfig::new(ConnectOptions::new(server.clone(), Jid::from(jid), pw).with_tls(tls));
     cfg.serve = false;
     let node = Node::start(cfg);
     if let Err(e) = node.wait_online(Duration::from_secs(10)).await {
