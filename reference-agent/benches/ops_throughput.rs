@@ -3,6 +3,9 @@
 //! same concurrency. Also reports the 4-round-trip form (separate ack and data).
 //!
 //! `cargo bench -p vertebra-reference-agent --bench ops_throughput`
+//!
+//! `BENCH_DUMP_WIRE=1` also prints, after the warm-up, every stanza the server sees for one
+//! fast-path op and one ping (the fast path is 4 stanzas: op, op result, final, its result).
 
 use std::time::{Duration, Instant};
 
@@ -111,6 +114,18 @@ fn main() {
         // warm-up (fills the authorization cache, so the fast path applies)
         ops(&req, &to, "/bench/echo", 200).await;
         pings(&req, &to, 200).await;
+        if std::env::var("BENCH_DUMP_WIRE").is_ok_and(|v| v == "1") {
+            // What one op and one ping put on the wire (after warm-up).
+            let trace = bus.server.trace();
+            trace.set_enabled(true);
+            trace.clear();
+            ops(&req, &to, "/bench/echo", 1).await;
+            pings(&req, &to, 1).await;
+            for e in trace.drain() {
+                println!("{:?} {}", e.direction, e.xml);
+            }
+            trace.set_enabled(false);
+        }
         let n = 20_000;
         let iq = pings(&req, &to, n).await;
         let fast = ops(&req, &to, "/bench/echo", n).await;
