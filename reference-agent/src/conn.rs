@@ -242,7 +242,8 @@ pub enum Incoming {
     /// A message stanza.
     Message(Message),
     /// The session was lost (the connection broke); a new one is being negotiated. Stanzas
-    /// queued before this are dropped, not sent on the next session.
+    /// queued before this, and stanzas sent from now until the next [`Incoming::Online`], are
+    /// dropped: nothing produced for the lost session reaches the next one ([VAP-OPS-081]).
     Suspended,
     /// The stream is (again) bound; `resumed` = stream management resumed without loss.
     Online {
@@ -429,6 +430,133 @@ async fn login_once(
     })
 }
 
+/// One tokio-xmpp stream for one XMPP session. Its connector logs in once (retrying with
+/// back-off until it succeeds); when that session is lost, the driver retires the whole stream
+/// and starts a fresh one. tokio-xmpp keeps the stanzas still in its transmit queue across a
+/// reconnect and writes them on the next session; a fresh stream per session guarantees that
+/// nothing queued on a lost session is ever sent on the next one ([VAP-OPS-081]).
+fn new_stream(opts: &ConnectOptions, shared: &Arc<Shared>) -> StanzaStream {
+    let logged_in = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let connector = DnsConfig::addr(&opts.server);
+    let sh = shared.clone();
+    let o = opts.clone();
+    let reconnector = Box::new(
+        move |_loc: Option<String>, mut slot: oneshot::Sender<Connection>| {
+            if logged_in.swap(true, Ordering::AcqRel) {
+                // The session of this stream was lost and the driver has replaced the stream:
+                // let the old worker end (see `retire`).
+                tokio::spawn(retire(slot, o.jid.clone()));
+                return;
+            }
+            let connector = connector.clone();
+            let o = o.clone();
+            let sh = sh.clone();
+            tokio::spawn(async move {
+                let mut delay = o.backoff_initial;
+                loop {
+                    if sh.no_reconnect.load(Ordering::Relaxed) {
+                        // Stay down (a "crashed" node); dropping the slot would make
+                        // tokio-xmpp's worker panic, so hold it until the stream ends.
+                        slot.closed().await;
+                        return;
+                    }
+                    match login_once(&connector, &o.jid, &o.password, o.timeouts, &o.tls).await {
+                        Ok(conn) => {
+                            let _ = slot.send(conn);
+                            return;
+                        }
+                        Err(e) => {
+                            let msg = e.to_string();
+                            if *sh.last_error.lock().unwrap() != msg {
+                                log::warn!("connect as {} to {} failed: {msg}", o.jid, o.server);
+                            }
+                            match e {
+                                LoginError::Xmpp(tokio_xmpp::Error::Auth(_)) => {
+                                    sh.auth_failed.store(true, Ordering::Relaxed)
+                                }
+                                LoginError::Tls(_) => sh.tls_failed.store(true, Ordering::Relaxed),
+                                LoginError::Xmpp(_) => {}
+                            }
+                            *sh.last_error.lock().unwrap() = msg;
+                            if slot.is_closed() {
+                                return;
+                            }
+                            tokio::time::sleep(delay).await;
+                            delay = (delay * 2).min(o.backoff_max);
+                        }
+                    }
+                }
+            });
+        },
+    );
+    StanzaStream::new(reconnector, 256)
+}
+
+/// End the worker of a retired stream. tokio-xmpp's worker panics when its connector drops the
+/// slot and waits forever when the slot is never filled; it ends cleanly when it gets a
+/// connection that breaks at once and finds its owner gone. So hand it an in-memory stream whose
+/// peer hangs up right after the stream features.
+async fn retire(mut slot: oneshot::Sender<Connection>, identity: Jid) {
+    match dead_connection(identity).await {
+        Ok(c) => {
+            let _ = slot.send(c);
+        }
+        Err(e) => {
+            log::debug!("retiring a lost stream: {e}");
+            slot.closed().await;
+        }
+    }
+}
+
+async fn dead_connection(identity: Jid) -> std::io::Result<Connection> {
+    use tokio_xmpp::parsers::{bind::BindFeature, stream_features::StreamFeatures};
+    let (near, far) = tokio::io::duplex(4096);
+    let header = || StreamHeader {
+        to: None,
+        from: None,
+        id: None,
+    };
+    let peer = async move {
+        let accepted = tokio_xmpp::xmlstream::accept_stream(
+            tokio::io::BufStream::new(far),
+            ns::JABBER_CLIENT,
+            Timeouts::tight(),
+        )
+        .await?;
+        let features = StreamFeatures {
+            bind: Some(BindFeature { required: true }),
+            ..StreamFeatures::default()
+        };
+        let pending = accepted.send_header(header()).await?;
+        // Dropped right away: the worker's first write or read fails.
+        let _: tokio_xmpp::xmlstream::XmppStream<_> = pending.send_features(&features).await?;
+        Ok::<(), std::io::Error>(())
+    };
+    let near = async move {
+        let pending = initiate_stream(
+            tokio::io::BufStream::new(near),
+            ns::JABBER_CLIENT,
+            header(),
+            Timeouts::tight(),
+        )
+        .await?;
+        pending
+            .recv_features()
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    };
+    let (p, n) = tokio::time::timeout(Duration::from_secs(5), async { tokio::join!(peer, near) })
+        .await
+        .map_err(|_| std::io::Error::other("timed out"))?;
+    p?;
+    let (features, stream) = n?;
+    Ok(Connection {
+        stream: stream.box_stream(),
+        features,
+        identity,
+    })
+}
+
 impl Conn {
     /// Start a session. Returns at once; the session connects in the background (use
     /// [`Conn::wait_online`]). Must be called inside a tokio runtime.
@@ -449,64 +577,11 @@ impl Conn {
             no_reconnect: std::sync::atomic::AtomicBool::new(false),
             generation: AtomicU64::new(0),
         });
-        let connector = DnsConfig::addr(&opts.server);
-        let sh = shared.clone();
-        let o = opts.clone();
-        let reconnector = Box::new(
-            move |_loc: Option<String>, mut slot: oneshot::Sender<Connection>| {
-                let connector = connector.clone();
-                let o = o.clone();
-                let sh = sh.clone();
-                tokio::spawn(async move {
-                    let mut delay = o.backoff_initial;
-                    loop {
-                        if sh.no_reconnect.load(Ordering::Relaxed) {
-                            // Stay down (a "crashed" node); dropping the slot would make
-                            // tokio-xmpp's worker panic, so hold it until the stream ends.
-                            slot.closed().await;
-                            return;
-                        }
-                        match login_once(&connector, &o.jid, &o.password, o.timeouts, &o.tls).await
-                        {
-                            Ok(conn) => {
-                                let _ = slot.send(conn);
-                                return;
-                            }
-                            Err(e) => {
-                                let msg = e.to_string();
-                                if *sh.last_error.lock().unwrap() != msg {
-                                    log::warn!(
-                                        "connect as {} to {} failed: {msg}",
-                                        o.jid,
-                                        o.server
-                                    );
-                                }
-                                match e {
-                                    LoginError::Xmpp(tokio_xmpp::Error::Auth(_)) => {
-                                        sh.auth_failed.store(true, Ordering::Relaxed)
-                                    }
-                                    LoginError::Tls(_) => {
-                                        sh.tls_failed.store(true, Ordering::Relaxed)
-                                    }
-                                    LoginError::Xmpp(_) => {}
-                                }
-                                *sh.last_error.lock().unwrap() = msg;
-                                if slot.is_closed() {
-                                    return;
-                                }
-                                tokio::time::sleep(delay).await;
-                                delay = (delay * 2).min(o.backoff_max);
-                            }
-                        }
-                    }
-                });
-            },
-        );
-        let stream = StanzaStream::new(reconnector, 256);
+        let stream = new_stream(&opts, &shared);
         let (tx, rx) = mpsc::unbounded_channel();
         let (in_tx, in_rx) = mpsc::unbounded_channel();
         let (state_tx, state_rx) = watch::channel(ConnState::Connecting);
-        tokio::spawn(drive(stream, rx, in_tx, state_tx, shared.clone()));
+        tokio::spawn(drive(opts, stream, rx, in_tx, state_tx, shared.clone()));
         (
             Conn {
                 tx,
@@ -736,6 +811,7 @@ fn is_reply_from(expected: &Jid, from: &Option<Jid>, bound: Option<&FullJid>) ->
 }
 
 async fn drive(
+    opts: ConnectOptions,
     mut stream: StanzaStream,
     mut cmds: mpsc::UnboundedReceiver<Cmd>,
     incoming: mpsc::UnboundedSender<Incoming>,
@@ -743,6 +819,10 @@ async fn drive(
     shared: Arc<Shared>,
 ) {
     let mut bound: Option<FullJid> = None;
+    // Between a lost session and the next bind, every stanza is dropped: the owner may still be
+    // finishing work of the lost session (it learns of the loss through `Incoming::Suspended`,
+    // later than this task).
+    let mut between_sessions = false;
     loop {
         tokio::select! {
             biased;
@@ -757,6 +837,7 @@ async fn drive(
                             let _ = p.tx.send(Err(ConnError::Reset(id)));
                         }
                         let Ok(full) = bound_jid.clone().try_into_full() else { continue };
+                        between_sessions = false;
                         bound = Some(full.clone());
                         *shared.last_error.lock().unwrap() = String::new();
                         shared.auth_failed.store(false, Ordering::Relaxed);
@@ -771,8 +852,15 @@ async fn drive(
                     }
                     StreamEvent::Stream(SE::Suspended) => {
                         shared.generation.fetch_add(1, Ordering::AcqRel);
+                        between_sessions = true;
                         let _ = state.send(ConnState::Connecting);
                         let _ = incoming.send(Incoming::Suspended);
+                        // A fresh stream for the next session; the old one takes what is
+                        // still in its transmit queue with it ([VAP-OPS-081]).
+                        let old = std::mem::replace(&mut stream, new_stream(&opts, &shared));
+                        tokio::spawn(async move {
+                            let _ = tokio::time::timeout(Duration::from_secs(10), old.close()).await;
+                        });
                     }
                     StreamEvent::Stanza(st) => {
                         handle_stanza(st, &mut stream, &incoming, &shared, bound.as_ref()).await;
@@ -782,10 +870,10 @@ async fn drive(
             cmd = cmds.recv() => {
                 match cmd {
                     Some(Cmd::Send(st, generation)) => {
-                        if generation == shared.generation.load(Ordering::Acquire) {
+                        if !between_sessions && generation == shared.generation.load(Ordering::Acquire) {
                             let _ = stream.send(st).await;
                         } else {
-                            log::debug!("stanza queued on a lost session dropped");
+                            log::debug!("stanza of a lost session dropped");
                         }
                     }
                     Some(Cmd::Close(ack)) => {

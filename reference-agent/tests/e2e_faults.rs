@@ -240,6 +240,17 @@ async fn connection_cut_mid_op_no_silent_loss_no_rerun() {
 /// error), while the requester got a terminal outcome at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_session_does_not_continue_the_op() {
+    lost_session_mid_stream(1, 50).await;
+}
+
+/// [VAP-OPS-081] with a wide window: the agent has many data stanzas queued for sending when
+/// the server cuts it; none of them may reach the wire on its next session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_session_drops_what_was_queued_for_it() {
+    lost_session_mid_stream(64, 4000).await;
+}
+
+async fn lost_session_mid_stream(window: u8, count: i32) {
     let (bus, a, ja) = setup().await;
     let req = bus.requester("req").await;
     let server = bus.server.embedded().unwrap();
@@ -259,10 +270,10 @@ async fn lost_session_does_not_continue_the_op() {
         .call_collect(
             Jid::from(ja.clone()),
             test_ops::STREAM,
-            Args::new().with("count", Value::I4(50)),
+            Args::new().with("count", Value::I4(count)),
             CallOptions {
                 timeout: Duration::from_millis(1500),
-                window: Some(1),
+                window: Some(window),
                 ..Default::default()
             },
         )
