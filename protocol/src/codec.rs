@@ -1,15 +1,15 @@
 //! The byte codec: Vertebra payloads straight from and to XML bytes, without building a
 //! `minidom` tree.
 //!
-//! **Decoding** reads quick-xml events ([`quick_xml::Reader`]: its tokenizer and entity
-//! handling) and builds the typed structs directly, with the same
+//! **Decoding** tokenizes the bytes itself (a small tokenizer for the subset below: one UTF-8
+//! validation of the whole input, borrowed slices, no per-event allocation) and builds the
+//! typed structs directly, with the same
 //! attribute functions, value parsers and limits as the tree decoder
 //! ([`VertebraPayload::from_element`] on [`crate::xml::parse_element`]).
 //!
-//! The tree decoder (rxml + minidom) is the reference: it is a strict XML 1.0 parser, while
-//! quick-xml is lenient in places (it does not check name characters, `<` in attribute values,
-//! whitespace between attributes, `]]>` in text, …). So the streaming decoder only *accepts*
-//! documents inside a conservative subset where both parsers provably see the same document:
+//! The tree decoder (rxml + minidom) is the reference: it is a strict XML 1.0 parser. So the
+//! streaming decoder only *accepts* documents inside a conservative subset where it provably
+//! reads the same document as rxml:
 //! unprefixed element and attribute names of ASCII name characters, every element bound to
 //! [`NS`] by a default `xmlns` (declared on the root; any other `xmlns` is exactly [`NS`]), the
 //! root element first (no byte order mark, whitespace or
@@ -34,9 +34,6 @@
 
 use std::borrow::Cow;
 use std::io::Write as _;
-
-use quick_xml::events::Event;
-use quick_xml::Reader;
 
 use crate::error::DecodeError;
 use crate::resource::Resource;
@@ -339,9 +336,12 @@ enum Ev<'i> {
 }
 
 struct Rd<'i> {
-    r: Reader<&'i [u8]>,
+    /// The whole input, validated as UTF-8 once.
     input: &'i str,
-    depth: usize,
+    /// Read position (always at an ASCII byte boundary: `<`, `&` or just after `>` / `;`).
+    pos: usize,
+    /// Names of the open elements (end tags must match).
+    open: Vec<&'i str>,
     attrs: Vec<(&'i str, Cow<'i, str>)>,
 }
 
@@ -386,24 +386,20 @@ fn is_xml_char(c: char) -> bool {
 
 impl<'i> Rd<'i> {
     fn new(bytes: &'i [u8]) -> Option<Self> {
-        // The document must start with its root element: quick-xml silently skips a byte order
-        // mark, which rxml rejects (found by the equivalence tests).
+        // The document must start with its root element (no byte order mark, whitespace or
+        // declaration before it: rxml rejects a byte order mark).
         if bytes.len() > MAX_XML_BYTES || bytes.first() != Some(&b'<') {
             return None;
         }
+        // The only UTF-8 validation: every slice handed out below starts and ends at an ASCII
+        // byte, so it is valid UTF-8 as well.
         let input = std::str::from_utf8(bytes).ok()?;
         Some(Rd {
-            r: Reader::from_str(input),
             input,
-            depth: 0,
+            pos: 0,
+            open: Vec::with_capacity(8),
             attrs: Vec::with_capacity(8),
         })
-    }
-
-    /// `part` as a sub-slice of the input (events borrow from it).
-    fn reslice(&self, part: &str) -> Option<&'i str> {
-        let start = (part.as_ptr() as usize).checked_sub(self.input.as_ptr() as usize)?;
-        self.input.get(start..start.checked_add(part.len())?)
     }
 
     fn view(&self, name: &'i str) -> View<'_, 'i> {
@@ -420,88 +416,110 @@ impl<'i> Rd<'i> {
             .map(|(_, v)| v.as_ref())
     }
 
-    /// The next event of the subset; `None` for anything outside it (or any error).
+    /// `input[a..b]` (never panics; `None` off a character boundary, which cannot happen for the
+    /// ASCII-delimited ranges used here).
+    fn slice(&self, a: usize, b: usize) -> Option<&'i str> {
+        self.input.get(a..b)
+    }
+
+    /// The next event of the subset; `None` for anything outside it (or any error, or the end of
+    /// the input).
+    ///
+    /// A small tokenizer for the subset only (no comments, CDATA, processing instructions,
+    /// declarations, prefixes): `<name (S attr S? = S? quoted)* S? (/>|>)`, `</name S? >`, text
+    /// and references. Namespaces without a resolver: the subset has no prefixed names, so an
+    /// element's namespace is the nearest default `xmlns`. The root must declare NS and any other
+    /// declaration must be NS exactly, so by induction every element is bound to NS.
     fn next(&mut self) -> Option<Ev<'i>> {
-        // Namespaces without a resolver: the subset has no prefixed names (`simple` below), so an
-        // element's namespace is the nearest default `xmlns`. The root must declare NS and any
-        // other declaration must be NS exactly, so by induction every element is bound to NS —
-        // what quick-xml's `NsReader` would resolve, without its per-event bookkeeping.
-        let ev = self.r.read_event().ok()?;
-        let (e, empty) = match ev {
-            Event::Start(e) => (e, false),
-            Event::Empty(e) => (e, true),
-            Event::End(_) => {
-                self.depth = self.depth.checked_sub(1)?;
-                return Some(Ev::Close);
-            }
-            Event::Text(t) => {
-                let Cow::Borrowed(t) = t.into_inner() else {
-                    return None;
-                };
-                // CR is normalized by XML parsers; `]]>` is not allowed in text.
-                if !text_ok(t.as_bytes()) {
-                    return None;
+        let b = self.input.as_bytes();
+        let p = self.pos;
+        match *b.get(p)? {
+            b'<' => {
+                if b.get(p + 1) == Some(&b'/') {
+                    self.end_tag(p + 2)
+                } else {
+                    self.start_tag(p + 1)
                 }
-                return Some(Ev::Text(t));
             }
-            Event::GeneralRef(r) => {
-                let c = match &*r {
-                    "lt" => '<',
-                    "gt" => '>',
-                    "amp" => '&',
-                    "apos" => '\'',
-                    "quot" => '"',
-                    other => {
-                        // `&#x` hex `;` or `&#` decimal `;`, short forms only.
-                        let digits_ok = match other.strip_prefix("#x") {
-                            Some(h) => {
-                                (1..=6).contains(&h.len())
-                                    && h.bytes().all(|b| b.is_ascii_hexdigit())
-                            }
-                            None => other.strip_prefix('#').is_some_and(|d| {
-                                (1..=7).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit())
-                            }),
-                        };
-                        if !digits_ok {
-                            return None;
-                        }
-                        r.resolve_char_ref().ok()??
-                    }
-                };
-                if !is_xml_char(c) {
-                    return None;
-                }
-                return Some(Ev::Char(c));
+            b'&' => self.reference(p),
+            _ => {
+                // Literal text up to the next markup or reference. CR is normalized by XML
+                // parsers; `]]>` is not allowed in text; XML characters only.
+                let end = text_end(b, p)?;
+                self.pos = end;
+                Some(Ev::Text(self.slice(p, end)?))
             }
-            _ => return None,
-        };
-        if self.depth + 1 > MAX_XML_DEPTH {
+        }
+    }
+
+    /// `</name S? >` at `i` (just after `</`), matching the innermost open element.
+    fn end_tag(&mut self, i: usize) -> Option<Ev<'i>> {
+        let b = self.input.as_bytes();
+        let mut j = name_end(b, i);
+        let name = &b[i..j];
+        while b.get(j).is_some_and(|c| xml_space(*c)) {
+            j += 1;
+        }
+        if b.get(j) != Some(&b'>') || self.open.pop()?.as_bytes() != name {
             return None;
         }
-        let name = self.reslice(simple(e.name().as_ref())?)?;
+        self.pos = j + 1;
+        Some(Ev::Close)
+    }
+
+    /// A start tag at `i` (just after `<`); its attributes go to [`Rd::attrs`].
+    fn start_tag(&mut self, i: usize) -> Option<Ev<'i>> {
+        if self.open.len() + 1 > MAX_XML_DEPTH {
+            return None;
+        }
+        let b = self.input.as_bytes();
+        let mut j = name_end(b, i);
+        let name = simple(self.slice(i, j)?)?;
         self.attrs.clear();
-        let content: &str = &e;
-        let mut attributes = e.attributes();
-        // Duplicates are checked below against the (reused) attribute list instead of quick-xml's
-        // per-tag key list, which allocates for every element.
-        attributes.with_checks(false);
         let mut seen_xmlns = false;
-        for a in attributes {
-            let a = a.ok()?;
-            let Cow::Borrowed(raw) = a.value else {
-                return None;
-            };
-            // XML requires whitespace after an attribute value before the next attribute;
-            // quick-xml does not check it.
-            let end = (raw.as_ptr() as usize)
-                .checked_sub(content.as_ptr() as usize)?
-                .checked_add(raw.len())?;
-            match content.as_bytes().get(end + 1) {
-                None => {}
-                Some(b) if xml_space(*b) => {}
-                Some(_) => return None,
+        let empty = loop {
+            // Here: just after the name or after an attribute value's closing quote. XML
+            // requires whitespace before every attribute.
+            let gap = j;
+            while b.get(j).is_some_and(|c| xml_space(*c)) {
+                j += 1;
             }
-            let key = a.key.as_ref();
+            match *b.get(j)? {
+                b'>' => {
+                    j += 1;
+                    break false;
+                }
+                b'/' => {
+                    if b.get(j + 1) != Some(&b'>') {
+                        return None;
+                    }
+                    j += 2;
+                    break true;
+                }
+                _ if j == gap => return None,
+                _ => {}
+            }
+            let k = j;
+            j = name_end(b, j);
+            let key = self.slice(k, j)?;
+            while b.get(j).is_some_and(|c| xml_space(*c)) {
+                j += 1;
+            }
+            if b.get(j) != Some(&b'=') {
+                return None;
+            }
+            j += 1;
+            while b.get(j).is_some_and(|c| xml_space(*c)) {
+                j += 1;
+            }
+            let quote = *b.get(j)?;
+            if quote != b'\'' && quote != b'"' {
+                return None;
+            }
+            let vs = j + 1;
+            let (ve, amp) = attr_value_end(b, vs, quote)?;
+            j = ve + 1;
+            let raw = self.slice(vs, ve)?;
             if key == "xmlns" {
                 // The default namespace declaration: NS exactly (a reference in it, or any other
                 // namespace, is left to the tree decoder).
@@ -511,14 +529,12 @@ impl<'i> Rd<'i> {
                 seen_xmlns = true;
                 continue;
             }
-            let key = self.reslice(simple(key)?)?;
+            let key = simple(key)?;
             // A duplicate attribute (the tree decoder keeps the last one), or more attributes
             // than a Vertebra element has: leave it to the tree decoder.
             if self.attrs.len() >= MAX_FAST_ATTRS || self.attrs.iter().any(|(k, _)| *k == key) {
                 return None;
             }
-            let raw = self.reslice(raw)?;
-            let amp = attr_value_ok(raw.as_bytes())?;
             if raw.len() > MAX_FAST_ATTR || (amp && !char_refs_ok(raw)) {
                 return None;
             }
@@ -533,15 +549,52 @@ impl<'i> Rd<'i> {
                 Cow::Borrowed(raw)
             };
             self.attrs.push((key, value));
-        }
+        };
         // The root has no parent to inherit NS from.
-        if self.depth == 0 && !seen_xmlns {
+        if self.open.is_empty() && !seen_xmlns {
             return None;
         }
         if !empty {
-            self.depth += 1;
+            self.open.push(name);
         }
+        self.pos = j;
         Some(Ev::Open { name, empty })
+    }
+
+    /// An entity or character reference at `p` (the `&`): the five predefined entities and
+    /// short character references (`&#x` 1–6 hex digits `;`, `&#` 1–7 decimal digits `;`) of XML
+    /// characters only.
+    fn reference(&mut self, p: usize) -> Option<Ev<'i>> {
+        let b = self.input.as_bytes();
+        // The longest accepted reference body is 8 bytes (`#x10FFFF`, `#0000065`).
+        let limit = b.len().min(p + 11);
+        let semi = p + 1 + b.get(p + 1..limit)?.iter().position(|&c| c == b';')?;
+        let body = self.slice(p + 1, semi)?;
+        let c = match body {
+            "lt" => '<',
+            "gt" => '>',
+            "amp" => '&',
+            "apos" => '\'',
+            "quot" => '"',
+            other => {
+                let (digits, radix, max) = match other.strip_prefix("#x") {
+                    Some(h) => (h, 16, 6),
+                    None => (other.strip_prefix('#')?, 10, 7),
+                };
+                if digits.is_empty()
+                    || digits.len() > max
+                    || !digits.bytes().all(|d| (d as char).is_digit(radix))
+                {
+                    return None;
+                }
+                char::from_u32(u32::from_str_radix(digits, radix).ok()?)?
+            }
+        };
+        if !is_xml_char(c) {
+            return None;
+        }
+        self.pos = semi + 1;
+        Some(Ev::Char(c))
     }
 
     /// The root element: `(name, empty)`.
@@ -868,51 +921,80 @@ fn plain8(w: u64, special: &[u8]) -> bool {
     w & HI8 == 0 && !below(w, 0x20) && special.iter().all(|&c| !below(w ^ (LO8 * u64::from(c)), 1))
 }
 
-/// Offset of the first 8-byte chunk of `b` that is not [`plain8`] (a multiple of 8), or the
-/// start of the tail shorter than 8 bytes.
-fn skip_plain(b: &[u8], special: &[u8]) -> usize {
-    let mut i = 0;
-    while let Some(chunk) = b.get(i..i + 8) {
-        let w = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
-        if !plain8(w, special) {
-            break;
+/// The 8 bytes at `i` when they are all there, as a little-endian word.
+fn word_at(b: &[u8], i: usize) -> Option<u64> {
+    let chunk: [u8; 8] = b.get(i..i.checked_add(8)?)?.try_into().ok()?;
+    Some(u64::from_le_bytes(chunk))
+}
+
+/// End of literal text starting at `start` (the offset of the next `<` or `&`, or the end of
+/// the input), when the tree decoder reads that text the same: XML characters only, no CR
+/// (normalized by XML parsers), no `]]>` (not allowed in text).
+fn text_end(b: &[u8], start: usize) -> Option<usize> {
+    let mut i = start;
+    loop {
+        // Chunks without control, non-ASCII, `]`, `<` or `&` bytes need no per-byte look; a
+        // `]]>` starts at a `]`, which puts its chunk on the per-byte path (the look-ahead reads
+        // on into the following bytes, which are text too: `]` and `>` do not end text).
+        while word_at(b, i).is_some_and(|w| plain8(w, b"]<&")) {
+            i += 8;
         }
-        i += 8;
+        let stop = b.len().min(i + 8);
+        if i >= stop {
+            return Some(b.len());
+        }
+        while i < stop {
+            match CLASS[b[i] as usize] {
+                LT | AMP => return Some(i),
+                CTRL | CR => return None,
+                RSQB if b.get(i + 1) == Some(&b']') && b.get(i + 2) == Some(&b'>') => return None,
+                NONCHAR if is_nonchar_at(b, i) => return None,
+                _ => {}
+            }
+            i += 1;
+        }
+    }
+}
+
+/// End of a quoted attribute value starting at `start` (the offset of the closing `quote`) and
+/// whether it holds a reference, when the tree decoder reads the raw value the same: XML
+/// characters only, no `<`, no TAB/LF/CR (attribute-value normalization).
+fn attr_value_end(b: &[u8], start: usize, quote: u8) -> Option<(usize, bool)> {
+    let mut i = start;
+    let mut amp = false;
+    loop {
+        while word_at(b, i).is_some_and(|w| plain8(w, &[quote, b'<', b'&'])) {
+            i += 8;
+        }
+        let stop = b.len().min(i + 8);
+        if i >= stop {
+            return None;
+        }
+        while i < stop {
+            let c = b[i];
+            if c == quote {
+                return Some((i, amp));
+            }
+            match CLASS[c as usize] {
+                CTRL | WS | CR | LT => return None,
+                NONCHAR if is_nonchar_at(b, i) => return None,
+                AMP => amp = true,
+                _ => {}
+            }
+            i += 1;
+        }
+    }
+}
+
+/// End of the run of ASCII name characters at `i` (checked further by [`simple`]).
+fn name_end(b: &[u8], mut i: usize) -> usize {
+    while b
+        .get(i)
+        .is_some_and(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+    {
+        i += 1;
     }
     i
-}
-
-/// Literal text the tree decoder reads the same: XML characters only, no CR (normalized by XML
-/// parsers), no `]]>` (not allowed in text).
-fn text_ok(b: &[u8]) -> bool {
-    // Chunks without control, non-ASCII or `]` bytes need no per-byte look; a `]]>` starts at a
-    // `]`, which puts its chunk on the per-byte path (the look-ahead reads the whole slice).
-    let start = skip_plain(b, b"]");
-    for (i, &c) in b.iter().enumerate().skip(start) {
-        match CLASS[c as usize] {
-            CTRL | CR => return false,
-            RSQB if b.get(i + 1) == Some(&b']') && b.get(i + 2) == Some(&b'>') => return false,
-            NONCHAR if is_nonchar_at(b, i) => return false,
-            _ => {}
-        }
-    }
-    true
-}
-
-/// A raw attribute value the tree decoder reads the same: XML characters only, no `<`, no
-/// TAB/LF/CR (attribute-value normalization). `Some(true)` when it holds a reference.
-fn attr_value_ok(b: &[u8]) -> Option<bool> {
-    let mut amp = false;
-    let start = skip_plain(b, b"<&");
-    for (i, &c) in b.iter().enumerate().skip(start) {
-        match CLASS[c as usize] {
-            CTRL | WS | CR | LT => return None,
-            NONCHAR if is_nonchar_at(b, i) => return None,
-            AMP => amp = true,
-            _ => {}
-        }
-    }
-    Some(amp)
 }
 
 /// Every character reference in a raw attribute value has the strict XML form
@@ -1148,19 +1230,26 @@ impl W<'_> {
 mod tests {
     use super::*;
 
-    /// The byte-at-a-time checks without the word-at-a-time skip.
-    fn text_ok_ref(b: &[u8]) -> bool {
-        b.iter().enumerate().all(|(i, &c)| match CLASS[c as usize] {
-            CTRL | CR => false,
-            RSQB => !(b.get(i + 1) == Some(&b']') && b.get(i + 2) == Some(&b'>')),
-            NONCHAR => !is_nonchar_at(b, i),
-            _ => true,
-        })
+    /// The byte-at-a-time scan without the word-at-a-time skip.
+    fn text_end_ref(b: &[u8], start: usize) -> Option<usize> {
+        for (i, &c) in b.iter().enumerate().skip(start) {
+            match CLASS[c as usize] {
+                LT | AMP => return Some(i),
+                CTRL | CR => return None,
+                RSQB if b.get(i + 1) == Some(&b']') && b.get(i + 2) == Some(&b'>') => return None,
+                NONCHAR if is_nonchar_at(b, i) => return None,
+                _ => {}
+            }
+        }
+        Some(b.len())
     }
 
-    fn attr_value_ok_ref(b: &[u8]) -> Option<bool> {
+    fn attr_value_end_ref(b: &[u8], start: usize, quote: u8) -> Option<(usize, bool)> {
         let mut amp = false;
-        for (i, &c) in b.iter().enumerate() {
+        for (i, &c) in b.iter().enumerate().skip(start) {
+            if c == quote {
+                return Some((i, amp));
+            }
             match CLASS[c as usize] {
                 CTRL | WS | CR | LT => return None,
                 NONCHAR if is_nonchar_at(b, i) => return None,
@@ -1168,7 +1257,7 @@ mod tests {
                 _ => {}
             }
         }
-        Some(amp)
+        None
     }
 
     #[test]
@@ -1188,6 +1277,8 @@ mod tests {
                 b"]]",
                 b"&amp;",
                 b"<",
+                b"'",
+                b"\"",
             ] {
                 let mut v = base.clone();
                 let end = (pos + ins.len()).min(v.len());
@@ -1199,15 +1290,31 @@ mod tests {
             cases.push(base[..len].to_vec());
         }
         for c in &cases {
-            assert_eq!(text_ok(c), text_ok_ref(c), "{c:?}");
-            assert_eq!(attr_value_ok(c), attr_value_ok_ref(c), "{c:?}");
+            for start in [0, 1, 3, 8] {
+                assert_eq!(text_end(c, start), text_end_ref(c, start), "{c:?}");
+                for q in [b'\'', b'"'] {
+                    assert_eq!(
+                        attr_value_end(c, start, q),
+                        attr_value_end_ref(c, start, q),
+                        "{c:?}"
+                    );
+                }
+            }
         }
         // The checks do reject: a control byte, `]]>` across a chunk boundary, a `<`.
-        assert!(!text_ok(b"abcdefg\x01"));
-        assert!(!text_ok(b"abcdef]]>xyz"));
-        assert!(text_ok(b"abcdef]]xyz"));
-        assert_eq!(attr_value_ok(b"abcdefgh<"), None);
-        assert_eq!(attr_value_ok(b"abcdefgh&amp;"), Some(true));
-        assert_eq!(attr_value_ok(b"abcdefghijkl"), Some(false));
+        assert_eq!(text_end(b"abcdefg\x01", 0), None);
+        assert_eq!(text_end(b"abcdef]]>xyz", 0), None);
+        assert_eq!(text_end(b"abcdef]]xyz", 0), Some(11));
+        assert_eq!(text_end(b"abcdefghijk<l", 0), Some(11));
+        assert_eq!(attr_value_end(b"abcdefgh<'", 0, b'\''), None);
+        assert_eq!(
+            attr_value_end(b"abcdefgh&amp;'", 0, b'\''),
+            Some((13, true))
+        );
+        assert_eq!(
+            attr_value_end(b"abcdefghijkl'", 0, b'\''),
+            Some((12, false))
+        );
+        assert_eq!(attr_value_end(b"abcdefghijkl", 0, b'\''), None);
     }
 }
