@@ -33,7 +33,6 @@
 //! random values and mutated bytes) and fuzzed (`fuzz/fuzz_targets/codec_diff.rs`).
 
 use std::borrow::Cow;
-use std::io::Write as _;
 
 use crate::error::DecodeError;
 use crate::resource::Resource;
@@ -42,7 +41,7 @@ use crate::stanza::{
     Attrs, Cancel, Data, Final, Load, Nack, Op, OpDecodeError, OpError, OpResult, Version,
     VertebraPayload,
 };
-use crate::token::OpToken;
+use crate::token::{OpToken, RequestToken, Token};
 use crate::value::{
     decode_base64, encode_base64, format_double, parse_boolean, parse_double, parse_i4, Args,
     DateTime, Exception, NamedMode, Value, MAX_DEPTH,
@@ -55,8 +54,9 @@ use crate::NS;
 /// Longest raw attribute value the streaming decoder accepts (rxml refuses tokens longer than
 /// its `max_token_length`, 8192 bytes by default; longer values go to the tree decoder).
 const MAX_FAST_ATTR: usize = 4096;
-/// Most attributes per element the streaming decoder accepts (its duplicate check is linear).
-const MAX_FAST_ATTRS: usize = 32;
+/// Most attributes per element the streaming decoder accepts (its duplicate check is linear;
+/// a Vertebra element has at most 7, `xmlns` included).
+const MAX_FAST_ATTRS: usize = 16;
 /// Longest element or attribute name the streaming decoder accepts.
 const MAX_FAST_NAME: usize = 256;
 
@@ -340,23 +340,46 @@ struct Rd<'i> {
     input: &'i str,
     /// Read position (always at an ASCII byte boundary: `<`, `&` or just after `>` / `;`).
     pos: usize,
-    /// Names of the open elements (end tags must match).
-    open: Vec<&'i str>,
-    attrs: Vec<(&'i str, Cow<'i, str>)>,
+    /// Names of the open elements (end tags must match): offset and length in `input`.
+    open: [(u32, u32); MAX_XML_DEPTH],
+    /// Number of open elements.
+    depth: usize,
+    /// Attributes of the element last opened (the first `nattrs`; no heap allocation).
+    attrs: [(&'i str, AttrValue<'i>); MAX_FAST_ATTRS],
+    nattrs: usize,
+    /// Values of attributes with references, unescaped (rare: allocated only when used).
+    unescaped: Vec<String>,
+}
+
+/// An attribute value: the raw text (no references) or an index into [`Rd::unescaped`].
+#[derive(Clone, Copy)]
+enum AttrValue<'i> {
+    Raw(&'i str),
+    Unescaped(usize),
 }
 
 /// Attributes of the element last opened, seen through the shared [`Attrs`] rules.
 struct View<'a, 'i> {
     name: &'i str,
-    attrs: &'a [(&'i str, Cow<'i, str>)],
+    attrs: &'a [(&'i str, AttrValue<'i>)],
+    unescaped: &'a [String],
+}
+
+/// The value of attribute `name`.
+fn find_attr<'a>(
+    attrs: &'a [(&str, AttrValue<'a>)],
+    unescaped: &'a [String],
+    name: &str,
+) -> Option<&'a str> {
+    match attrs.iter().find(|(k, _)| *k == name)?.1 {
+        AttrValue::Raw(v) => Some(v),
+        AttrValue::Unescaped(i) => unescaped.get(i).map(String::as_str),
+    }
 }
 
 impl Attrs for View<'_, '_> {
     fn attr<'a>(&'a self, name: &'a str) -> Option<&'a str> {
-        self.attrs
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.as_ref())
+        find_attr(self.attrs, self.unescaped, name)
     }
     fn el_name(&self) -> &str {
         self.name
@@ -397,23 +420,24 @@ impl<'i> Rd<'i> {
         Some(Rd {
             input,
             pos: 0,
-            open: Vec::with_capacity(8),
-            attrs: Vec::with_capacity(8),
+            open: [(0, 0); MAX_XML_DEPTH],
+            depth: 0,
+            attrs: [("", AttrValue::Raw("")); MAX_FAST_ATTRS],
+            nattrs: 0,
+            unescaped: Vec::new(),
         })
     }
 
     fn view(&self, name: &'i str) -> View<'_, 'i> {
         View {
             name,
-            attrs: &self.attrs,
+            attrs: &self.attrs[..self.nattrs],
+            unescaped: &self.unescaped,
         }
     }
 
     fn attr(&self, name: &str) -> Option<&str> {
-        self.attrs
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.as_ref())
+        find_attr(&self.attrs[..self.nattrs], &self.unescaped, name)
     }
 
     /// `input[a..b]` (never panics; `None` off a character boundary, which cannot happen for the
@@ -460,7 +484,13 @@ impl<'i> Rd<'i> {
         while b.get(j).is_some_and(|c| xml_space(*c)) {
             j += 1;
         }
-        if b.get(j) != Some(&b'>') || self.open.pop()?.as_bytes() != name {
+        if b.get(j) != Some(&b'>') {
+            return None;
+        }
+        self.depth = self.depth.checked_sub(1)?;
+        let (start, len) = *self.open.get(self.depth)?;
+        let (start, len) = (start as usize, len as usize);
+        if b.get(start..start + len)? != name {
             return None;
         }
         self.pos = j + 1;
@@ -469,13 +499,14 @@ impl<'i> Rd<'i> {
 
     /// A start tag at `i` (just after `<`); its attributes go to [`Rd::attrs`].
     fn start_tag(&mut self, i: usize) -> Option<Ev<'i>> {
-        if self.open.len() + 1 > MAX_XML_DEPTH {
+        if self.depth + 1 > MAX_XML_DEPTH {
             return None;
         }
         let b = self.input.as_bytes();
         let mut j = name_end(b, i);
         let name = simple(self.slice(i, j)?)?;
-        self.attrs.clear();
+        self.nattrs = 0;
+        self.unescaped.clear();
         let mut seen_xmlns = false;
         let empty = loop {
             // Here: just after the name or after an attribute value's closing quote. XML
@@ -517,22 +548,26 @@ impl<'i> Rd<'i> {
                 return None;
             }
             let vs = j + 1;
-            let (ve, amp) = attr_value_end(b, vs, quote)?;
-            j = ve + 1;
-            let raw = self.slice(vs, ve)?;
             if key == "xmlns" {
                 // The default namespace declaration: NS exactly (a reference in it, or any other
                 // namespace, is left to the tree decoder).
-                if seen_xmlns || raw != NS {
+                let ve = vs + NS.len();
+                if seen_xmlns || b.get(vs..ve) != Some(NS.as_bytes()) || b.get(ve) != Some(&quote) {
                     return None;
                 }
                 seen_xmlns = true;
+                j = ve + 1;
                 continue;
             }
+            let (ve, amp) = attr_value_end(b, vs, quote)?;
+            j = ve + 1;
+            let raw = self.slice(vs, ve)?;
             let key = simple(key)?;
             // A duplicate attribute (the tree decoder keeps the last one), or more attributes
             // than a Vertebra element has: leave it to the tree decoder.
-            if self.attrs.len() >= MAX_FAST_ATTRS || self.attrs.iter().any(|(k, _)| *k == key) {
+            if self.nattrs >= MAX_FAST_ATTRS
+                || self.attrs[..self.nattrs].iter().any(|(k, _)| *k == key)
+            {
                 return None;
             }
             if raw.len() > MAX_FAST_ATTR || (amp && !char_refs_ok(raw)) {
@@ -544,18 +579,22 @@ impl<'i> Rd<'i> {
                 if !is_xml_text(&v) {
                     return None;
                 }
-                Cow::Owned(v)
+                self.unescaped.push(v);
+                AttrValue::Unescaped(self.unescaped.len() - 1)
             } else {
-                Cow::Borrowed(raw)
+                AttrValue::Raw(raw)
             };
-            self.attrs.push((key, value));
+            *self.attrs.get_mut(self.nattrs)? = (key, value);
+            self.nattrs += 1;
         };
         // The root has no parent to inherit NS from.
-        if self.open.is_empty() && !seen_xmlns {
+        if self.depth == 0 && !seen_xmlns {
             return None;
         }
         if !empty {
-            self.open.push(name);
+            // `i` and the name's length are below MAX_XML_BYTES (checked in `new`).
+            *self.open.get_mut(self.depth)? = (i as u32, name.len() as u32);
+            self.depth += 1;
         }
         self.pos = j;
         Some(Ev::Open { name, empty })
@@ -986,12 +1025,21 @@ fn attr_value_end(b: &[u8], start: usize, quote: u8) -> Option<(usize, bool)> {
     }
 }
 
+/// ASCII letters, digits, `_`, `.`, `-`: the characters of a [`simple_name`].
+const NAME_CHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-';
+        c += 1;
+    }
+    t
+};
+
 /// End of the run of ASCII name characters at `i` (checked further by [`simple`]).
 fn name_end(b: &[u8], mut i: usize) -> usize {
-    while b
-        .get(i)
-        .is_some_and(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
-    {
+    while b.get(i).is_some_and(|c| NAME_CHAR[*c as usize]) {
         i += 1;
     }
     i
@@ -1014,9 +1062,13 @@ fn char_refs_ok(raw: &str) -> bool {
     })
 }
 
-/// `b` when it is a [`simple_name`].
+/// `b`, a run of name characters ([`name_end`]), when it is a [`simple_name`]: only the first
+/// character and the length are left to check.
 fn simple(b: &str) -> Option<&str> {
-    simple_name(b.as_bytes()).then_some(b)
+    let first = *b.as_bytes().first()?;
+    let ok = b.len() <= MAX_FAST_NAME && (first.is_ascii_alphabetic() || first == b'_');
+    debug_assert_eq!(ok, simple_name(b.as_bytes()));
+    ok.then_some(b)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1030,7 +1082,12 @@ struct W<'o> {
 fn escape_into(out: &mut Vec<u8>, s: &str, attribute: bool) -> Result<(), EncodeError> {
     let data = s.as_bytes();
     let mut last = 0;
-    for (i, &b) in data.iter().enumerate() {
+    // Whole chunks of printable ASCII without `"'<>&` need no look (most text is all such).
+    let mut start = 0;
+    while word_at(data, start).is_some_and(|w| plain8(w, b"\"'<>&")) {
+        start += 8;
+    }
+    for (i, &b) in data.iter().enumerate().skip(start) {
         if CLASS[b as usize] == OK || CLASS[b as usize] == RSQB {
             continue;
         }
@@ -1064,6 +1121,76 @@ fn escape_into(out: &mut Vec<u8>, s: &str, attribute: bool) -> Result<(), Encode
     Ok(())
 }
 
+/// Text written as is, without escaping and without `fmt` (numbers, hex tokens).
+trait Plain {
+    fn put(&self, out: &mut Vec<u8>);
+}
+
+/// Decimal digits of `v`, zero-padded to at least `width` (like `{:0width$}`).
+fn put_padded(out: &mut Vec<u8>, mut v: u64, width: usize) {
+    let mut buf = [b'0'; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    let i = i.min(buf.len().saturating_sub(width));
+    out.extend_from_slice(&buf[i..]);
+}
+
+impl Plain for u64 {
+    fn put(&self, out: &mut Vec<u8>) {
+        put_padded(out, *self, 1);
+    }
+}
+impl Plain for u32 {
+    fn put(&self, out: &mut Vec<u8>) {
+        put_padded(out, u64::from(*self), 1);
+    }
+}
+impl Plain for u8 {
+    fn put(&self, out: &mut Vec<u8>) {
+        put_padded(out, u64::from(*self), 1);
+    }
+}
+impl Plain for i32 {
+    fn put(&self, out: &mut Vec<u8>) {
+        if *self < 0 {
+            out.push(b'-');
+        }
+        put_padded(out, u64::from(self.unsigned_abs()), 1);
+    }
+}
+impl Plain for Token {
+    fn put(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.as_str().as_bytes());
+    }
+}
+impl Plain for OpToken {
+    fn put(&self, out: &mut Vec<u8>) {
+        self.requester.put(out);
+        out.push(b':');
+        self.responder.put(out);
+    }
+}
+impl Plain for RequestToken {
+    fn put(&self, out: &mut Vec<u8>) {
+        match self {
+            RequestToken::Single(t) => t.put(out),
+            RequestToken::Pair(p) => p.put(out),
+        }
+    }
+}
+impl<T: Plain + ?Sized> Plain for &T {
+    fn put(&self, out: &mut Vec<u8>) {
+        (**self).put(out);
+    }
+}
+
 impl W<'_> {
     fn open(&mut self, name: &str) {
         self.out.push(b'<');
@@ -1084,11 +1211,11 @@ impl W<'_> {
         Ok(())
     }
     /// An attribute whose text never needs escaping (numbers, hex tokens).
-    fn attr_num(&mut self, name: &str, v: impl std::fmt::Display) {
+    fn attr_num(&mut self, name: &str, v: impl Plain) {
         self.out.push(b' ');
         self.out.extend_from_slice(name.as_bytes());
         self.out.extend_from_slice(b"='");
-        let _ = write!(self.out, "{v}");
+        v.put(self.out);
         self.out.push(b'\'');
     }
     fn head_end(&mut self) {
@@ -1139,9 +1266,9 @@ impl W<'_> {
         self.close(tag);
         Ok(())
     }
-    fn num_body(&mut self, tag: &str, v: impl std::fmt::Display) {
+    fn num_body(&mut self, tag: &str, v: impl Plain) {
         self.head_end();
-        let _ = write!(self.out, "{v}");
+        v.put(self.out);
         self.close(tag);
     }
     fn value(&mut self, v: &Value, name: Option<&str>, root: bool) -> Result<(), EncodeError> {
@@ -1163,11 +1290,17 @@ impl W<'_> {
             Value::DateTime(d) => {
                 // The canonical wire form of `DateTime::to_wire`, written in place.
                 self.head_end();
-                let _ = write!(
-                    self.out,
-                    "{:04}{:02}{:02}T{:02}:{:02}:{:02}Z",
-                    d.year, d.month, d.day, d.hour, d.minute, d.second
-                );
+                let o = &mut *self.out;
+                put_padded(o, u64::from(d.year), 4);
+                put_padded(o, u64::from(d.month), 2);
+                put_padded(o, u64::from(d.day), 2);
+                o.push(b'T');
+                put_padded(o, u64::from(d.hour), 2);
+                o.push(b':');
+                put_padded(o, u64::from(d.minute), 2);
+                o.push(b':');
+                put_padded(o, u64::from(d.second), 2);
+                o.push(b'Z');
                 self.close(tag);
             }
             Value::Res(r) => self.text_body(tag, r.as_str())?,

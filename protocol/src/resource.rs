@@ -29,6 +29,14 @@ impl Resource {
 
     /// Parse and normalize a path (see the type docs for the grammar).
     pub fn parse(s: &str) -> Result<Self, DecodeError> {
+        match Self::parse_plain(s) {
+            Some(r) => Ok(r),
+            None => Self::parse_general(s),
+        }
+    }
+
+    /// [`Resource::parse`] by the rules as written.
+    fn parse_general(s: &str) -> Result<Self, DecodeError> {
         if s.len() > MAX_RESOURCE_BYTES {
             return Err(DecodeError::new(
                 Rule::BadResource,
@@ -78,6 +86,40 @@ impl Resource {
         path.push('/');
         path.push_str(body);
         Ok(Resource(path))
+    }
+
+    /// The common case of [`Resource::parse`] in one pass: a valid path of printable ASCII.
+    /// `None` for anything else (then the general rules decide, with their error messages).
+    /// In printable ASCII the only whitespace is the space and there is no control character,
+    /// so the rules reduce to: a leading `/`, no space at the end (before or after removing
+    /// one trailing `/`), no empty segment (no `//`).
+    fn parse_plain(s: &str) -> Option<Self> {
+        let b = s.as_bytes();
+        if b.len() > MAX_RESOURCE_BYTES || b.first() != Some(&b'/') {
+            return None;
+        }
+        let mut prev = 0u8;
+        for &c in b {
+            if !(0x20..0x7f).contains(&c) || (c == b'/' && prev == b'/') {
+                return None;
+            }
+            prev = c;
+        }
+        if b.len() == 1 {
+            return Some(Resource::root());
+        }
+        // Without one trailing `/` ([VAP-RES-003]); `//` is excluded above, so the body is not
+        // empty and has no empty segment.
+        let path = s.strip_suffix('/').unwrap_or(s);
+        if path.ends_with(' ') || s.ends_with(' ') {
+            return None;
+        }
+        Some(Resource(path.to_string()))
+    }
+
+    /// The path text, owned.
+    pub(crate) fn into_string(self) -> String {
+        self.0
     }
 
     /// The normalized path text.
@@ -246,6 +288,41 @@ impl FromIterator<KeyedResource> for ResourceScope {
     fn from_iter<T: IntoIterator<Item = KeyedResource>>(iter: T) -> Self {
         ResourceScope {
             entries: iter.into_iter().collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one-pass common case agrees with the rules as written, on every string of up to 6
+    /// characters from an alphabet of the interesting characters.
+    #[test]
+    fn plain_fast_path_matches_the_rules() {
+        let alphabet = ["/", "a", " ", "\t", "\u{7f}", "é", "\u{85}"];
+        let mut strings = vec![String::new()];
+        let mut all = Vec::new();
+        for _ in 0..6 {
+            let mut next = Vec::new();
+            for s in &strings {
+                for c in alphabet {
+                    next.push(format!("{s}{c}"));
+                }
+            }
+            all.extend(next.iter().cloned());
+            strings = next;
+        }
+        for s in &all {
+            let general = Resource::parse_general(s);
+            match Resource::parse_plain(s) {
+                Some(r) => assert_eq!(Some(&r), general.as_ref().ok(), "{s:?}"),
+                None => assert!(
+                    general.is_err() || !s.bytes().all(|c| (0x20..0x7f).contains(&c)),
+                    "{s:?}"
+                ),
+            }
+            assert_eq!(Resource::parse(s).ok(), general.ok(), "{s:?}");
         }
     }
 }

@@ -310,8 +310,7 @@ fn op_head_rest<A: Attrs + ?Sized>(el: &A, version: Version) -> Result<OpRest, D
         // [VAP-OPS-012]; legacy verbs are bad-value ([VAP-VER-011]).
         let op_type = Resource::parse(raw_type)
             .map_err(|e| DecodeError::new(Rule::BadAttribute, format!("op type: {}", e.detail)))?
-            .as_str()
-            .to_string();
+            .into_string();
         let timeout = match el.attr("timeout") {
             None if version == Version::V1_0 => {
                 return Err(DecodeError::new(
