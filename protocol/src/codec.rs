@@ -349,6 +349,47 @@ struct Rd<'i> {
     nattrs: usize,
     /// Values of attributes with references, unescaped (rare: allocated only when used).
     unescaped: Vec<String>,
+    scratch: Scratch,
+}
+
+/// Stacks on which the decoder collects the entries of structs (and `<op>`, `<data>`, …) and
+/// the items of lists while it reads them; a finished container moves its part into a vector of
+/// exactly the right size (one allocation per container instead of a growing vector's
+/// several). Kept per thread between decodes (emptied), so a decode allocates no scratch space
+/// of its own.
+#[derive(Default)]
+struct Scratch {
+    entries: Vec<(String, Value)>,
+    items: Vec<Value>,
+}
+
+/// Scratch stacks larger than this many elements are not kept for the next decode.
+const MAX_KEPT_SCRATCH: usize = 1024;
+
+thread_local! {
+    static SCRATCH: std::cell::Cell<Scratch> = const {
+        std::cell::Cell::new(Scratch {
+            entries: Vec::new(),
+            items: Vec::new(),
+        })
+    };
+}
+
+impl Drop for Rd<'_> {
+    fn drop(&mut self) {
+        let mut s = std::mem::take(&mut self.scratch);
+        // A decode that gave up part-way leaves values behind.
+        s.entries.clear();
+        s.items.clear();
+        if s.entries.capacity() > MAX_KEPT_SCRATCH {
+            s.entries = Vec::new();
+        }
+        if s.items.capacity() > MAX_KEPT_SCRATCH {
+            s.items = Vec::new();
+        }
+        // Fails only while the thread is being torn down; then the stacks are dropped.
+        let _ = SCRATCH.try_with(|c| c.set(s));
+    }
 }
 
 /// An attribute value: the raw text (no references) or an index into [`Rd::unescaped`].
@@ -425,6 +466,7 @@ impl<'i> Rd<'i> {
             attrs: [("", AttrValue::Raw("")); MAX_FAST_ATTRS],
             nattrs: 0,
             unescaped: Vec::new(),
+            scratch: SCRATCH.try_with(|c| c.take()).unwrap_or_default(),
         })
     }
 
@@ -701,14 +743,19 @@ impl<'i> Rd<'i> {
         depth: usize,
         mode: NamedMode,
     ) -> Option<(Args, Vec<Resource>)> {
-        let mut args = Args::new();
         let mut unnamed = Vec::new();
         if empty {
-            return Some((args, unnamed));
+            return Some((Args::new(), unnamed));
         }
+        // Entries collect on the shared stack (see `Scratch`), then move into a vector of
+        // exactly their number.
+        let base = self.scratch.entries.len();
         loop {
             let (name, empty) = match self.next()? {
-                Ev::Close => return Some((args, unnamed)),
+                Ev::Close => {
+                    let entries = self.scratch.entries.drain(base..).collect();
+                    return Some((Args::from_unique(entries), unnamed));
+                }
                 Ev::Open { name, empty } => (name, empty),
                 other => {
                     Self::container_gap(&other)?;
@@ -728,7 +775,12 @@ impl<'i> Rd<'i> {
                 }
                 (_, Some(n)) => {
                     let v = self.value(name, empty, depth)?;
-                    args.try_push(n, v).ok()?;
+                    // A duplicate name ([`Args::try_push`] fails on it).
+                    let entries = self.scratch.entries.get(base..)?;
+                    if entries.iter().any(|(k, _)| *k == n) {
+                        return None;
+                    }
+                    self.scratch.entries.push((n, v));
                 }
                 (NamedMode::Strict, None) => return None,
                 (NamedMode::Legacy, None) => {
@@ -766,19 +818,22 @@ impl<'i> Rd<'i> {
                 Value::Nil
             }
             "list" => {
-                let mut items = Vec::new();
+                // Items collect on the shared stack (see `Scratch`), then move into a vector
+                // of exactly their number.
+                let base = self.scratch.items.len();
                 if !empty {
                     loop {
                         match self.next()? {
                             Ev::Close => break,
                             Ev::Open { name, empty } => {
-                                items.push(self.value(name, empty, depth + 1)?)
+                                let v = self.value(name, empty, depth + 1)?;
+                                self.scratch.items.push(v);
                             }
                             other => Self::container_gap(&other)?,
                         }
                     }
                 }
-                Value::List(items)
+                Value::List(self.scratch.items.drain(base..).collect())
             }
             "struct" => Value::Struct(self.named(empty, depth + 1, NamedMode::Strict)?.0),
             "exception" => {

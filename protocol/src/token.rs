@@ -95,10 +95,13 @@ pub enum RequestToken {
 impl RequestToken {
     /// Parse a 1- or 2-segment token.
     pub fn parse(s: &str) -> Result<Self, DecodeError> {
-        let mut parts = s.split(':');
-        let first = parts.next().unwrap_or_default();
-        let second = parts.next();
-        if parts.next().is_some() {
+        // `split(':')` into at most two parts, in one pass over the bytes.
+        let b = s.as_bytes();
+        let (first, second) = match b.iter().position(|&c| c == b':') {
+            None => (s, None),
+            Some(i) => (s.get(..i).unwrap_or_default(), s.get(i + 1..)),
+        };
+        if second.is_some_and(|r| r.bytes().any(|c| c == b':')) {
             return Err(DecodeError::new(
                 Rule::TooManyTokenSegments,
                 format!("token {s:?} has more than two segments"),

@@ -108,6 +108,11 @@ impl Args {
         Ok(())
     }
 
+    /// From entries whose names are known to be unique (the streaming decoder checks them).
+    pub(crate) fn from_unique(entries: Vec<(String, Value)>) -> Self {
+        Args { entries }
+    }
+
     /// Value by name.
     pub fn get(&self, name: &str) -> Option<&Value> {
         self.entries.iter().find(|(n, _)| n == name).map(|(_, v)| v)
