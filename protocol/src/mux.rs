@@ -29,19 +29,90 @@ pub type CallId = u64;
 /// Handle of one incoming op in [`Responders`].
 pub type OpId = u64;
 
-type Key = (String, String);
+/// Routing index from a string key (one of our IQ ids, or an op token `T:S`) to the calls or
+/// ops that use it. The peer's JID is not part of the key: a lookup checks it against the
+/// machine (`from` must be its peer), so routing stays by (peer, key) while a step costs no
+/// JID or key copies. Keys are inserted once, when they appear, and removed when they stop
+/// being used, so the index holds only live keys.
+#[derive(Debug, Default)]
+struct Index(HashMap<String, Slot>);
 
-fn key(j: &Jid, s: &str) -> Key {
-    (j.to_string(), s.to_string())
+/// The handles sharing one key (almost always one: our IQ ids and tokens are unique, but a
+/// caller may reuse an id toward different peers).
+#[derive(Debug)]
+enum Slot {
+    One(u64),
+    Many(Vec<u64>),
+}
+
+impl Index {
+    fn insert(&mut self, k: &str, id: u64) {
+        match self.0.get_mut(k) {
+            None => {
+                self.0.insert(k.to_string(), Slot::One(id));
+            }
+            Some(Slot::One(o)) if *o == id => {}
+            Some(slot @ Slot::One(_)) => {
+                let Slot::One(o) = *slot else { unreachable!() };
+                *slot = Slot::Many(vec![o, id]);
+            }
+            Some(Slot::Many(v)) => {
+                if !v.contains(&id) {
+                    v.push(id);
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, k: &str, id: u64) {
+        let empty = match self.0.get_mut(k) {
+            None => return,
+            Some(Slot::One(o)) => *o == id,
+            Some(Slot::Many(v)) => {
+                v.retain(|x| *x != id);
+                v.is_empty()
+            }
+        };
+        if empty {
+            self.0.remove(k);
+        }
+    }
+
+    /// The handle under `k` that `accept`s (its machine's peer is the sender).
+    fn find(&self, k: &str, accept: impl Fn(u64) -> bool) -> Option<u64> {
+        match self.0.get(k)? {
+            Slot::One(o) => accept(*o).then_some(*o),
+            Slot::Many(v) => v.iter().copied().find(|x| accept(*x)),
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// One call with the index keys it put in [`Calls`].
+#[derive(Debug)]
+struct CallEntry {
+    r: Requester,
+    /// The op IQ id (indexed from the start until the call ends).
+    op_id: String,
+    /// The cancel IQ id, once indexed.
+    cancel_id: Option<String>,
+    /// The op token, once indexed.
+    token: Option<String>,
 }
 
 /// All outgoing calls of one entity.
 #[derive(Debug, Default)]
 pub struct Calls {
-    calls: HashMap<CallId, Requester>,
+    calls: HashMap<CallId, CallEntry>,
     next: CallId,
-    by_answer: HashMap<Key, CallId>,
-    by_token: HashMap<Key, CallId>,
+    /// Op and cancel IQ ids → call (routes IQ results and errors).
+    by_answer: Index,
+    /// Op token `T:S` → call (routes the responder's IQ sets, `[VAP-OPS-021]`).
+    by_token: Index,
     iq_timeout: Option<Millis>,
 }
 
@@ -53,25 +124,48 @@ impl Calls {
         Self::default()
     }
 
+    /// Index the keys the call acquired in its last step (a cancel IQ id, the op token).
     fn index(&mut self, id: CallId) {
-        let Some(r) = self.calls.get(&id) else { return };
-        if let Some(i) = r.op_iq_id() {
-            self.by_answer.insert(key(r.responder(), i), id);
+        let Some(e) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if e.cancel_id.is_none() {
+            if let Some(i) = e.r.cancel_iq_id() {
+                self.by_answer.insert(i, id);
+                e.cancel_id = Some(i.to_string());
+            }
         }
-        if let Some(i) = r.cancel_iq_id() {
-            self.by_answer.insert(key(r.responder(), i), id);
-        }
-        if let Some(t) = r.token() {
-            self.by_token.insert(key(r.responder(), &t.to_string()), id);
+        if e.token.is_none() {
+            if let Some(t) = e.r.token() {
+                let t = t.to_string();
+                self.by_token.insert(&t, id);
+                e.token = Some(t);
+            }
         }
     }
 
+    /// Drop a call that is over, with its index keys.
     fn reap(&mut self, id: CallId) {
-        if self.calls.get(&id).is_some_and(Requester::is_done) {
-            self.calls.remove(&id);
-            self.by_answer.retain(|_, v| *v != id);
-            self.by_token.retain(|_, v| *v != id);
+        if !self.calls.get(&id).is_some_and(|e| e.r.is_done()) {
+            return;
         }
+        let Some(e) = self.calls.remove(&id) else {
+            return;
+        };
+        self.by_answer.remove(&e.op_id, id);
+        if let Some(c) = &e.cancel_id {
+            self.by_answer.remove(c, id);
+        }
+        if let Some(t) = &e.token {
+            self.by_token.remove(t, id);
+        }
+    }
+
+    /// The call whose IQ `id` was sent to `from`.
+    fn answered(&self, from: &Jid, id: &str) -> Option<CallId> {
+        self.by_answer.find(id, |c| {
+            self.calls.get(&c).is_some_and(|e| e.r.responder() == from)
+        })
     }
 
     /// Use a per-IQ timeout other than the 10 s default for calls started from now on
@@ -89,17 +183,28 @@ impl Calls {
         now: Millis,
     ) -> Result<(CallId, CallOut), ProtocolError> {
         let t = self.iq_timeout.unwrap_or(crate::machine::IQ_TIMEOUT_MS);
+        let iq_id = iq_id.into();
+        let op_id = iq_id.clone();
         let (r, out) = Requester::start_with_iq_timeout(to, op, iq_id, now, t)?;
         self.next += 1;
         let id = self.next;
-        self.calls.insert(id, r);
+        self.by_answer.insert(&op_id, id);
+        self.calls.insert(
+            id,
+            CallEntry {
+                r,
+                op_id,
+                cancel_id: None,
+                token: None,
+            },
+        );
         self.index(id);
         Ok((id, out))
     }
 
     /// The call, while it runs.
     pub fn get(&self, id: CallId) -> Option<&Requester> {
-        self.calls.get(&id)
+        self.calls.get(&id).map(|e| &e.r)
     }
 
     /// Number of running calls.
@@ -115,7 +220,7 @@ impl Calls {
     /// Cancel a call (see [`Requester::cancel`]).
     pub fn cancel(&mut self, id: CallId, iq_id: impl Into<String>, now: Millis) -> CallOut {
         let out = match self.calls.get_mut(&id) {
-            Some(r) => r.cancel(iq_id, now),
+            Some(e) => e.r.cancel(iq_id, now),
             None => return Vec::new(),
         };
         self.index(id);
@@ -130,10 +235,11 @@ impl Calls {
         payload: Option<&Element>,
         now: Millis,
     ) -> Option<(CallId, CallOut)> {
-        let cid = *self.by_answer.get(&key(from, id))?;
+        let cid = self.answered(from, id)?;
         let out = self
             .calls
             .get_mut(&cid)?
+            .r
             .handle_iq_result(from, id, payload, now);
         self.index(cid);
         self.reap(cid);
@@ -148,10 +254,11 @@ impl Calls {
         error: &StanzaError,
         now: Millis,
     ) -> Option<(CallId, CallOut)> {
-        let cid = *self.by_answer.get(&key(from, id))?;
+        let cid = self.answered(from, id)?;
         let out = self
             .calls
             .get_mut(&cid)?
+            .r
             .handle_iq_error(from, id, error, now);
         self.reap(cid);
         Some((cid, out))
@@ -168,22 +275,25 @@ impl Calls {
         payload: &Element,
         now: Millis,
     ) -> (Option<CallId>, CallOut) {
-        let token = payload.attr("token").and_then(|t| OpToken::parse(t).ok());
-        let cid = token.as_ref().and_then(|t| {
+        // An indexed token is the exact text of a valid T:S ([`OpToken::parse`] keeps it as
+        // received), so the attribute is looked up as it is.
+        let cid = payload.attr("token").and_then(|t| {
             self.by_token
-                .get(&key(from, &t.to_string()))
-                .copied()
+                .find(t, |c| {
+                    self.calls.get(&c).is_some_and(|e| e.r.responder() == from)
+                })
                 .or_else(|| {
                     // Before the op result: a stanza whose token rotates a pending call's token.
+                    let t = OpToken::parse(t).ok()?;
                     self.calls
                         .iter()
-                        .find(|(_, r)| r.token().is_none() && r.owns_set(from, t))
+                        .find(|(_, e)| e.r.token().is_none() && e.r.owns_set(from, &t))
                         .map(|(c, _)| *c)
                 })
         });
         if let Some(cid) = cid {
-            if let Some(r) = self.calls.get_mut(&cid) {
-                let out = r.handle_iq_set(from, id, payload, now);
+            if let Some(e) = self.calls.get_mut(&cid) {
+                let out = e.r.handle_iq_set(from, id, payload, now);
                 self.index(cid);
                 self.reap(cid);
                 return (Some(cid), out);
@@ -211,7 +321,7 @@ impl Calls {
         reason: impl Into<String>,
     ) -> CallOut {
         let out = match self.calls.get_mut(&id) {
-            Some(r) => r.abandon(condition, reason),
+            Some(e) => e.r.abandon(condition, reason),
             None => return Vec::new(),
         };
         self.reap(id);
@@ -228,12 +338,12 @@ impl Calls {
         let ids: Vec<CallId> = self
             .calls
             .iter()
-            .filter(|(_, r)| r.responder() == from)
+            .filter(|(_, e)| e.r.responder() == from)
             .map(|(c, _)| *c)
             .collect();
         ids.into_iter()
             .filter_map(|c| {
-                let out = self.calls.get_mut(&c)?.handle_unavailable(from, now);
+                let out = self.calls.get_mut(&c)?.r.handle_unavailable(from, now);
                 self.reap(c);
                 Some((c, out))
             })
@@ -245,12 +355,12 @@ impl Calls {
         let due: Vec<CallId> = self
             .calls
             .iter()
-            .filter(|(_, r)| r.next_timeout().is_some_and(|t| t <= now))
+            .filter(|(_, e)| e.r.next_timeout().is_some_and(|t| t <= now))
             .map(|(c, _)| *c)
             .collect();
         due.into_iter()
             .filter_map(|c| {
-                let out = self.calls.get_mut(&c)?.handle_timeout(now);
+                let out = self.calls.get_mut(&c)?.r.handle_timeout(now);
                 self.index(c);
                 self.reap(c);
                 Some((c, out))
@@ -260,10 +370,7 @@ impl Calls {
 
     /// The earliest timer of all calls.
     pub fn next_timeout(&self) -> Option<Millis> {
-        self.calls
-            .values()
-            .filter_map(Requester::next_timeout)
-            .min()
+        self.calls.values().filter_map(|e| e.r.next_timeout()).min()
     }
 }
 
@@ -271,11 +378,23 @@ impl Calls {
 #[derive(Debug)]
 pub struct Responders {
     cfg: ResponderConfig,
-    ops: HashMap<OpId, Responder>,
+    ops: HashMap<OpId, OpEntry>,
     next: OpId,
-    by_answer: HashMap<Key, OpId>,
-    by_token: HashMap<Key, OpId>,
+    /// Ids of our pending IQ sets → op (routes their IQ results and errors).
+    by_answer: Index,
+    /// Op token `T:S` → op (routes cancels).
+    by_token: Index,
     dedup: DedupCache,
+}
+
+/// One incoming op with the index keys it put in [`Responders`].
+#[derive(Debug)]
+struct OpEntry {
+    r: Responder,
+    /// Indexed IQ ids of our IQ sets still pending.
+    answers: Vec<String>,
+    /// The op token, once indexed.
+    token: Option<String>,
 }
 
 type OpOut = Vec<Output<ResponderEvent>>;
@@ -287,35 +406,68 @@ impl Responders {
             cfg,
             ops: HashMap::new(),
             next: 0,
-            by_answer: HashMap::new(),
-            by_token: HashMap::new(),
+            by_answer: Index::default(),
+            by_token: Index::default(),
             dedup: DedupCache::new(dedup_capacity),
         }
     }
 
+    /// Index the keys the op acquired in its last step (the ids of IQ sets it sent, its
+    /// token) and drop those of IQ sets no longer pending.
     fn index(&mut self, id: OpId) {
-        let Some(r) = self.ops.get(&id) else { return };
-        let from = r.requester().clone();
-        let ids: Vec<String> = r.pending_ids().map(str::to_string).collect();
-        for i in ids {
-            self.by_answer.insert(key(&from, &i), id);
+        let Some(e) = self.ops.get_mut(&id) else {
+            return;
+        };
+        let by_answer = &mut self.by_answer;
+        let r = &e.r;
+        e.answers.retain(|a| {
+            let pending = r.owns_answer(r.requester(), a);
+            if !pending {
+                by_answer.remove(a, id);
+            }
+            pending
+        });
+        for p in r.pending_ids() {
+            if by_answer.find(p, |o| o == id).is_none() {
+                by_answer.insert(p, id);
+                e.answers.push(p.to_string());
+            }
         }
-        if let Some(t) = r.token() {
-            self.by_token.insert(key(&from, &t.to_string()), id);
+        if e.token.is_none() {
+            if let Some(t) = e.r.token() {
+                let t = t.to_string();
+                self.by_token.insert(&t, id);
+                e.token = Some(t);
+            }
         }
     }
 
+    /// Drop an op that is over, with its index keys.
     fn reap(&mut self, id: OpId) {
-        if self.ops.get(&id).is_some_and(Responder::is_done) {
-            self.ops.remove(&id);
-            self.by_answer.retain(|_, v| *v != id);
-            self.by_token.retain(|_, v| *v != id);
+        if !self.ops.get(&id).is_some_and(|e| e.r.is_done()) {
+            return;
         }
+        let Some(e) = self.ops.remove(&id) else {
+            return;
+        };
+        for a in &e.answers {
+            self.by_answer.remove(a, id);
+        }
+        if let Some(t) = &e.token {
+            self.by_token.remove(t, id);
+        }
+    }
+
+    /// The op whose IQ set `id` went to `from`.
+    fn answered(&self, from: &Jid, id: &str) -> Option<OpId> {
+        self.by_answer.find(id, |o| {
+            self.ops.get(&o).is_some_and(|e| e.r.requester() == from)
+        })
     }
 
     /// The op, while it runs.
     pub fn get(&self, id: OpId) -> Option<&Responder> {
-        self.ops.get(&id)
+        self.ops.get(&id).map(|e| &e.r)
     }
 
     /// Number of running ops.
@@ -357,7 +509,14 @@ impl Responders {
         self.dedup.remember(r.op_answer(), now);
         self.next += 1;
         let id = self.next;
-        self.ops.insert(id, r);
+        self.ops.insert(
+            id,
+            OpEntry {
+                r,
+                answers: Vec::new(),
+                token: None,
+            },
+        );
         self.index(id);
         self.reap(id);
         (Some(id), out)
@@ -381,14 +540,14 @@ impl Responders {
         if let Some(again) = self.dedup.lookup(from, id, now) {
             return (None, vec![Output::Send(again)]);
         }
-        let token = payload
-            .attr("token")
-            .map(str::to_string)
-            .unwrap_or_default();
-        let target = self.by_token.get(&key(from, &token)).copied();
-        let (oid, out) = match target.and_then(|t| self.ops.get_mut(&t).map(|r| (t, r))) {
-            Some((t, r)) => {
-                let out = r.handle_iq_set(from, id, payload, now);
+        let target = payload.attr("token").and_then(|t| {
+            self.by_token.find(t, |o| {
+                self.ops.get(&o).is_some_and(|e| e.r.requester() == from)
+            })
+        });
+        let (oid, out) = match target.and_then(|t| self.ops.get_mut(&t).map(|e| (t, e))) {
+            Some((t, e)) => {
+                let out = e.r.handle_iq_set(from, id, payload, now);
                 self.index(t);
                 self.reap(t);
                 (Some(t), out)
@@ -420,8 +579,8 @@ impl Responders {
 
     /// An IQ result answering one of our IQ sets.
     pub fn handle_iq_result(&mut self, from: &Jid, id: &str, now: Millis) -> Option<(OpId, OpOut)> {
-        let oid = *self.by_answer.get(&key(from, id))?;
-        let out = self.ops.get_mut(&oid)?.handle_iq_result(from, id, now);
+        let oid = self.answered(from, id)?;
+        let out = self.ops.get_mut(&oid)?.r.handle_iq_result(from, id, now);
         self.index(oid);
         self.reap(oid);
         Some((oid, out))
@@ -435,10 +594,11 @@ impl Responders {
         error: &StanzaError,
         now: Millis,
     ) -> Option<(OpId, OpOut)> {
-        let oid = *self.by_answer.get(&key(from, id))?;
+        let oid = self.answered(from, id)?;
         let out = self
             .ops
             .get_mut(&oid)?
+            .r
             .handle_iq_error(from, id, error, now);
         self.index(oid);
         self.reap(oid);
@@ -450,11 +610,11 @@ impl Responders {
         id: OpId,
         f: impl FnOnce(&mut Responder) -> Result<OpOut, ProtocolError>,
     ) -> Result<OpOut, ProtocolError> {
-        let r = self
+        let e = self
             .ops
             .get_mut(&id)
             .ok_or_else(|| ProtocolError::misuse("no such op"))?;
-        let out = f(r)?;
+        let out = f(&mut e.r)?;
         self.index(id);
         self.reap(id);
         Ok(out)
@@ -468,7 +628,7 @@ impl Responders {
         let ids: Vec<OpId> = self.ops.keys().copied().collect();
         ids.into_iter()
             .filter_map(|c| {
-                let out = self.ops.get_mut(&c)?.abandon();
+                let out = self.ops.get_mut(&c)?.r.abandon();
                 self.reap(c);
                 Some((c, out))
             })
@@ -514,12 +674,12 @@ impl Responders {
         let due: Vec<OpId> = self
             .ops
             .iter()
-            .filter(|(_, r)| r.next_timeout().is_some_and(|t| t <= now))
+            .filter(|(_, e)| e.r.next_timeout().is_some_and(|t| t <= now))
             .map(|(c, _)| *c)
             .collect();
         due.into_iter()
             .filter_map(|c| {
-                let out = self.ops.get_mut(&c)?.handle_timeout(now);
+                let out = self.ops.get_mut(&c)?.r.handle_timeout(now);
                 self.index(c);
                 self.reap(c);
                 Some((c, out))
@@ -529,7 +689,7 @@ impl Responders {
 
     /// The earliest timer of all ops.
     pub fn next_timeout(&self) -> Option<Millis> {
-        self.ops.values().filter_map(Responder::next_timeout).min()
+        self.ops.values().filter_map(|e| e.r.next_timeout()).min()
     }
 }
 
@@ -673,5 +833,111 @@ mod tests {
         );
         assert!(again.is_none());
         assert!(matches!(&sends(&out)[..], [s] if matches!(s.body, IqBody::Result(Some(_)))));
+    }
+
+    /// The routing indexes hold only live keys: a streamed op (ack, data, final) and its call
+    /// leave nothing behind, and a second requester using the same IQ id toward another peer
+    /// is routed by its own peer.
+    #[test]
+    fn indexes_hold_only_live_keys() {
+        let rj = j("ops@example.net/console");
+        let aj = j("agent@example.net/agent");
+        let mut calls = Calls::new();
+        let mut ops = Responders::new(
+            ResponderConfig {
+                own_jid: aj.clone(),
+                values_on_final: true,
+            },
+            100,
+        );
+        let (cid, out) = calls.start(aj.clone(), &op(60_000), "op-1", 0).unwrap();
+        let mut to_a = sends(&out);
+        let mut to_r: Vec<OutIq> = Vec::new();
+        let mut oid = None;
+        let mut ended = false;
+        let mut step = 0;
+        while !(to_a.is_empty() && to_r.is_empty()) {
+            step += 1;
+            assert!(step < 100, "no progress");
+            for s in std::mem::take(&mut to_a) {
+                match &s.body {
+                    IqBody::Set(el) if el.name() == "op" => {
+                        let (id, out) = ops.receive_op(
+                            &rj,
+                            &s.id,
+                            false,
+                            el,
+                            0,
+                            Token::generate().unwrap(),
+                            |_| Route::Handler { cached: None },
+                        );
+                        oid = id;
+                        to_r.extend(sends(&out));
+                        to_r.extend(sends(
+                            &ops.authorize(id.unwrap(), Decision::Authorized, 0).unwrap(),
+                        ));
+                    }
+                    IqBody::Set(_) => unreachable!("no cancel here"),
+                    IqBody::Result(_) => {
+                        let (o, out) = ops.handle_iq_result(&rj, &s.id, 1).unwrap();
+                        for x in &out {
+                            if let Output::Event(ResponderEvent::Start) = x {
+                                let mut more = ops.chunk(o, Args::new(), 1).unwrap();
+                                more.extend(ops.chunk(o, Args::new(), 1).unwrap());
+                                more.extend(ops.finish(o, None, 1).unwrap());
+                                to_r.extend(sends(&more));
+                            }
+                        }
+                        to_r.extend(sends(&out));
+                    }
+                    IqBody::Error(_) => unreachable!(),
+                }
+            }
+            for s in std::mem::take(&mut to_r) {
+                match &s.body {
+                    IqBody::Set(el) => {
+                        let (c, out) = calls.handle_iq_set(&aj, &s.id, el, 1);
+                        assert_eq!(c, Some(cid));
+                        ended |= out
+                            .iter()
+                            .any(|o| matches!(o, Output::Event(CallEvent::Ended(_))));
+                        to_a.extend(sends(&out));
+                    }
+                    IqBody::Result(p) => {
+                        // A reply from the wrong peer answers nothing of ours.
+                        assert!(calls.handle_iq_result(&rj, &s.id, p.as_ref(), 1).is_none());
+                        let (c, out) = calls.handle_iq_result(&aj, &s.id, p.as_ref(), 1).unwrap();
+                        assert_eq!(c, cid);
+                        to_a.extend(sends(&out));
+                    }
+                    IqBody::Error(_) => unreachable!(),
+                }
+            }
+        }
+        assert!(ended);
+        assert!(oid.is_some());
+        assert!(calls.is_empty() && ops.is_empty());
+        assert_eq!(calls.by_answer.len() + calls.by_token.len(), 0);
+        assert_eq!(ops.by_answer.len() + ops.by_token.len(), 0);
+        // Two calls with the same IQ id to different peers: each answer finds its own call.
+        let bj = j("agent@example.net/b");
+        let (c1, _) = calls.start(aj.clone(), &op(60_000), "same", 0).unwrap();
+        let (c2, _) = calls.start(bj.clone(), &op(60_000), "same", 0).unwrap();
+        let e = xmpp_parsers::stanza_error::StanzaError::new(
+            xmpp_parsers::stanza_error::ErrorType::Cancel,
+            xmpp_parsers::stanza_error::DefinedCondition::ItemNotFound,
+            "en",
+            "",
+        );
+        assert_eq!(
+            calls.handle_iq_error(&bj, "same", &e, 1).map(|x| x.0),
+            Some(c2)
+        );
+        assert_eq!(
+            calls.handle_iq_error(&aj, "same", &e, 1).map(|x| x.0),
+            Some(c1)
+        );
+        assert!(calls.is_empty());
+        assert_eq!(calls.by_answer.len(), 0);
     }
 }

@@ -18,6 +18,30 @@ use vertebra_reference_agent::tokio_xmpp::parsers::minidom::Element;
 
 const CONCURRENCY: usize = 32;
 
+/// CPU time (user + system) of the whole process so far, in seconds, from `/proc/self/stat`
+/// (None where that file does not exist). Reported per call next to the rates: a rate can drop
+/// because of CPU spent or because of time spent idle waiting.
+fn cpu_seconds() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// Runs `f`, returning its rate and the CPU microseconds per call (if known).
+async fn measured<F: std::future::Future<Output = f64>>(n: usize, f: F) -> (f64, Option<f64>) {
+    let c0 = cpu_seconds();
+    let rate = f.await;
+    let cpu = c0.zip(cpu_seconds()).map(|(a, b)| (b - a) * 1e6 / n as f64);
+    (rate, cpu)
+}
+
+fn us(v: Option<f64>) -> String {
+    v.map_or_else(|| "?".into(), |v| format!("{v:.0}"))
+}
+
 async fn pings(req: &Node, to: &Jid, n: usize) -> f64 {
     let t0 = Instant::now();
     let mut inflight = FuturesUnordered::new();
@@ -127,19 +151,22 @@ fn main() {
             trace.set_enabled(false);
         }
         let n = 20_000;
-        let iq = pings(&req, &to, n).await;
-        let fast = ops(&req, &to, "/bench/echo", n).await;
-        let slow = ops(&req, &to, "/bench/stream", n / 2).await;
-        let iq2 = pings(&req, &to, n).await;
+        let (iq, iq_cpu) = measured(n, pings(&req, &to, n)).await;
+        let (fast, fast_cpu) = measured(n, ops(&req, &to, "/bench/echo", n)).await;
+        let (slow, slow_cpu) = measured(n / 2, ops(&req, &to, "/bench/stream", n / 2)).await;
+        let (iq2, iq2_cpu) = measured(n, pings(&req, &to, n)).await;
         let iq = (iq + iq2) / 2.0;
-        println!("concurrency {CONCURRENCY}, {n} calls each");
-        println!("raw IQ round trips: {iq:>9.0} /s");
+        let iq_cpu = iq_cpu.zip(iq2_cpu).map(|(a, b)| (a + b) / 2.0);
+        println!("concurrency {CONCURRENCY}, {n} calls each; CPU = process CPU time per call");
+        println!("raw IQ round trips: {iq:>9.0} /s  CPU {:>4} us", us(iq_cpu));
         println!(
-            "ops (fast path, op+final with values): {fast:>9.0} /s  ratio {:.2} (target >= 0.35)",
+            "ops (fast path, op+final with values): {fast:>9.0} /s  CPU {:>4} us  ratio {:.2} (target >= 0.35)",
+            us(fast_cpu),
             fast / iq
         );
         println!(
-            "ops (op, ack, data, final; 4 round trips): {slow:>9.0} /s  ratio {:.2}",
+            "ops (op, ack, data, final; 4 round trips): {slow:>9.0} /s  CPU {:>4} us  ratio {:.2}",
+            us(slow_cpu),
             slow / iq
         );
     });
