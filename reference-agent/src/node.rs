@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::Duration;
 
 use futures::FutureExt;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
 use tokio_xmpp::parsers::{
     iq::Iq,
@@ -141,28 +141,50 @@ pub struct Call {
     /// Deadline (measured from receipt of the op).
     pub deadline: Instant,
     op: OpId,
-    progress: Arc<Notify>,
-    cancel: watch::Receiver<bool>,
+    signals: Arc<OpSignals>,
     node: Node,
+}
+
+/// What the node signals to a running handler: cancellation and progress of its op. One
+/// allocation per op, shared by the node's [`OpCtx`] and the handler's [`Call`].
+#[derive(Default)]
+struct OpSignals {
+    /// Set once the op is stopped (cancel, deadline, requester gone, session lost).
+    cancelled: AtomicBool,
+    /// Woken when `cancelled` is set.
+    cancel: Notify,
+    /// Woken whenever the op made progress (a chunk left the queue, the op ended).
+    progress: Notify,
+}
+
+impl OpSignals {
+    fn stop(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+        self.cancel.notify_waiters();
+    }
 }
 
 impl Call {
     /// Stream one chunk of named values to the requester (waits while the data window is full).
     pub async fn send(&self, chunk: Args) -> Result<(), HandlerError> {
-        self.node.op_chunk(self.op, &self.progress, chunk).await
+        self.node
+            .op_chunk(self.op, &self.signals.progress, chunk)
+            .await
     }
     /// Resolves when the requester cancels.
     pub async fn cancelled(&self) {
-        let mut c = self.cancel.clone();
-        while !*c.borrow_and_update() {
-            if c.changed().await.is_err() {
-                futures::future::pending::<()>().await;
+        loop {
+            let mut wait = std::pin::pin!(self.signals.cancel.notified());
+            wait.as_mut().enable();
+            if self.is_cancelled() {
+                return;
             }
+            wait.await;
         }
     }
     /// Whether the requester cancelled.
     pub fn is_cancelled(&self) -> bool {
-        *self.cancel.borrow()
+        self.signals.cancelled.load(Ordering::SeqCst)
     }
     /// The node serving the call (to call other agents, change load, …).
     pub fn node(&self) -> &Node {
@@ -383,18 +405,53 @@ impl Default for CallOptions {
 
 /// A running call on the requester side: where its events go.
 struct CallCtx {
-    events: mpsc::UnboundedSender<CallEvent>,
+    events: EventSink,
     /// Session number the call was started in (calls of a lost session are abandoned).
     session: u64,
+}
+
+/// Where the events of a call go.
+enum EventSink {
+    /// Every event, in order, to a [`CallHandle`].
+    Events(mpsc::UnboundedSender<CallEvent>),
+    /// [`Node::call_collect`]: the chunks are gathered here and only the outcome wakes the
+    /// caller, once per call.
+    Collect {
+        chunks: Vec<Args>,
+        done: Option<oneshot::Sender<Result<Vec<Args>, CallError>>>,
+    },
+}
+
+impl EventSink {
+    fn send(&mut self, ev: CallEvent) {
+        match self {
+            EventSink::Events(tx) => {
+                let _ = tx.send(ev);
+            }
+            EventSink::Collect { chunks, done } => {
+                let outcome = match ev {
+                    CallEvent::Accepted | CallEvent::Acked => return,
+                    CallEvent::Data(a) => {
+                        chunks.push(a);
+                        return;
+                    }
+                    CallEvent::Done { .. } => Ok(std::mem::take(chunks)),
+                    CallEvent::Failed(e) => Err(e),
+                };
+                if let Some(tx) = done.take() {
+                    let _ = tx.send(outcome);
+                }
+            }
+        }
+    }
 }
 
 /// A running op on the responder side: the handler and how to stop it.
 struct OpCtx {
     handler: Option<Arc<dyn Handler>>,
-    cancel: watch::Sender<bool>,
     task: Option<tokio::task::AbortHandle>,
-    /// Woken whenever the op made progress (a chunk left the queue, the op ended).
-    progress: Arc<Notify>,
+    /// Cancellation and progress, shared with the handler's [`Call`].
+    signals: Arc<OpSignals>,
     /// When the op was received (the handler's deadline is measured from it).
     received: Instant,
     /// MUTANT wrong-token: (real token, fake token) in outgoing stanzas.
@@ -407,8 +464,50 @@ struct Engine {
     responders: Option<Responders>,
     call_ctx: HashMap<CallId, CallCtx>,
     op_ctx: HashMap<OpId, OpCtx>,
+    /// Handlers started under the lock, run as soon as it is released (see [`EngineGuard`]).
+    starting: Vec<(OpId, Arc<OpSignals>, HandlerFuture)>,
 }
 
+/// The engine lock. Handlers the machines started while it was held are run when it is
+/// released: each is polled once right there, and only one that does not finish at once gets
+/// a task of its own (most handlers that answer from their arguments never need one).
+struct EngineGuard<'a> {
+    node: &'a Node,
+    guard: Option<MutexGuard<'a, Engine>>,
+}
+
+impl std::ops::Deref for EngineGuard<'_> {
+    type Target = Engine;
+    fn deref(&self) -> &Engine {
+        self.guard.as_ref().expect("held until dropped")
+    }
+}
+
+impl std::ops::DerefMut for EngineGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Engine {
+        self.guard.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for EngineGuard<'_> {
+    fn drop(&mut self) {
+        let Some(mut g) = self.guard.take() else {
+            return;
+        };
+        if g.starting.is_empty() {
+            return;
+        }
+        let starting = std::mem::take(&mut g.starting);
+        drop(g);
+        for (oid, signals, fut) in starting {
+            self.node.run_handler(oid, &signals, fut);
+        }
+    }
+}
+
+/// A registered handler with its operation path parsed once (`None`: not a path, never
+/// selected).
+type Registered = (Option<Resource>, Arc<dyn Handler>);
 type PresenceHook = Box<dyn Fn(&Node, &Presence) + Send + Sync>;
 type AdmissionHook = Box<dyn Fn(&Jid, &Op) -> bool + Send + Sync>;
 /// Answer to a foreign-namespace IQ: result payload or stanza error.
@@ -427,7 +526,8 @@ struct Inner {
     /// The instant the timer task sleeps until (`Millis::MAX`: no timeout pending).
     timer_at: std::sync::atomic::AtomicU64,
     closed: AtomicBool,
-    handlers: RwLock<HashMap<String, Arc<dyn Handler>>>,
+    /// Registered operation path → (the path parsed once, handler).
+    handlers: RwLock<HashMap<String, Registered>>,
     authz_cache: Mutex<HashMap<String, Instant>>,
     presence_sent: Mutex<HashSet<Jid>>,
     inflight: AtomicU32,
@@ -510,6 +610,7 @@ impl Node {
                     responders: None,
                     call_ctx: HashMap::new(),
                     op_ctx: HashMap::new(),
+                    starting: Vec::new(),
                 }),
                 timer_kick: Notify::new(),
                 timer_at: std::sync::atomic::AtomicU64::new(Millis::MAX),
@@ -585,11 +686,10 @@ impl Node {
     /// Register a handler for an operation path; it also serves ops whose type has this path
     /// as a segment-wise ancestor, unless a deeper registered path does ([VAP-RES-017]).
     pub fn handle(&self, operation: &str, h: impl Handler) {
-        self.inner
-            .handlers
-            .write()
-            .unwrap()
-            .insert(operation.to_owned(), Arc::new(h));
+        self.inner.handlers.write().unwrap().insert(
+            operation.to_owned(),
+            (Resource::parse(operation).ok(), Arc::new(h)),
+        );
         self.inner.ops_changed.notify_one();
     }
 
@@ -701,8 +801,11 @@ impl Node {
         self.inner.epoch.elapsed().as_millis() as Millis
     }
 
-    fn engine(&self) -> MutexGuard<'_, Engine> {
-        self.inner.engine.lock().unwrap_or_else(|e| e.into_inner())
+    fn engine(&self) -> EngineGuard<'_> {
+        EngineGuard {
+            node: self,
+            guard: Some(self.inner.engine.lock().unwrap_or_else(|e| e.into_inner())),
+        }
     }
 
     /// Send one IQ a machine emitted.
@@ -751,46 +854,59 @@ impl Node {
     /// events arrive on the handle.
     pub fn call(&self, to: Jid, operation: &str, args: Args, opts: CallOptions) -> CallHandle {
         let (tx, rx) = mpsc::unbounded_channel();
-        let failed = |tx: &mpsc::UnboundedSender<CallEvent>, e: CallError| {
-            let _ = tx.send(CallEvent::Failed(e));
-        };
-        let op = match build_op(operation, args, &opts) {
+        let cid = self.start_call(&to, operation, args, &opts, EventSink::Events(tx));
+        CallHandle {
+            rx,
+            cancel: cid.map(|cid| (self.clone(), cid)),
+            to,
+        }
+    }
+
+    /// Start a call whose events go to `sink`; `None` when it failed at once (the failure is
+    /// in the sink).
+    fn start_call(
+        &self,
+        to: &Jid,
+        operation: &str,
+        args: Args,
+        opts: &CallOptions,
+        mut sink: EventSink,
+    ) -> Option<CallId> {
+        let op = match build_op(operation, args, opts) {
             Ok(op) => op,
             Err(e) => {
-                failed(&tx, e);
-                return CallHandle {
-                    rx,
-                    cancel: None,
-                    to,
-                };
+                sink.send(CallEvent::Failed(e));
+                return None;
             }
         };
-        self.ensure_presence_to(&to);
+        self.ensure_presence_to(to);
         let now = self.now_ms();
         let session = *self.inner.session.borrow();
         let mut eng = self.engine();
         let started = eng
             .calls
             .start(to.clone(), &op, self.inner.conn.new_id(), now);
-        let cancel = match started {
+        match started {
             Ok((cid, out)) => {
                 eng.call_ctx.insert(
                     cid,
                     CallCtx {
-                        events: tx,
+                        events: sink,
                         session,
                     },
                 );
                 self.drive_call(&mut eng, cid, out);
-                Some((self.clone(), cid))
+                Some(cid)
             }
             Err(e) => {
-                failed(&tx, CallError::local("bad-request", e.to_string()));
+                drop(eng);
+                sink.send(CallEvent::Failed(CallError::local(
+                    "bad-request",
+                    e.to_string(),
+                )));
                 None
             }
-        };
-        drop(eng);
-        CallHandle { rx, cancel, to }
+        }
     }
 
     fn cancel_call(&self, cid: CallId) {
@@ -807,27 +923,27 @@ impl Node {
             match o {
                 Output::Send(iq) => self.send_out(iq),
                 Output::Event(ev) => {
-                    let (ev, last) = match ev {
+                    let last = matches!(ev, MachineEvent::Ended(_));
+                    let (ev, then) = match ev {
                         MachineEvent::Accepted { fast_path, .. } => {
-                            if let Some(c) = eng.call_ctx.get(&cid) {
-                                let _ = c.events.send(CallEvent::Accepted);
-                            }
-                            if !fast_path {
-                                continue;
-                            }
-                            (CallEvent::Acked, false)
+                            (CallEvent::Accepted, fast_path.then_some(CallEvent::Acked))
                         }
-                        MachineEvent::Acked => (CallEvent::Acked, false),
-                        MachineEvent::Data { args, .. } => (CallEvent::Data(args), false),
-                        MachineEvent::Ended(o) => (outcome_event(o), true),
+                        MachineEvent::Acked => (CallEvent::Acked, None),
+                        MachineEvent::Data { args, .. } => (CallEvent::Data(args), None),
+                        MachineEvent::Ended(o) => (outcome_event(o), None),
                     };
+                    let mut ended: Option<CallCtx>;
                     let ctx = if last {
-                        eng.call_ctx.remove(&cid)
+                        ended = eng.call_ctx.remove(&cid);
+                        ended.as_mut()
                     } else {
-                        None
+                        eng.call_ctx.get_mut(&cid)
                     };
-                    if let Some(c) = ctx.as_ref().or_else(|| eng.call_ctx.get(&cid)) {
-                        let _ = c.events.send(ev);
+                    if let Some(c) = ctx {
+                        c.events.send(ev);
+                        if let Some(ev) = then {
+                            c.events.send(ev);
+                        }
                     }
                 }
             }
@@ -845,7 +961,8 @@ impl Node {
         }
     }
 
-    /// Call and gather all chunks.
+    /// Call and gather all chunks (like [`CallHandle::collect`] on [`Node::call`], with one
+    /// wake-up per call instead of one per event).
     pub async fn call_collect(
         &self,
         to: Jid,
@@ -853,14 +970,22 @@ impl Node {
         args: Args,
         opts: CallOptions,
     ) -> Result<Vec<Args>, CallError> {
-        self.call(to, operation, args, opts).collect().await
+        let (tx, rx) = oneshot::channel();
+        let sink = EventSink::Collect {
+            chunks: Vec::new(),
+            done: Some(tx),
+        };
+        self.start_call(&to, operation, args, &opts, sink);
+        rx.await
+            .unwrap_or_else(|_| Err(CallError::local("internal", "call ended without outcome")))
     }
 
     fn ensure_presence_to(&self, to: &Jid) {
         // [VAP-LOAD-016] directed presence to every responder we call, so that its unavailable
         // presence reaches us (the responder answers with directed presence of its own).
         let mut set = self.inner.presence_sent.lock().unwrap();
-        if set.insert(to.clone()) {
+        if !set.contains(to) {
+            set.insert(to.clone());
             let _ = self.inner.conn.send_presence(to.clone(), vec![]);
         }
     }
@@ -927,7 +1052,7 @@ impl Node {
                 Output::Event(ResponderEvent::Stop(c)) => {
                     log::debug!("op {oid} stopped: {c}");
                     if let Some(ctx) = eng.op_ctx.get_mut(&oid) {
-                        let _ = ctx.cancel.send(true);
+                        ctx.signals.stop();
                         if let Some(t) = ctx.task.take() {
                             t.abort();
                         }
@@ -939,13 +1064,13 @@ impl Node {
                         if let Some(t) = ctx.task {
                             t.abort();
                         }
-                        ctx.progress.notify_waiters();
+                        ctx.signals.progress.notify_waiters();
                     }
                 }
             }
         }
         if let Some(ctx) = eng.op_ctx.get(&oid) {
-            ctx.progress.notify_waiters();
+            ctx.signals.progress.notify_waiters();
         }
         let next = eng
             .responders
@@ -974,6 +1099,7 @@ impl Node {
         drop(eng);
     }
 
+    /// Create the handler's future for `oid`; it runs once the engine lock is released.
     fn start_handler(&self, eng: &mut Engine, oid: OpId) {
         let Some(r) = eng.responders.as_ref().and_then(|r| r.get(oid)) else {
             return;
@@ -990,25 +1116,53 @@ impl Node {
         let Some(handler) = ctx.handler.take() else {
             return;
         };
+        let signals = ctx.signals.clone();
         let call = Call {
             from,
             operation,
             args,
             deadline: ctx.received + timeout,
             op: oid,
-            progress: ctx.progress.clone(),
-            cancel: ctx.cancel.subscribe(),
+            signals: signals.clone(),
             node: self.clone(),
         };
-        let node = self.clone();
-        let task = tokio::spawn(async move {
-            let r = std::panic::AssertUnwindSafe(handler.call(call))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|_| Err(HandlerError::new("handler panicked")));
-            node.handler_done(oid, r);
-        });
-        ctx.task = Some(task.abort_handle());
+        eng.starting.push((oid, signals, handler.call(call)));
+    }
+
+    /// Run a started handler (engine lock not held): one poll here; if it is not done, a task
+    /// carries on, which the op's `Stop` aborts.
+    fn run_handler(&self, oid: OpId, signals: &OpSignals, mut fut: HandlerFuture) {
+        if signals.cancelled.load(Ordering::SeqCst) {
+            // Stopped before it ran.
+            return;
+        }
+        let panicked = || Err(HandlerError::new("handler panicked"));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        // A pending future is polled again by its task, which registers a real waker, so the
+        // no-op waker of this first poll loses no wake-up.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.as_mut().poll(&mut cx)))
+        {
+            Ok(std::task::Poll::Ready(r)) => self.handler_done(oid, r),
+            Err(_) => self.handler_done(oid, panicked()),
+            Ok(std::task::Poll::Pending) => {
+                let node = self.clone();
+                let task = tokio::spawn(async move {
+                    let r = std::panic::AssertUnwindSafe(fut)
+                        .catch_unwind()
+                        .await
+                        .unwrap_or_else(|_| panicked());
+                    node.handler_done(oid, r);
+                });
+                let mut eng = self.engine();
+                match eng.op_ctx.get_mut(&oid) {
+                    // Stopped meanwhile (cancel, deadline): the task must not run on.
+                    Some(ctx) if !signals.cancelled.load(Ordering::SeqCst) => {
+                        ctx.task = Some(task.abort_handle());
+                    }
+                    _ => task.abort(),
+                }
+            }
+        }
     }
 
     fn handler_done(&self, oid: OpId, r: HandlerResult) {
@@ -1536,14 +1690,12 @@ fn on_iq(node: &Node, from: Jid, id: String, set: bool, mut payload: Element) {
                         }),
                         _ => None,
                     };
-                    let (cancel, _) = watch::channel(false);
                     eng.op_ctx.insert(
                         oid,
                         OpCtx {
                             handler: chosen,
-                            cancel,
                             task: None,
-                            progress: Arc::new(Notify::new()),
+                            signals: Arc::new(OpSignals::default()),
                             received: Instant::now(),
                             fake_token,
                         },
@@ -1758,9 +1910,9 @@ fn select_handler(node: &Node, op: &Op) -> Option<Arc<dyn Handler>> {
     let handler = {
         let handlers = node.inner.handlers.read().unwrap();
         handlers
-            .iter()
+            .values()
             .filter_map(|(path, h)| {
-                let path = Resource::parse(path).ok()?;
+                let path = path.as_ref()?;
                 path.is_prefix_of(&target).then(|| (path.depth(), h))
             })
             .max_by_key(|(depth, _)| *depth)
@@ -1785,8 +1937,9 @@ const TEST_PROFILE_ROOT: &str = "/vertebra/test";
 /// without scoping resources), and the dispatcher's own operations take `res` values as
 /// arguments and are selected by path only (spec 06).
 fn scope_exempt(target: &Resource) -> bool {
-    let under = |root: &str| Resource::parse(root).is_ok_and(|r| r.is_prefix_of(target));
-    under(TEST_PROFILE_ROOT)
+    static ROOT: std::sync::LazyLock<Option<Resource>> =
+        std::sync::LazyLock::new(|| Resource::parse(TEST_PROFILE_ROOT).ok());
+    ROOT.as_ref().is_some_and(|r| r.is_prefix_of(target))
         || [OP_ADVERTISE, OP_DISCOVER, OP_AUTHORIZE]
             .iter()
             .any(|p| target.as_str() == *p)
