@@ -458,10 +458,10 @@ impl Responders {
         }
     }
 
-    /// The op whose IQ set `id` went to `from`.
+    /// The op whose IQ set `id` to `from` is still pending.
     fn answered(&self, from: &Jid, id: &str) -> Option<OpId> {
         self.by_answer.find(id, |o| {
-            self.ops.get(&o).is_some_and(|e| e.r.requester() == from)
+            self.ops.get(&o).is_some_and(|e| e.r.owns_answer(from, id))
         })
     }
 

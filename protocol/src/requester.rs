@@ -506,10 +506,13 @@ impl Requester {
         now: Millis,
     ) -> Vec<Out> {
         let _ = now;
-        let answer = OutIq::result(from.clone(), id);
-        let mut out = vec![Output::Send(answer.clone())];
+        let mut out = vec![Output::Send(OutIq::result(from.clone(), id))];
         let decoded = VertebraPayload::from_element(payload);
-        let token_attr = payload.attr("token").and_then(|t| OpToken::parse(t).ok());
+        let token_attr = match decoded.as_ref().ok().and_then(VertebraPayload::op_token) {
+            // The decoded per-op element carries the same token, already parsed.
+            Some(t) => Some(t.clone()),
+            None => payload.attr("token").and_then(|t| OpToken::parse(t).ok()),
+        };
         let ours = token_attr.as_ref().is_some_and(|t| self.owns_set(from, t));
         let p = match decoded {
             Ok(p) => p,

@@ -333,9 +333,13 @@ impl Responder {
         Some(t)
     }
 
+    /// A fresh IQ id for one of our IQ sets (`[VAP-OPS-036]`, `[VAP-OPS-069]`): the first 64
+    /// bits of this op's random S (unique per op with overwhelming probability, and shorter on
+    /// the wire than all 128) and a counter within the op.
     fn fresh_id(&mut self) -> String {
         self.next_id += 1;
         let s = self.token.as_ref().map_or("x", |t| t.responder.as_str());
+        let s = s.get(..16).unwrap_or(s);
         format!("v{s}-{}", self.next_id)
     }
 
@@ -343,11 +347,8 @@ impl Responder {
         let Some(token) = self.token.clone() else {
             return;
         };
-        self.op_result = OutIq {
-            to: self.requester.clone(),
-            id: self.op_iq_id.clone(),
-            body: IqBody::Result(Some(OpResult { token, ack }.to_element())),
-        };
+        // `op_result` is already addressed to (requester, op IQ id) since `receive_op`.
+        self.op_result.body = IqBody::Result(Some(OpResult { token, ack }.to_element()));
         out.push(Output::Send(self.op_result.clone()));
     }
 

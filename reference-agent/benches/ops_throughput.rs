@@ -6,6 +6,10 @@
 //!
 //! `BENCH_DUMP_WIRE=1` also prints, after the warm-up, every stanza the server sees for one
 //! fast-path op and one ping (the fast path is 4 stanzas: op, op result, final, its result).
+//! `BENCH_PROFILE=ping|fast|stream` runs only that phase (`BENCH_N` calls, default 100 000),
+//! for a profiler; e.g. under `valgrind --tool=callgrind` the instruction counts of a `fast`
+//! and a `ping` run with the same `BENCH_N` give the instructions per op and per ping, which,
+//! unlike the rates, do not depend on what else runs on the machine.
 
 use std::time::{Duration, Instant};
 
@@ -151,6 +155,20 @@ fn main() {
             trace.set_enabled(false);
         }
         let n = 20_000;
+        if let Ok(phase) = std::env::var("BENCH_PROFILE") {
+            // Only one phase, for a profiler: `ping`, `fast` or `stream`; BENCH_N calls.
+            let n = std::env::var("BENCH_N")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(5 * n);
+            let (rate, cpu) = match phase.as_str() {
+                "ping" => measured(n, pings(&req, &to, n)).await,
+                "stream" => measured(n, ops(&req, &to, "/bench/stream", n)).await,
+                _ => measured(n, ops(&req, &to, "/bench/echo", n)).await,
+            };
+            println!("{phase}: {rate:.0} /s  CPU {} us", us(cpu));
+            return;
+        }
         let (iq, iq_cpu) = measured(n, pings(&req, &to, n)).await;
         let (fast, fast_cpu) = measured(n, ops(&req, &to, "/bench/echo", n)).await;
         let (slow, slow_cpu) = measured(n / 2, ops(&req, &to, "/bench/stream", n / 2)).await;
