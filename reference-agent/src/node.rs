@@ -1794,7 +1794,15 @@ fn route(node: &Node, from: &Jid, op: &Op, chosen: &mut Option<Arc<dyn Handler>>
 }
 
 fn authz_key(from: &Jid, op: &str, scope: &ResourceScope) -> String {
-    let mut s = format!("{}|{}", from.to_bare(), op);
+    // "{bare JID}|{op}", without building the bare JID.
+    let mut s = String::with_capacity(64);
+    if let Some(n) = from.node() {
+        s.push_str(n.as_str());
+        s.push('@');
+    }
+    s.push_str(from.domain().as_str());
+    s.push('|');
+    s.push_str(op);
     for e in scope.iter() {
         s.push('|');
         s.push_str(e.key.as_deref().unwrap_or(""));
@@ -2143,5 +2151,23 @@ mod tests {
         let b = out.children().next().unwrap();
         assert_eq!(b.text(), "true");
         assert_eq!(b.attr("name"), Some("x"));
+    }
+
+    #[test]
+    fn authz_key_uses_the_bare_jid() {
+        for j in [
+            "a@example.com/r",
+            "example.com/r",
+            "a@example.com",
+            "example.com",
+        ] {
+            let j = Jid::new(j).unwrap();
+            let mut scope = ResourceScope::new();
+            scope.push(Some("k"), Resource::parse("/x/y").unwrap());
+            assert_eq!(
+                authz_key(&j, "/op", &scope),
+                format!("{}|/op|k=/x/y", j.to_bare())
+            );
+        }
     }
 }
