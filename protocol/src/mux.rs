@@ -194,9 +194,16 @@ impl Calls {
         now: Millis,
     ) -> Result<(CallId, CallOut), ProtocolError> {
         let t = self.iq_timeout.unwrap_or(crate::machine::IQ_TIMEOUT_MS);
-        let iq_id = iq_id.into();
-        let op_id = iq_id.clone();
         let (r, out) = Requester::start_with_iq_timeout(to, op, iq_id, now, t)?;
+        Ok((self.adopt(r), out))
+    }
+
+    /// Take over a call started with [`Requester::start`] or
+    /// [`Requester::start_with_iq_timeout`] whose op IQ has not been answered yet (so the
+    /// machine, and its op IQ, can be built without holding a lock around `Calls`). Send its
+    /// op IQ only after this, so that the answer finds the call.
+    pub fn adopt(&mut self, r: Requester) -> CallId {
+        let op_id = r.op_iq_id().unwrap_or_default().to_string();
         self.next += 1;
         let id = self.next;
         self.by_answer.insert(&op_id, id);
@@ -210,7 +217,7 @@ impl Calls {
             },
         );
         self.index(id);
-        Ok((id, out))
+        id
     }
 
     /// The call, while it runs.

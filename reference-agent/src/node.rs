@@ -37,7 +37,9 @@ use vertebra_protocol::mux::{CallId, Calls, OpId, Responders};
 use vertebra_protocol::payloads::{
     AuthorizeRequest, AuthorizeResponse, OP_ADVERTISE, OP_AUTHORIZE, OP_DISCOVER,
 };
-use vertebra_protocol::requester::{CallEvent as MachineEvent, Outcome, OutcomeKind, Output};
+use vertebra_protocol::requester::{
+    CallEvent as MachineEvent, Outcome, OutcomeKind, Output, Requester,
+};
 use vertebra_protocol::responder::{Decision, ResponderConfig, ResponderEvent, Route};
 use vertebra_protocol::stanza::MAX_TIMEOUT_MS;
 use vertebra_protocol::{
@@ -882,12 +884,21 @@ impl Node {
         self.ensure_presence_to(to);
         let now = self.now_ms();
         let session = *self.inner.session.borrow();
+        // The machine and its op IQ are built before the engine lock is taken (a shorter hold
+        // against the router feeding the machines); [VAP-OPS-063] the configured per-IQ
+        // timeout, as set on `Calls`.
+        let iq_timeout = self.inner.cfg.iq_timeout.as_millis().max(1) as Millis;
+        let started = Requester::start_with_iq_timeout(
+            to.clone(),
+            &op,
+            self.inner.conn.new_id(),
+            now,
+            iq_timeout,
+        );
         let mut eng = self.engine();
-        let started = eng
-            .calls
-            .start(to.clone(), &op, self.inner.conn.new_id(), now);
         match started {
-            Ok((cid, out)) => {
+            Ok((r, out)) => {
+                let cid = eng.calls.adopt(r);
                 eng.call_ctx.insert(
                     cid,
                     CallCtx {
