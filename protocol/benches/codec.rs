@@ -384,6 +384,8 @@ fn dispatcher() {
 fn main() {
     // `VERTEBRA_BENCH_PROFILE=data` (or `op`): only run the streaming codec on that stanza for a
     // few seconds (for `perf record`).
+    // `VERTEBRA_BENCH_N=n`: exactly `n` iterations instead of a timed run (for instruction
+    // counts under callgrind); `VERTEBRA_BENCH_RAW=1`: the raw quick-xml read + write instead.
     if let Some(which) = std::env::var_os("VERTEBRA_BENCH_PROFILE") {
         let doc = if which == "op" {
             OP.to_string()
@@ -391,11 +393,26 @@ fn main() {
             data_stanza()
         };
         let mut buf = Vec::new();
-        let r = rate(
-            || ours(black_box(doc.as_bytes()), &mut buf),
-            Duration::from_secs(3),
-        );
-        println!("streaming decode+encode {r:.0}/s");
+        let use_raw = std::env::var_os("VERTEBRA_BENCH_RAW").is_some();
+        let mut run = || {
+            if use_raw {
+                raw(black_box(&doc), &mut buf)
+            } else {
+                ours(black_box(doc.as_bytes()), &mut buf)
+            }
+        };
+        if let Some(n) = std::env::var("VERTEBRA_BENCH_N")
+            .ok()
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            for _ in 0..n {
+                run();
+            }
+            println!("{n} iterations");
+            return;
+        }
+        let r = rate(run, Duration::from_secs(3));
+        println!("decode+encode {r:.0}/s");
         return;
     }
     // `cargo bench` passes `--bench`; a filter argument selects one part.

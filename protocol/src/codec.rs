@@ -34,6 +34,7 @@
 
 use std::borrow::Cow;
 
+use quick_xml::events::attributes::Attributes;
 use quick_xml::events::Event;
 use quick_xml::Reader;
 
@@ -439,13 +440,35 @@ impl Attrs for View<'_, '_> {
 
 /// ASCII XML name without a prefix.
 fn simple_name(b: &[u8]) -> bool {
-    !b.is_empty()
-        && b.len() <= MAX_FAST_NAME
-        && (b[0].is_ascii_alphabetic() || b[0] == b'_')
-        && b[1..]
-            .iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+    match b.split_first() {
+        Some((&first, rest)) => {
+            b.len() <= MAX_FAST_NAME
+                && NAME_CLASS[first as usize] == NAME_START
+                && rest.iter().all(|&c| NAME_CLASS[c as usize] != 0)
+        }
+        None => false,
+    }
 }
+
+/// [`NAME_CLASS`]: a byte that may only continue a name (digit, `.`, `-`).
+const NAME_REST: u8 = 1;
+/// [`NAME_CLASS`]: a byte that may start a name (ASCII letter, `_`).
+const NAME_START: u8 = 2;
+/// The ASCII name bytes of [`simple_name`] (0: not a name byte).
+static NAME_CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        if c.is_ascii_alphabetic() || c == b'_' {
+            t[i] = NAME_START;
+        } else if c.is_ascii_digit() || c == b'.' || c == b'-' {
+            t[i] = NAME_REST;
+        }
+        i += 1;
+    }
+    t
+};
 
 fn xml_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\r' | b'\n')
@@ -553,11 +576,19 @@ impl<'i> Rd<'i> {
         if self.depth + 1 > MAX_XML_DEPTH {
             return None;
         }
-        let name = self.reslice(simple_checked(e.name().as_ref())?)?;
+        // The tag's text (name and attributes) as a slice of the input, so that names and values
+        // borrow from the input and need no re-slicing one by one.
+        let name_len = e.name().0.len();
+        let content = self.reslice(&e)?;
+        let name = content.get(..name_len)?;
+        if !simple_name(name.as_bytes()) {
+            return None;
+        }
         self.nattrs = 0;
-        self.unescaped.clear();
-        let content: &str = &e;
-        let mut attributes = e.attributes();
+        if !self.unescaped.is_empty() {
+            self.unescaped.clear();
+        }
+        let mut attributes = Attributes::new(content, name_len);
         // Duplicates are checked below against the attribute table instead of quick-xml's
         // per-tag key list, which allocates for every element.
         attributes.with_checks(false);
@@ -568,36 +599,34 @@ impl<'i> Rd<'i> {
                 return None;
             };
             // XML requires whitespace after an attribute value before the next attribute;
-            // quick-xml does not check it.
+            // quick-xml does not check it. `raw` lies inside `content`, followed by its quote.
             let end = (raw.as_ptr() as usize)
-                .checked_sub(content.as_ptr() as usize)?
-                .checked_add(raw.len())?;
-            match content.as_bytes().get(end + 1) {
+                .wrapping_sub(content.as_ptr() as usize)
+                .wrapping_add(raw.len());
+            match content.as_bytes().get(end.wrapping_add(1)) {
                 None => {}
                 Some(b) if xml_space(*b) => {}
                 Some(_) => return None,
             }
-            let key = a.key.as_ref();
-            if key == "xmlns" {
+            let key = a.key.0;
+            if same_name(key, "xmlns") {
                 // The default namespace declaration: NS exactly (a reference in it, or any other
                 // namespace, is left to the tree decoder).
-                if seen_xmlns || raw != NS {
+                if seen_xmlns || !same_bytes(raw.as_bytes(), NS.as_bytes()) {
                     return None;
                 }
                 seen_xmlns = true;
                 continue;
             }
-            let key = self.reslice(simple_checked(key)?)?;
-            // A duplicate attribute (the tree decoder keeps the last one), or more attributes
-            // than a Vertebra element has: leave it to the tree decoder.
-            if self.nattrs >= MAX_FAST_ATTRS
-                || self.attrs[..self.nattrs]
-                    .iter()
-                    .any(|(k, _)| same_name(k, key))
-            {
+            if !simple_name(key.as_bytes()) {
                 return None;
             }
-            let raw = self.reslice(raw)?;
+            // A duplicate attribute (the tree decoder keeps the last one), or more attributes
+            // than a Vertebra element has: leave it to the tree decoder.
+            let seen = self.attrs.get(..self.nattrs)?;
+            if seen.len() >= MAX_FAST_ATTRS || seen.iter().any(|(k, _)| same_name(k, key)) {
+                return None;
+            }
             let amp = attr_value_ok(raw.as_bytes())?;
             if raw.len() > MAX_FAST_ATTR || (amp && !char_refs_ok(raw)) {
                 return None;
@@ -1031,11 +1060,6 @@ fn char_refs_ok(raw: &str) -> bool {
             None => (1..=7).contains(&body.len()) && body.bytes().all(|b| b.is_ascii_digit()),
         }
     })
-}
-
-/// `b` when it is a [`simple_name`].
-fn simple_checked(b: &str) -> Option<&str> {
-    simple_name(b.as_bytes()).then_some(b)
 }
 
 // ---------------------------------------------------------------------------------------------
