@@ -1069,25 +1069,69 @@ struct W<'o> {
     out: &'o mut Vec<u8>,
 }
 
+/// Bytes [`escape_into`] must look at: controls, `"'<>&`, and 0xBE / 0xBF (the last byte of
+/// U+FFFE / U+FFFF).
+static ESC_LOOK: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = i < 0x20 || matches!(i as u8, b'"' | b'\'' | b'<' | b'>' | b'&' | 0xbe | 0xbf);
+        i += 1;
+    }
+    t
+};
+
+/// [`format_double`] appended to `out`. For normal values with 1e-4 <= |v| < 1e15 the canonical
+/// form is positional with the shortest round-trip digits whenever those are fewer than 16
+/// (no tie correction applies then) — exactly what Rust's `{}` prints, without the allocations.
+/// Counting every printed digit over-counts (leading and trailing zeros), which only sends more
+/// values to [`format_double`].
+fn put_double(out: &mut Vec<u8>, v: f64) {
+    use std::io::Write as _;
+    if (1e-4..1e15).contains(&v.abs()) {
+        let start = out.len();
+        if write!(out, "{v}").is_ok() {
+            let printed = out.get(start..).unwrap_or_default();
+            if printed.iter().filter(|b| b.is_ascii_digit()).count() < 16 {
+                return;
+            }
+        }
+        out.truncate(start);
+    }
+    out.extend_from_slice(format_double(v).as_bytes());
+}
+
 /// Escape like rxml's writer: fails on characters XML cannot carry.
 fn escape_into(out: &mut Vec<u8>, s: &str, attribute: bool) -> Result<(), EncodeError> {
     let data = s.as_bytes();
     let mut last = 0;
-    // Whole chunks of printable ASCII without `"'<>&` need no look (most text is all such).
-    let mut start = 0;
-    while word_at(data, start).is_some_and(|w| plain8(w, b"\"'<>&")) {
-        start += 8;
-    }
-    // The tail (under 8 bytes), padded with spaces: when it is plain too, so is all of `s`.
-    let tail = data.get(start..).unwrap_or_default();
-    if tail.len() < 8 {
-        let mut pad = [b' '; 8];
-        pad[..tail.len()].copy_from_slice(tail);
-        if plain8(u64::from_le_bytes(pad), b"\"'<>&") {
-            out.extend_from_slice(data);
-            return Ok(());
+    let start = if data.len() < 32 {
+        // Short text (names, numbers, most values): one table look per byte.
+        match data.iter().position(|&b| ESC_LOOK[b as usize]) {
+            None => {
+                out.extend_from_slice(data);
+                return Ok(());
+            }
+            Some(i) => i,
         }
-    }
+    } else {
+        // Whole chunks of printable ASCII without `"'<>&` need no look (most text is all such).
+        let mut start = 0;
+        while word_at(data, start).is_some_and(|w| plain8(w, b"\"'<>&")) {
+            start += 8;
+        }
+        // The tail (under 8 bytes), padded with spaces: when it is plain too, so is all of `s`.
+        let tail = data.get(start..).unwrap_or_default();
+        if tail.len() < 8 {
+            let mut pad = [b' '; 8];
+            pad[..tail.len()].copy_from_slice(tail);
+            if plain8(u64::from_le_bytes(pad), b"\"'<>&") {
+                out.extend_from_slice(data);
+                return Ok(());
+            }
+        }
+        start
+    };
     for (i, &b) in data.iter().enumerate().skip(start) {
         if CLASS[b as usize] == OK || CLASS[b as usize] == RSQB {
             continue;
@@ -1284,7 +1328,12 @@ impl W<'_> {
         }
         match v {
             Value::I4(x) => self.num_body(tag, x),
-            Value::Double(d) => self.text_body(tag, &format_double(*d))?,
+            Value::Double(d) => {
+                // Never empty, so never self-closing.
+                self.head_end();
+                put_double(self.out, *d);
+                self.close(tag);
+            }
             Value::Boolean(b) => self.text_body(tag, if *b { "1" } else { "0" })?,
             Value::String(s) => self.text_body(tag, s)?,
             Value::Base64(b) => self.text_body(tag, &encode_base64(b))?,
@@ -1406,6 +1455,52 @@ mod tests {
             }
         }
         Some(out)
+    }
+
+    #[test]
+    fn put_double_matches_format_double() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut values = vec![
+            0.25,
+            1.0,
+            100.0,
+            1e-4,
+            0.0001,
+            1e15,
+            999_999_999_999_999.9,
+            1e14,
+            0.1 + 0.2,
+            1.5e-5,
+            123.456,
+            -0.5,
+            -1e-4,
+            0.3,
+            2.0 / 3.0,
+            1e-4 * 0.999_999,
+            5e-324,
+            0.0,
+            -0.0,
+        ];
+        for _ in 0..200_000 {
+            let bits = f64::from_bits(next());
+            if bits.is_finite() {
+                values.push(bits);
+            }
+            // Short decimals at every scale.
+            let n = (next() % 2_000_000) as f64 - 1_000_000.0;
+            values.push(n * 10f64.powi((next() % 30) as i32 - 15));
+        }
+        for v in values {
+            let mut out = Vec::new();
+            put_double(&mut out, v);
+            assert_eq!(out, format_double(v).as_bytes(), "{v:e}");
+        }
     }
 
     #[test]
