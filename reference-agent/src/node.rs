@@ -1251,40 +1251,11 @@ impl Node {
     }
 }
 
-/// A fresh token segment T or S: 32 lowercase hex characters (128 bits) from the OS CSPRNG
-/// ([VAP-OPS-001], [VAP-OPS-002]), like [`Token::generate`], but with the random bytes fetched
-/// for 64 tokens per system call instead of one call per token. Every byte is used once and
-/// cleared when taken.
-fn fresh_token() -> Result<Token, getrandom::Error> {
-    const TOKENS: usize = 64;
-    static POOL: Mutex<([u8; 16 * TOKENS], usize)> = Mutex::new(([0; 16 * TOKENS], 16 * TOKENS));
-    let mut bytes = [0u8; 16];
-    {
-        let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
-        let (buf, used) = &mut *pool;
-        if *used + 16 > buf.len() {
-            getrandom::fill(buf)?;
-            *used = 0;
-        }
-        let taken = &mut buf[*used..*used + 16];
-        bytes.copy_from_slice(taken);
-        taken.fill(0);
-        *used += 16;
-    }
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(32);
-    for b in bytes {
-        s.push(char::from(HEX[usize::from(b >> 4)]));
-        s.push(char::from(HEX[usize::from(b & 15)]));
-    }
-    Token::parse(&s).map_err(|_| getrandom::Error::UNEXPECTED)
-}
-
 /// Build the op of a call (request token, type, timeout, window, scope).
 fn build_op(operation: &str, args: Args, opts: &CallOptions) -> Result<Op, CallError> {
     let res = Resource::parse(operation)
         .map_err(|e| CallError::local("bad-request", format!("operation: {}", e.detail)))?;
-    let t = fresh_token().map_err(|e| CallError::local("internal", e.to_string()))?;
+    let t = Token::generate().map_err(|e| CallError::local("internal", e.to_string()))?;
     let timeout_ms = opts
         .timeout
         .as_millis()
@@ -1690,7 +1661,7 @@ fn on_iq(node: &Node, from: Jid, id: String, set: bool, mut payload: Element) {
                 // MUTANT ignore-deadline: the machine never sees the op's real deadline.
                 set_attr(&mut payload, "timeout", MAX_TIMEOUT_MS.to_string());
             }
-            let Ok(s) = fresh_token() else {
+            let Ok(s) = Token::generate() else {
                 node.inner.conn.reply_error(
                     from,
                     id,
@@ -2208,18 +2179,6 @@ mod tests {
                 authz_key(&j, "/op", &scope),
                 format!("{}|/op|k=/x/y", j.to_bare())
             );
-        }
-    }
-
-    /// [VAP-OPS-001], [VAP-OPS-002]: pooled tokens are canonical (32 lowercase hex) and fresh,
-    /// across more than one refill of the pool.
-    #[test]
-    fn fresh_tokens_are_canonical_and_distinct() {
-        let mut seen = HashSet::new();
-        for _ in 0..200 {
-            let t = fresh_token().unwrap();
-            assert!(t.is_canonical(), "{t}");
-            assert!(seen.insert(t));
         }
     }
 }
