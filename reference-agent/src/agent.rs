@@ -103,7 +103,10 @@ impl AgentBuilder {
         self
     }
 
-    /// Register a handler.
+    /// Register a handler. Its future is first polled on the node's own task (most handlers
+    /// answer from their arguments and finish there); only one that is still pending gets a
+    /// task of its own. So do blocking or heavy synchronous work after an `.await` (e.g. in
+    /// `tokio::task::spawn_blocking`), not before the first one.
     pub fn handle(mut self, operation: &str, h: impl Handler) -> Self {
         let op = operation.to_owned();
         let op2 = op.clone();

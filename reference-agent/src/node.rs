@@ -687,6 +687,8 @@ impl Node {
 
     /// Register a handler for an operation path; it also serves ops whose type has this path
     /// as a segment-wise ancestor, unless a deeper registered path does ([VAP-RES-017]).
+    /// The handler's first poll runs on the node's task (see [`crate::agent::AgentBuilder::handle`]):
+    /// no blocking work before its first `.await`.
     pub fn handle(&self, operation: &str, h: impl Handler) {
         self.inner.handlers.write().unwrap().insert(
             operation.to_owned(),
