@@ -59,8 +59,8 @@ use crate::NS;
 /// its `max_token_length`, 8192 bytes by default; longer values go to the tree decoder).
 const MAX_FAST_ATTR: usize = 4096;
 /// Most attributes per element the streaming decoder accepts (its duplicate check is linear;
-/// a Vertebra element has at most 7, `xmlns` included).
-const MAX_FAST_ATTRS: usize = 16;
+/// a Vertebra element has at most 7, `xmlns` included, which is not kept in the table).
+const MAX_FAST_ATTRS: usize = 8;
 /// Longest element or attribute name the streaming decoder accepts.
 const MAX_FAST_NAME: usize = 256;
 
@@ -489,8 +489,13 @@ impl<'i> Rd<'i> {
             return None;
         }
         let input = std::str::from_utf8(bytes).ok()?;
+        let mut r = Reader::from_str(input);
+        // An end tag with whitespace after its name (`</a >`) then fails quick-xml's end-name
+        // check and goes to the tree decoder; our encoder never writes one, and quick-xml skips
+        // its per-end-tag trimming scan.
+        r.config_mut().trim_markup_names_in_closing_tags = false;
         Some(Rd {
-            r: Reader::from_str(input),
+            r,
             input,
             depth: 0,
             attrs: [("", AttrValue::Raw("")); MAX_FAST_ATTRS],
@@ -976,6 +981,28 @@ const CLASS: [u8; 256] = {
     t
 };
 
+/// Bytes [`text_ok`] must look at closely.
+static TEXT_LOOK: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = matches!(CLASS[i], CTRL | CR | RSQB | NONCHAR);
+        i += 1;
+    }
+    t
+};
+
+/// Bytes [`attr_value_ok`] must look at closely.
+static ATTR_LOOK: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = matches!(CLASS[i], CTRL | WS | CR | LT | AMP | NONCHAR);
+        i += 1;
+    }
+    t
+};
+
 fn is_nonchar_at(b: &[u8], i: usize) -> bool {
     i >= 2 && b[i - 2] == 0xef && b[i - 1] == 0xbf
 }
@@ -1017,7 +1044,15 @@ fn skip_plain(b: &[u8], special: &[u8]) -> usize {
 fn text_ok(b: &[u8]) -> bool {
     // Chunks without control, non-ASCII or `]` bytes need no per-byte look; a `]]>` starts at a
     // `]`, which puts its chunk on the per-byte path (the look-ahead reads the whole slice).
-    let start = skip_plain(b, b"]");
+    let start = if b.len() < 32 {
+        // Short text: one table look per byte finds the first byte that needs a closer look.
+        match b.iter().position(|&c| TEXT_LOOK[c as usize]) {
+            None => return true,
+            Some(i) => i,
+        }
+    } else {
+        skip_plain(b, b"]")
+    };
     for (i, &c) in b.iter().enumerate().skip(start) {
         match CLASS[c as usize] {
             CTRL | CR => return false,
@@ -1033,7 +1068,14 @@ fn text_ok(b: &[u8]) -> bool {
 /// TAB/LF/CR (attribute-value normalization). `Some(true)` when it holds a reference.
 fn attr_value_ok(b: &[u8]) -> Option<bool> {
     let mut amp = false;
-    let start = skip_plain(b, b"<&");
+    let start = if b.len() < 32 {
+        match b.iter().position(|&c| ATTR_LOOK[c as usize]) {
+            None => return Some(false),
+            Some(i) => i,
+        }
+    } else {
+        skip_plain(b, b"<&")
+    };
     for (i, &c) in b.iter().enumerate().skip(start) {
         match CLASS[c as usize] {
             CTRL | WS | CR | LT => return None,
@@ -1505,31 +1547,37 @@ mod tests {
 
     #[test]
     fn word_skip_matches_byte_checks() {
-        let base = b"abcdefghijklmnopqrstuvwxyz0123".to_vec();
         let mut cases = Vec::new();
-        for pos in 0..base.len() {
-            for byte in 0..=255u8 {
-                let mut v = base.clone();
-                v[pos] = byte;
-                cases.push(v);
-            }
-            for ins in [
-                &b"]]>"[..],
-                b"\xef\xbf\xbe",
-                b"\xef\xbf\xbf",
-                b"]]",
-                b"&amp;",
-                b"<",
-                b"'",
-                b"\"",
-            ] {
-                let mut v = base.clone();
-                let end = (pos + ins.len()).min(v.len());
-                v.splice(pos..end, ins.iter().copied());
-                cases.push(v);
+        // Below and above the short-text length (32) of the byte-table paths.
+        for base in [
+            b"abcdefghijklmnopqrstuvwxyz0123".to_vec(),
+            b"abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGH".to_vec(),
+        ] {
+            for pos in 0..base.len() {
+                for byte in 0..=255u8 {
+                    let mut v = base.clone();
+                    v[pos] = byte;
+                    cases.push(v);
+                }
+                for ins in [
+                    &b"]]>"[..],
+                    b"\xef\xbf\xbe",
+                    b"\xef\xbf\xbf",
+                    b"]]",
+                    b"&amp;",
+                    b"<",
+                    b"'",
+                    b"\"",
+                ] {
+                    let mut v = base.clone();
+                    let end = (pos + ins.len()).min(v.len());
+                    v.splice(pos..end, ins.iter().copied());
+                    cases.push(v);
+                }
             }
         }
-        for len in 0..20 {
+        let base = b"abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGH".to_vec();
+        for len in 0..base.len() {
             cases.push(base[..len].to_vec());
             for byte in [
                 b'<', b'&', b'"', b'\'', b'\t', b'\n', b'\r', b'\x01', b'>', b']',
