@@ -43,7 +43,7 @@ impl Token {
 
     /// Parse one segment (`[0-9A-Fa-f]+`, at most [`MAX_SEGMENT_LEN`]).
     pub fn parse(s: &str) -> Result<Self, DecodeError> {
-        if s.is_empty() || s.len() > MAX_SEGMENT_LEN || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if s.is_empty() || s.len() > MAX_SEGMENT_LEN || !s.bytes().all(|b| IS_HEX[b as usize]) {
             return Err(DecodeError::new(
                 Rule::BadToken,
                 format!("token segment {s:?} is not 1..={MAX_SEGMENT_LEN} hex characters"),
@@ -68,6 +68,17 @@ impl Token {
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// `b.is_ascii_hexdigit()` as one table look per byte.
+static IS_HEX: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = (i as u8).is_ascii_hexdigit();
+        i += 1;
+    }
+    t
+};
 
 impl fmt::Display for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
