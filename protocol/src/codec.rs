@@ -47,8 +47,8 @@ use crate::stanza::{
 };
 use crate::token::{OpToken, RequestToken, Token};
 use crate::value::{
-    decode_base64, encode_base64, format_double, parse_boolean, parse_double, parse_i4, Args,
-    DateTime, Exception, NamedMode, Value, MAX_DEPTH,
+    decode_base64, encode_base64, format_double, parse_boolean, parse_double, parse_i4,
+    write_double, Args, DateTime, Exception, NamedMode, Value, MAX_DEPTH,
 };
 use crate::xml::{
     is_xml_text, is_xml_ws, parse_element, trim_xml_ws, MAX_XML_BYTES, MAX_XML_DEPTH,
@@ -1123,26 +1123,6 @@ static ESC_LOOK: [bool; 256] = {
     t
 };
 
-/// [`format_double`] appended to `out`. For normal values with 1e-4 <= |v| < 1e15 the canonical
-/// form is positional with the shortest round-trip digits whenever those are fewer than 16
-/// (no tie correction applies then) — exactly what Rust's `{}` prints, without the allocations.
-/// Counting every printed digit over-counts (leading and trailing zeros), which only sends more
-/// values to [`format_double`].
-fn put_double(out: &mut Vec<u8>, v: f64) {
-    use std::io::Write as _;
-    if (1e-4..1e15).contains(&v.abs()) {
-        let start = out.len();
-        if write!(out, "{v}").is_ok() {
-            let printed = out.get(start..).unwrap_or_default();
-            if printed.iter().filter(|b| b.is_ascii_digit()).count() < 16 {
-                return;
-            }
-        }
-        out.truncate(start);
-    }
-    out.extend_from_slice(format_double(v).as_bytes());
-}
-
 /// Escape like rxml's writer: fails on characters XML cannot carry.
 fn escape_into(out: &mut Vec<u8>, s: &str, attribute: bool) -> Result<(), EncodeError> {
     let data = s.as_bytes();
@@ -1373,7 +1353,7 @@ impl W<'_> {
             Value::Double(d) => {
                 // Never empty, so never self-closing.
                 self.head_end();
-                put_double(self.out, *d);
+                write_double(self.out, *d);
                 self.close(tag);
             }
             Value::Boolean(b) => self.text_body(tag, if *b { "1" } else { "0" })?,
@@ -1500,7 +1480,7 @@ mod tests {
     }
 
     #[test]
-    fn put_double_matches_format_double() {
+    fn write_double_matches_format_double() {
         let mut seed = 0x2545_f491_4f6c_dd1du64;
         let mut next = move || {
             seed ^= seed << 13;
@@ -1540,7 +1520,7 @@ mod tests {
         }
         for v in values {
             let mut out = Vec::new();
-            put_double(&mut out, v);
+            write_double(&mut out, v);
             assert_eq!(out, format_double(v).as_bytes(), "{v:e}");
         }
     }

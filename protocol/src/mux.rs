@@ -92,17 +92,6 @@ impl Index {
     }
 }
 
-/// The text of a token as on the wire (`T:S`, what [`OpToken::parse`] accepted), built without
-/// the formatting machinery.
-fn token_text(t: &OpToken) -> String {
-    let (a, b) = (t.requester.as_str(), t.responder.as_str());
-    let mut s = String::with_capacity(a.len() + 1 + b.len());
-    s.push_str(a);
-    s.push(':');
-    s.push_str(b);
-    s
-}
-
 /// One call with the index keys it put in [`Calls`].
 #[derive(Debug)]
 struct CallEntry {
@@ -148,7 +137,7 @@ impl Calls {
         }
         if e.token.is_none() {
             if let Some(t) = e.r.token() {
-                let t = token_text(t);
+                let t = t.to_string();
                 self.by_token.insert(&t, id);
                 e.token = Some(t);
             }
@@ -453,7 +442,7 @@ impl Responders {
         }
         if e.token.is_none() {
             if let Some(t) = e.r.token() {
-                let t = token_text(t);
+                let t = t.to_string();
                 self.by_token.insert(&t, id);
                 e.token = Some(t);
             }
@@ -957,14 +946,5 @@ mod tests {
         );
         assert!(calls.is_empty());
         assert_eq!(calls.by_answer.len(), 0);
-    }
-
-    #[test]
-    fn token_text_is_the_display_form() {
-        let t = OpToken {
-            requester: Token::generate().unwrap(),
-            responder: Token::parse("ABCdef0123").unwrap(),
-        };
-        assert_eq!(token_text(&t), t.to_string());
     }
 }

@@ -673,6 +673,26 @@ pub fn format_double(v: f64) -> String {
     out
 }
 
+/// [`format_double`] appended to `out`. For normal values with 1e-4 <= |v| < 1e15 the canonical
+/// form is positional with the shortest round-trip digits whenever those are fewer than 16
+/// (no tie correction applies then) — exactly what Rust's `{}` prints, without the allocations.
+/// Counting every printed digit over-counts (leading and trailing zeros), which only sends more
+/// values to [`format_double`].
+pub(crate) fn write_double(out: &mut Vec<u8>, v: f64) {
+    use std::io::Write as _;
+    if (1e-4..1e15).contains(&v.abs()) {
+        let start = out.len();
+        if write!(out, "{v}").is_ok() {
+            let printed = out.get(start..).unwrap_or_default();
+            if printed.iter().filter(|b| b.is_ascii_digit()).count() < 16 {
+                return;
+            }
+        }
+        out.truncate(start);
+    }
+    out.extend_from_slice(format_double(v).as_bytes());
+}
+
 /// Parse `boolean` text: `1`, `0`, `true`, `false` (XML whitespace around ignored,
 /// `[VAP-VAL-015]`, `[VAP-VAL-016]`).
 pub fn parse_boolean(text: &str) -> Result<bool, DecodeError> {

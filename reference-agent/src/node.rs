@@ -1807,15 +1807,7 @@ fn route(node: &Node, from: &Jid, op: &Op, chosen: &mut Option<Arc<dyn Handler>>
 }
 
 fn authz_key(from: &Jid, op: &str, scope: &ResourceScope) -> String {
-    // "{bare JID}|{op}", without building the bare JID.
-    let mut s = String::with_capacity(64);
-    if let Some(n) = from.node() {
-        s.push_str(n.as_str());
-        s.push('@');
-    }
-    s.push_str(from.domain().as_str());
-    s.push('|');
-    s.push_str(op);
+    let mut s = format!("{}|{}", from.to_bare(), op);
     for e in scope.iter() {
         s.push('|');
         s.push_str(e.key.as_deref().unwrap_or(""));
