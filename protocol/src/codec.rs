@@ -34,6 +34,8 @@
 
 use std::borrow::Cow;
 
+use compact_str::CompactString;
+
 use quick_xml::events::attributes::Attributes;
 use quick_xml::events::Event;
 use quick_xml::Reader;
@@ -359,7 +361,7 @@ struct Rd<'i> {
 /// of its own.
 #[derive(Default)]
 struct Scratch {
-    entries: Vec<(String, Value)>,
+    entries: Vec<(CompactString, Value)>,
     items: Vec<Value>,
 }
 
@@ -747,7 +749,7 @@ impl<'i> Rd<'i> {
             let vname = self
                 .attr("name")
                 .filter(|n| !n.is_empty())
-                .map(str::to_string);
+                .map(CompactString::new);
             match (mode, vname) {
                 // [VAP-VER-009]: a legacy `res` named like a path is a key-less resource.
                 (NamedMode::Legacy, Some(n)) if n.starts_with('/') && name == "res" => {
@@ -787,7 +789,7 @@ impl<'i> Rd<'i> {
             "i4" | "int" | "integer" => Value::I4(parse_i4(&self.text(empty)?).ok()?),
             "double" => Value::Double(parse_double(&self.text(empty)?).ok()?),
             "boolean" => Value::Boolean(parse_boolean(&self.text(empty)?).ok()?),
-            "string" => Value::String(self.text(empty)?.into_owned()),
+            "string" => Value::String(self.text(empty)?.into()),
             "base64" => Value::Base64(decode_base64(&self.text(empty)?).ok()?),
             "dateTime.iso8601" => {
                 Value::DateTime(DateTime::parse(trim_xml_ws(&self.text(empty)?)).ok()?)
@@ -850,8 +852,8 @@ impl<'i> Rd<'i> {
                     }
                 }
                 Value::Exception(Exception {
-                    class: class?,
-                    message: message?,
+                    class: class?.into(),
+                    message: message?.into(),
                 })
             }
             _ => return None,
@@ -922,7 +924,7 @@ impl<'i> Rd<'i> {
                         };
                         if cname == "string" && self.attr("name") == Some("reason") {
                             if let Value::String(s) = self.value(cname, cempty, 1)? {
-                                reason = Some(s);
+                                reason = Some(s.into());
                             }
                         } else {
                             self.skip(cempty)?;
@@ -1234,7 +1236,7 @@ impl Plain for i32 {
 }
 impl Plain for Token {
     fn put(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(self.as_str().as_bytes());
+        out.extend_from_slice(self.as_bytes());
     }
 }
 impl Plain for OpToken {

@@ -33,6 +33,8 @@ pub mod value;
 pub mod xml;
 
 pub use codec::EncodeError;
+/// The string type of [`value::Value::String`] (inline up to 24 bytes), re-exported.
+pub use compact_str::CompactString;
 pub use error::{Condition, DecodeError, ErrorType, Fault, ProtocolError, Rule, WireError};
 pub use resource::{KeyedResource, Resource, ResourceScope};
 pub use stanza::{

@@ -70,7 +70,7 @@ pub mod test_profile {
     fn string_opt(a: &Args, name: &str) -> Result<Option<String>, DecodeError> {
         match a.get(name) {
             None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(Value::String(s)) => Ok(Some(s.to_string())),
             Some(v) => Err(bad(format!(
                 "{name}: expected string, got {}",
                 v.type_name()
@@ -152,7 +152,7 @@ pub mod test_profile {
         pub fn to_args(&self) -> Args {
             let mut a = Args::new().with("index", Value::I4(self.index as i32));
             if let Some(p) = &self.payload {
-                a.insert("payload", Value::String(p.clone()));
+                a.insert("payload", Value::String(p.as_str().into()));
             }
             a
         }
@@ -205,9 +205,10 @@ pub mod test_profile {
     impl FailRequest {
         /// Encode as op arguments.
         pub fn to_args(&self) -> Args {
-            let mut a = Args::new().with("condition", Value::String(self.condition.clone()));
+            let mut a =
+                Args::new().with("condition", Value::String(self.condition.as_str().into()));
             if let Some(r) = &self.reason {
-                a.insert("reason", Value::String(r.clone()));
+                a.insert("reason", Value::String(r.as_str().into()));
             }
             a
         }
@@ -410,7 +411,7 @@ impl AdvertiseRequest {
             .with("resources", Value::Struct(res))
             .with("ttl", Value::I4(self.ttl as i32));
         if let Some(adv) = &self.advertiser {
-            a.insert("advertiser", Value::String(adv.clone()));
+            a.insert("advertiser", Value::String(adv.as_str().into()));
         }
         a
     }
@@ -442,7 +443,7 @@ impl AdvertiseRequest {
             .ok_or_else(|| bad(format!("ttl {ttl} is not 0..={MAX_ADVERTISE_TTL}")))?;
         let advertiser = match a.get("advertiser") {
             None => None,
-            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::String(s)) => Some(s.to_string()),
             Some(_) => return Err(bad("advertiser must be a string")),
         };
         Ok(AdvertiseRequest {
@@ -545,7 +546,7 @@ impl DiscoverResponse {
                 Value::List(
                     self.jids
                         .iter()
-                        .map(|j| Value::String(j.to_string()))
+                        .map(|j| Value::String(j.to_string().into()))
                         .collect(),
                 ),
             )
@@ -612,8 +613,8 @@ impl AuthorizeRequest {
     /// Encode.
     pub fn to_args(&self) -> Args {
         Args::new()
-            .with("from", Value::String(self.from.to_string()))
-            .with("to", Value::String(self.to.to_string()))
+            .with("from", Value::String(self.from.to_string().into()))
+            .with("to", Value::String(self.to.to_string().into()))
             .with("operation", Value::Res(self.operation.clone()))
             .with("resources", Value::Struct(scope_to_struct(&self.resources)))
     }
@@ -669,7 +670,7 @@ impl AuthorizeResponse {
                     } else {
                         "notauthorized"
                     }
-                    .to_string(),
+                    .into(),
                 ),
             )
             .with(

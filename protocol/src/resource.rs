@@ -3,6 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{DecodeError, Rule};
@@ -18,13 +19,15 @@ pub const MAX_RESOURCE_BYTES: usize = 4096;
 /// control characters (`[VAP-RES-005]`); compared exactly, case-sensitive, no Unicode
 /// normalization, `.`/`..` have no meaning (`[VAP-RES-006]`, `[VAP-RES-007]`). `/` alone is the
 /// root (zero segments).
+///
+/// Paths of up to 24 bytes are stored inline (no allocation).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Resource(String);
+pub struct Resource(CompactString);
 
 impl Resource {
     /// The root resource `/`.
     pub fn root() -> Self {
-        Resource("/".to_string())
+        Resource(CompactString::const_new("/"))
     }
 
     /// Parse and normalize a path (see the type docs for the grammar).
@@ -82,7 +85,7 @@ impl Resource {
                 ));
             }
         }
-        let mut path = String::with_capacity(body.len() + 1);
+        let mut path = CompactString::with_capacity(body.len() + 1);
         path.push('/');
         path.push_str(body);
         Ok(Resource(path))
@@ -114,12 +117,12 @@ impl Resource {
         if path.ends_with(' ') || s.ends_with(' ') {
             return None;
         }
-        Some(Resource(path.to_string()))
+        Some(Resource(CompactString::new(path)))
     }
 
     /// The path text, owned.
     pub(crate) fn into_string(self) -> String {
-        self.0
+        self.0.into_string()
     }
 
     /// The normalized path text.

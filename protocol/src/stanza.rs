@@ -710,7 +710,7 @@ impl OpError {
         }
         if let Some(r) = &self.reason {
             Args::new()
-                .with("reason", Value::String(r.clone()))
+                .with("reason", Value::String(r.as_str().into()))
                 .encode_into(&mut el);
         }
         el
@@ -724,7 +724,7 @@ impl OpError {
         for c in element_children(el)? {
             if c.attr("name") == Some("reason") && c.name() == "string" {
                 if let Value::String(s) = Value::from_element(c)? {
-                    reason = Some(s);
+                    reason = Some(s.into());
                 }
             }
         }

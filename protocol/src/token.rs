@@ -22,8 +22,69 @@ use crate::error::{DecodeError, Rule};
 pub const MAX_SEGMENT_LEN: usize = 65_536;
 
 /// One token segment: non-empty ASCII hex, as received (case kept; compared exactly).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Token(String);
+///
+/// Segments of up to [`INLINE_LEN`] characters (every generated one) are stored inline, so
+/// parsing or cloning a token does not allocate.
+#[derive(Clone)]
+pub struct Token(Repr);
+
+/// Longest segment stored inline in a [`Token`] (the length of a generated segment).
+const INLINE_LEN: usize = 32;
+
+#[derive(Clone)]
+enum Repr {
+    /// The first `len` bytes of the array (ASCII hex).
+    Inline { len: u8, bytes: [u8; INLINE_LEN] },
+    /// Longer segments (only ever received, never generated).
+    Heap(Box<str>),
+}
+
+impl Token {
+    /// Store a validated hex segment.
+    fn from_hex(s: &str) -> Self {
+        let b = s.as_bytes();
+        if b.len() <= INLINE_LEN {
+            let mut bytes = [0u8; INLINE_LEN];
+            bytes[..b.len()].copy_from_slice(b);
+            // `b.len() <= 32` fits in a byte.
+            Token(Repr::Inline {
+                len: b.len() as u8,
+                bytes,
+            })
+        } else {
+            Token(Repr::Heap(s.into()))
+        }
+    }
+}
+
+// Equality, hashing and order are those of the text (the derived ones would see the unused
+// tail of the inline array).
+impl PartialEq for Token {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+impl Eq for Token {}
+impl std::hash::Hash for Token {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.as_str().hash(h);
+    }
+}
+impl PartialOrd for Token {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Token {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Token").field(&self.as_str()).finish()
+    }
+}
 
 impl Token {
     /// A fresh 128-bit token: 32 lowercase hex characters from the OS CSPRNG.
@@ -33,12 +94,15 @@ impl Token {
     pub fn generate() -> Result<Self, getrandom::Error> {
         let mut bytes = [0u8; 16];
         getrandom::fill(&mut bytes)?;
-        let mut s = String::with_capacity(32);
-        for b in bytes {
-            s.push(char::from(HEX[usize::from(b >> 4)]));
-            s.push(char::from(HEX[usize::from(b & 15)]));
+        let mut hex = [0u8; INLINE_LEN];
+        for (i, b) in bytes.into_iter().enumerate() {
+            hex[2 * i] = HEX[usize::from(b >> 4)];
+            hex[2 * i + 1] = HEX[usize::from(b & 15)];
         }
-        Ok(Token(s))
+        Ok(Token(Repr::Inline {
+            len: INLINE_LEN as u8,
+            bytes: hex,
+        }))
     }
 
     /// Parse one segment (`[0-9A-Fa-f]+`, at most [`MAX_SEGMENT_LEN`]).
@@ -49,21 +113,33 @@ impl Token {
                 format!("token segment {s:?} is not 1..={MAX_SEGMENT_LEN} hex characters"),
             ));
         }
-        Ok(Token(s.to_string()))
+        Ok(Token::from_hex(s))
+    }
+
+    /// The text as bytes (ASCII hex).
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Inline { len, bytes } => bytes.get(..usize::from(*len)).unwrap_or_default(),
+            Repr::Heap(s) => s.as_bytes(),
+        }
     }
 
     /// The text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        match &self.0 {
+            // Only validated ASCII hex is ever stored, so this never takes the fallback.
+            Repr::Inline { len, bytes } => {
+                std::str::from_utf8(bytes.get(..usize::from(*len)).unwrap_or_default())
+                    .unwrap_or_default()
+            }
+            Repr::Heap(s) => s,
+        }
     }
 
     /// Whether this segment has the form this crate emits (32 lowercase hex characters).
     pub fn is_canonical(&self) -> bool {
-        self.0.len() == 32
-            && self
-                .0
-                .bytes()
-                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        let s = self.as_str();
+        s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
     }
 }
 
@@ -82,7 +158,7 @@ static IS_HEX: [bool; 256] = {
 
 impl fmt::Display for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
@@ -244,3 +320,49 @@ string_serde!(
     "^[0-9A-Fa-f]+(:[0-9A-Fa-f]+)?$"
 );
 string_serde!(OpToken, "OpToken", "^[0-9A-Fa-f]+:[0-9A-Fa-f]+$");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::hash_map::DefaultHasher;
+    use std::hash::{Hash, Hasher};
+
+    fn hash(t: &Token) -> u64 {
+        let mut h = DefaultHasher::new();
+        t.hash(&mut h);
+        h.finish()
+    }
+
+    /// Inline (up to 32 characters) and heap (longer) segments behave like their text:
+    /// equality, hash and order agree with `str`, whatever the storage.
+    #[test]
+    fn storage_does_not_show() {
+        let texts = [
+            "a",
+            "0A",
+            "0a",
+            &"f".repeat(31),
+            &"f".repeat(32),
+            &"f".repeat(33),
+            &"F".repeat(200),
+        ];
+        let tokens: Vec<Token> = texts.iter().map(|s| Token::parse(s).unwrap()).collect();
+        for (a, ta) in texts.iter().zip(&tokens) {
+            assert_eq!(ta.as_str(), *a);
+            assert_eq!(ta.as_bytes(), a.as_bytes());
+            assert_eq!(ta.to_string(), *a);
+            assert_eq!(format!("{ta:?}"), format!("Token({a:?})"));
+            for (b, tb) in texts.iter().zip(&tokens) {
+                assert_eq!(ta == tb, a == b, "{a} == {b}");
+                assert_eq!(ta.cmp(tb), a.cmp(b), "{a} cmp {b}");
+                if ta == tb {
+                    assert_eq!(hash(ta), hash(tb));
+                }
+            }
+        }
+        let g = Token::generate().unwrap();
+        assert!(g.is_canonical());
+        assert_eq!(Token::parse(g.as_str()).unwrap(), g);
+        assert!(!Token::parse("ABCDEF").unwrap().is_canonical());
+    }
+}

@@ -17,6 +17,7 @@
 
 use std::fmt;
 
+use compact_str::CompactString;
 use minidom::Element;
 use serde::de::{self, MapAccess, Visitor};
 use serde::ser::{SerializeMap, SerializeSeq};
@@ -39,8 +40,9 @@ pub enum Value {
     Double(f64),
     /// Boolean.
     Boolean(bool),
-    /// Text, preserved exactly (must consist of XML characters to be encodable).
-    String(String),
+    /// Text, preserved exactly (must consist of XML characters to be encodable). Strings of up
+    /// to 24 bytes are stored inline; build one from a `&str` or a `String` with `.into()`.
+    String(CompactString),
     /// Bytes.
     Base64(Vec<u8>),
     /// An instant (UTC, second precision).
@@ -70,7 +72,8 @@ pub struct Exception {
 /// `<struct>`. Insertion order is kept and is the encoding order.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Args {
-    entries: Vec<(String, Value)>,
+    /// Names of up to 24 bytes (nearly all) are stored inline.
+    entries: Vec<(CompactString, Value)>,
 }
 
 impl Args {
@@ -80,18 +83,18 @@ impl Args {
     }
 
     /// Insert or replace (a replaced value keeps its original position). Returns the old value.
-    pub fn insert(&mut self, name: impl Into<String>, value: Value) -> Option<Value> {
-        let name = name.into();
-        if let Some(slot) = self.entries.iter_mut().find(|(n, _)| *n == name) {
+    pub fn insert(&mut self, name: impl AsRef<str>, value: Value) -> Option<Value> {
+        let name = name.as_ref();
+        if let Some(slot) = self.entries.iter_mut().find(|(n, _)| n == name) {
             return Some(std::mem::replace(&mut slot.1, value));
         }
-        self.entries.push((name, value));
+        self.entries.push((CompactString::new(name), value));
         None
     }
 
     /// Builder form of [`Args::insert`].
     #[must_use]
-    pub fn with(mut self, name: impl Into<String>, value: Value) -> Self {
+    pub fn with(mut self, name: impl AsRef<str>, value: Value) -> Self {
         self.insert(name, value);
         self
     }
@@ -104,12 +107,12 @@ impl Args {
                 format!("duplicate name {name:?}"),
             ));
         }
-        self.entries.push((name, value));
+        self.entries.push((CompactString::new(name), value));
         Ok(())
     }
 
     /// From entries whose names are known to be unique (the streaming decoder checks them).
-    pub(crate) fn from_unique(entries: Vec<(String, Value)>) -> Self {
+    pub(crate) fn from_unique(entries: Vec<(CompactString, Value)>) -> Self {
         Args { entries }
     }
 
@@ -842,8 +845,8 @@ impl Value {
             Value::Res(r) => el.append_text(r.as_str()),
             Value::Exception(e) => {
                 Args::new()
-                    .with("class", Value::String(e.class.clone()))
-                    .with("message", Value::String(e.message.clone()))
+                    .with("class", Value::String(e.class.as_str().into()))
+                    .with("message", Value::String(e.message.as_str().into()))
                     .encode_into(&mut el);
             }
         }
@@ -947,7 +950,7 @@ fn decode_value(el: &Element, depth: usize) -> Result<Value, DecodeError> {
         "i4" | "int" | "integer" => Value::I4(parse_i4(&scalar_text(el)?)?),
         "double" => Value::Double(parse_double(&scalar_text(el)?)?),
         "boolean" => Value::Boolean(parse_boolean(&scalar_text(el)?)?),
-        "string" => Value::String(scalar_text(el)?),
+        "string" => Value::String(scalar_text(el)?.into()),
         "base64" => Value::Base64(decode_base64(&scalar_text(el)?)?),
         "dateTime.iso8601" => Value::DateTime(DateTime::parse(trim_xml_ws(&scalar_text(el)?))?),
         "res" => Value::Res(Resource::parse(&scalar_text(el)?)?),
@@ -993,7 +996,10 @@ fn decode_value(el: &Element, depth: usize) -> Result<Value, DecodeError> {
                 }
             }
             match (class, message) {
-                (Some(class), Some(message)) => Value::Exception(Exception { class, message }),
+                (Some(class), Some(message)) => Value::Exception(Exception {
+                    class: class.into(),
+                    message: message.into(),
+                }),
                 _ => {
                     return Err(DecodeError::new(
                         Rule::BadException,
@@ -1074,7 +1080,7 @@ impl Serialize for Value {
             Value::I4(v) => m.serialize_entry("i4", v)?,
             Value::Double(v) => m.serialize_entry("double", v)?,
             Value::Boolean(v) => m.serialize_entry("boolean", v)?,
-            Value::String(v) => m.serialize_entry("string", v)?,
+            Value::String(v) => m.serialize_entry("string", v.as_str())?,
             Value::Base64(v) => m.serialize_entry("base64", &encode_base64(v))?,
             Value::DateTime(v) => m.serialize_entry("dateTime", &v.to_rfc3339())?,
             Value::List(v) => m.serialize_entry("list", v)?,
@@ -1109,7 +1115,7 @@ impl<'de> Deserialize<'de> for Value {
                         Value::Double(d)
                     }
                     "boolean" => Value::Boolean(map.next_value()?),
-                    "string" => Value::String(map.next_value()?),
+                    "string" => Value::String(map.next_value::<String>()?.into()),
                     "base64" => {
                         let s: String = map.next_value()?;
                         Value::Base64(decode_base64(&s).map_err(de::Error::custom)?)

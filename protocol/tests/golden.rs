@@ -54,7 +54,7 @@ fn all_types() -> Args {
             "note",
             Value::String("  two leading spaces, one trailing \r\n<&>".into()),
         )
-        .with("empty", Value::String(String::new()))
+        .with("empty", Value::String("".into()))
         .with("blob", Value::Base64(vec![0, 1, 2, 255]))
         .with(
             "at",

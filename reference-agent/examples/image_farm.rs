@@ -30,8 +30,11 @@ async fn resize(
     let image = call.string("image")?.to_string();
     let width = call.i4("width")?;
     Ok(Args::new()
-        .with("thumbnail", Value::String(format!("{image}@{width}w.png")))
-        .with("backend", Value::String(backend)))
+        .with(
+            "thumbnail",
+            Value::String(format!("{image}@{width}w.png").into()),
+        )
+        .with("backend", Value::String(backend.into())))
 }
 
 pub async fn run(requests: usize) -> Result<FarmReport, String> {
@@ -111,7 +114,7 @@ async fn wait_order(web: &Node, d: &Jid, first: &str) -> Result<(), String> {
 
 async fn serve(web: &Node, d: &Jid, i: usize) -> Result<String, String> {
     let args = Args::new()
-        .with("image", Value::String(format!("upload-{i}.jpg")))
+        .with("image", Value::String(format!("upload-{i}.jpg").into()))
         .with("width", Value::I4(128));
     let (_, chunks) = call_single(web, d, "/image/resize", args, Duration::from_secs(10))
         .await

@@ -233,7 +233,7 @@ pub fn register_test_profile(node: &Node) {
         for i in 0..count {
             let mut a = Args::new().with("index", Value::I4(i));
             if size > 0 {
-                a.insert("payload", Value::String("x".repeat(size)));
+                a.insert("payload", Value::String("x".repeat(size).into()));
             }
             c.send(a).await?;
         }

@@ -69,7 +69,7 @@ pub fn parse_arg(s: &str) -> Result<(String, Value), String> {
         "i4" | "int" | "integer" => Value::I4(parse_i4(val).map_err(|e| bad(e.detail))?),
         "double" => Value::Double(parse_double(val).map_err(|e| bad(e.detail))?),
         "boolean" | "bool" => Value::Boolean(parse_boolean(val).map_err(|e| bad(e.detail))?),
-        "string" => Value::String(val.to_string()),
+        "string" => Value::String(val.into()),
         "base64" => Value::Base64(decode_base64(val).map_err(|e| bad(e.detail))?),
         "res" => Value::Res(Resource::parse(val).map_err(|e| bad(e.detail))?),
         "nil" => Value::Nil,

@@ -1397,7 +1397,7 @@ fn merged(chunks: &[Args]) -> Args {
     let mut a = Args::new();
     for c in chunks {
         for (k, v) in c.iter() {
-            a.insert(k.to_string(), v.clone());
+            a.insert(k, v.clone());
         }
     }
     a

@@ -65,7 +65,7 @@ pub fn scalar() -> impl Strategy<Value = Value> {
         prop_oneof![Just(i32::MIN), Just(i32::MAX), Just(0)].prop_map(Value::I4),
         double().prop_map(Value::Double),
         any::<bool>().prop_map(Value::Boolean),
-        xml_string().prop_map(Value::String),
+        xml_string().prop_map(|s| Value::String(s.into())),
         proptest::collection::vec(any::<u8>(), 0..64).prop_map(Value::Base64),
         datetime().prop_map(Value::DateTime),
         Just(Value::Nil),

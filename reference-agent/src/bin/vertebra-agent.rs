@@ -72,7 +72,7 @@ pub async fn run_command(command: String, call: Call) -> Result<Args, HandlerErr
     cmd.arg("-c").arg(&command).kill_on_drop(true);
     for (k, v) in call.args.iter() {
         let val = match v {
-            Value::String(s) => s.clone(),
+            Value::String(s) => s.to_string(),
             Value::I4(i) => i.to_string(),
             Value::Double(d) => d.to_string(),
             Value::Boolean(b) => (if *b { "1" } else { "0" }).to_string(),
@@ -98,7 +98,7 @@ pub async fn run_command(command: String, call: Call) -> Result<Args, HandlerErr
     Ok(Args::new()
         .with(
             "stdout",
-            Value::String(String::from_utf8_lossy(&out.stdout).into_owned()),
+            Value::String(String::from_utf8_lossy(&out.stdout).into()),
         )
         .with("status", Value::I4(out.status.code().unwrap_or(-1))))
 }

@@ -355,10 +355,12 @@ async fn demo(serve: bool, n: usize) -> ExitCode {
                 async move {
                     let count = call.args.get_i4("count").unwrap_or(2).clamp(0, 1000);
                     for k in 0..count {
-                        call.send(Args::new().with("gem", Value::String(format!("gem-{k}"))))
-                            .await?;
+                        call.send(
+                            Args::new().with("gem", Value::String(format!("gem-{k}").into())),
+                        )
+                        .await?;
                     }
-                    Ok(Args::new().with("served_by", Value::String(name)))
+                    Ok(Args::new().with("served_by", Value::String(name.into())))
                 }
             })
             .start();
