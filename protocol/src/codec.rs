@@ -1190,6 +1190,23 @@ fn escape_into(out: &mut Vec<u8>, s: &str, attribute: bool) -> Result<(), Encode
     Ok(())
 }
 
+/// `<tag` and `</tag>` of a value's element.
+fn tag_bytes(v: &Value) -> (&'static [u8], &'static [u8]) {
+    match v {
+        Value::I4(_) => (b"<i4", b"</i4>"),
+        Value::Double(_) => (b"<double", b"</double>"),
+        Value::Boolean(_) => (b"<boolean", b"</boolean>"),
+        Value::String(_) => (b"<string", b"</string>"),
+        Value::Base64(_) => (b"<base64", b"</base64>"),
+        Value::DateTime(_) => (b"<dateTime.iso8601", b"</dateTime.iso8601>"),
+        Value::List(_) => (b"<list", b"</list>"),
+        Value::Struct(_) => (b"<struct", b"</struct>"),
+        Value::Nil => (b"<nil", b"</nil>"),
+        Value::Res(_) => (b"<res", b"</res>"),
+        Value::Exception(_) => (b"<exception", b"</exception>"),
+    }
+}
+
 /// Text written as is, without escaping and without `fmt` (numbers, hex tokens).
 trait Plain {
     fn put(&self, out: &mut Vec<u8>);
@@ -1318,49 +1335,58 @@ impl W<'_> {
         Ok(())
     }
     fn string_el(&mut self, name: Option<&str>, s: &str) -> Result<(), EncodeError> {
-        self.open("string");
+        self.out.extend_from_slice(b"<string");
         if let Some(n) = name {
-            self.attr("name", n)?;
+            self.name_attr(n)?;
         }
-        self.text_body("string", s)
+        self.text_body(b"</string>", s)
     }
-    /// Text content then the end tag (self-closing for empty text).
-    fn text_body(&mut self, tag: &str, s: &str) -> Result<(), EncodeError> {
+    /// ` name='…'`.
+    fn name_attr(&mut self, n: &str) -> Result<(), EncodeError> {
+        self.out.extend_from_slice(b" name='");
+        escape_into(self.out, n, true)?;
+        self.out.push(b'\'');
+        Ok(())
+    }
+    /// Text content then the end tag `end` (`</tag>`; self-closing for empty text).
+    fn text_body(&mut self, end: &[u8], s: &str) -> Result<(), EncodeError> {
         if s.is_empty() {
             self.empty_end();
             return Ok(());
         }
         self.head_end();
         escape_into(self.out, s, false)?;
-        self.close(tag);
+        self.out.extend_from_slice(end);
         Ok(())
     }
-    fn num_body(&mut self, tag: &str, v: impl Plain) {
+    fn num_body(&mut self, end: &[u8], v: impl Plain) {
         self.head_end();
         v.put(self.out);
-        self.close(tag);
+        self.out.extend_from_slice(end);
     }
     fn value(&mut self, v: &Value, name: Option<&str>, root: bool) -> Result<(), EncodeError> {
         let tag = v.type_name();
+        // `<tag` and `</tag>` as one piece each.
+        let (start, end) = tag_bytes(v);
         if root {
             self.open_root(tag);
         } else {
-            self.open(tag);
+            self.out.extend_from_slice(start);
         }
         if let Some(n) = name {
-            self.attr("name", n)?;
+            self.name_attr(n)?;
         }
         match v {
-            Value::I4(x) => self.num_body(tag, x),
+            Value::I4(x) => self.num_body(end, x),
             Value::Double(d) => {
                 // Never empty, so never self-closing.
                 self.head_end();
                 write_double(self.out, *d);
-                self.close(tag);
+                self.out.extend_from_slice(end);
             }
-            Value::Boolean(b) => self.text_body(tag, if *b { "1" } else { "0" })?,
-            Value::String(s) => self.text_body(tag, s)?,
-            Value::Base64(b) => self.text_body(tag, &encode_base64(b))?,
+            Value::Boolean(b) => self.text_body(end, if *b { "1" } else { "0" })?,
+            Value::String(s) => self.text_body(end, s)?,
+            Value::Base64(b) => self.text_body(end, &encode_base64(b))?,
             Value::DateTime(d) => {
                 // The canonical wire form of `DateTime::to_wire`, written in place.
                 self.head_end();
@@ -1375,9 +1401,9 @@ impl W<'_> {
                 o.push(b':');
                 put_padded(o, u64::from(d.second), 2);
                 o.push(b'Z');
-                self.close(tag);
+                self.out.extend_from_slice(end);
             }
-            Value::Res(r) => self.text_body(tag, r.as_str())?,
+            Value::Res(r) => self.text_body(end, r.as_str())?,
             Value::Nil => self.empty_end(),
             Value::List(items) => {
                 if items.is_empty() {
@@ -1426,7 +1452,7 @@ impl W<'_> {
         }
         for r in &op.unkeyed_resources {
             self.open("res");
-            self.text_body("res", r.as_str())?;
+            self.text_body(b"</res>", r.as_str())?;
         }
         self.close("op");
         Ok(())

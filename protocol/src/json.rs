@@ -115,7 +115,7 @@ impl From<&VertebraPayload> for PayloadJson {
                     Version::Legacy => None,
                 },
                 token: o.token.clone(),
-                op_type: o.op_type.clone(),
+                op_type: o.op_type.to_string(),
                 timeout: o.timeout,
                 scope: o.scope,
                 window: o.window,
@@ -197,7 +197,7 @@ impl PayloadJson {
                     Version::Legacy
                 },
                 token,
-                op_type,
+                op_type: op_type.into(),
                 timeout,
                 scope,
                 window,

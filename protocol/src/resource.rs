@@ -120,9 +120,9 @@ impl Resource {
         Some(Resource(CompactString::new(path)))
     }
 
-    /// The path text, owned.
-    pub(crate) fn into_string(self) -> String {
-        self.0.into_string()
+    /// The path text, owned, in its inline-capable form.
+    pub(crate) fn into_compact(self) -> CompactString {
+        self.0
     }
 
     /// The normalized path text.

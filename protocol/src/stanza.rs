@@ -13,6 +13,7 @@
 //!
 //! Encoding is canonical: attributes in a fixed order, values via [`Value::to_element`].
 
+use compact_str::CompactString;
 use minidom::Element;
 use serde::{Deserialize, Serialize};
 
@@ -106,7 +107,7 @@ pub struct Op {
     /// `type`: the operation, a normalized resource path such as `/gem/list`
     /// (`[VAP-OPS-012]`; legacy verbs are rejected, `[VAP-VER-011]`). Always valid for
     /// [`Resource::parse`] when decoded.
-    pub op_type: String,
+    pub op_type: CompactString,
     /// `timeout` in ms as sent (required in 1.0, 1..=86 400 000). See [`Op::timeout_ms`].
     pub timeout: Option<u32>,
     /// `scope` (informational).
@@ -125,7 +126,7 @@ impl Op {
         Op {
             version: Version::V1_0,
             token,
-            op_type: operation.as_str().to_string(),
+            op_type: operation.as_str().into(),
             timeout: Some(timeout_ms),
             scope: None,
             window: None,
@@ -181,7 +182,7 @@ impl Op {
             set_attr(&mut el, "version", VERSION_1_0);
         }
         set_attr(&mut el, "token", self.token.to_string());
-        set_attr(&mut el, "type", self.op_type.clone());
+        set_attr(&mut el, "type", self.op_type.as_str());
         if let Some(t) = self.timeout {
             set_attr(&mut el, "timeout", t.to_string());
         }
@@ -237,7 +238,7 @@ impl Op {
 pub(crate) struct OpHead {
     pub(crate) token: RequestToken,
     pub(crate) version: Version,
-    op_type: String,
+    op_type: CompactString,
     timeout: Option<u32>,
     scope: Option<Scope>,
     window: Option<u8>,
@@ -302,7 +303,7 @@ pub(crate) fn op_head<A: Attrs + ?Sized>(el: &A) -> Result<OpHead, OpDecodeError
     }
 }
 
-type OpRest = (String, Option<u32>, Option<Scope>, Option<u8>);
+type OpRest = (CompactString, Option<u32>, Option<Scope>, Option<u8>);
 
 fn op_head_rest<A: Attrs + ?Sized>(el: &A, version: Version) -> Result<OpRest, DecodeError> {
     {
@@ -310,7 +311,7 @@ fn op_head_rest<A: Attrs + ?Sized>(el: &A, version: Version) -> Result<OpRest, D
         // [VAP-OPS-012]; legacy verbs are bad-value ([VAP-VER-011]).
         let op_type = Resource::parse(raw_type)
             .map_err(|e| DecodeError::new(Rule::BadAttribute, format!("op type: {}", e.detail)))?
-            .into_string();
+            .into_compact();
         let timeout = match el.attr("timeout") {
             None if version == Version::V1_0 => {
                 return Err(DecodeError::new(
@@ -388,6 +389,10 @@ pub fn parse_version(v: Option<&str>) -> Result<Version, DecodeError> {
     let Some(v) = v else {
         return Ok(Version::Legacy);
     };
+    // What every 1.0 peer sends, without the general checks below.
+    if v == "1.0" {
+        return Ok(Version::V1_0);
+    }
     let ok_form = v.split_once('.').is_some_and(|(a, b)| {
         !a.is_empty()
             && !b.is_empty()

@@ -117,7 +117,7 @@ fn payload_wide() -> impl Strategy<Value = VertebraPayload> {
             }),
         1 => (token(), any_text(), any_text(), any_text()).prop_map(|(t, ty, n, s)| {
                 let mut op = Op::new(RequestToken::Single(t), &Resource::parse("/a").unwrap(), 5);
-                op.op_type = ty;
+                op.op_type = ty.into();
                 op.args = Args::new().with(n, Value::String(s.into()));
                 VertebraPayload::Op(op)
             }),
