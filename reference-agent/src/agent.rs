@@ -11,7 +11,7 @@
 //!     .handle("/gem/list", |call: Call| async move {
 //!         let count = call.i4("count")?;
 //!         for i in 0..count {
-//!             call.send(Args::new().with("gem", Value::String(format!("gem-{i}")))).await?;
+//!             call.send(Args::new().with("gem", Value::String(format!("gem-{i}").into()))).await?;
 //!         }
 //!         Ok(Args::new())
 //!     })
