@@ -11,6 +11,7 @@
 //! Both are sans-IO like the machines: the caller passes time in [`Millis`].
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use jid::Jid;
 use minidom::Element;
@@ -28,6 +29,33 @@ use crate::value::Args;
 pub type CallId = u64;
 /// Handle of one incoming op in [`Responders`].
 pub type OpId = u64;
+
+/// Hasher for maps keyed by [`CallId`] or [`OpId`]: a multiplicative hash of the 64-bit handle.
+/// The handles are counters of our own, never values a peer chooses, so they need none of the
+/// default hasher's (SipHash) keyed protection, which costs several times more per step.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        // Fibonacci hashing: odd multiplier, so distinct handles get distinct hashes, and the
+        // high bits (which the table uses as tags) depend on every bit of the handle.
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// A map keyed by [`CallId`] or [`OpId`] (see [`IdHasher`]).
+pub type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
 /// Routing index from a string key (one of our IQ ids, or an op token `T:S`) to the calls or
 /// ops that use it. The peer's JID is not part of the key: a lookup checks it against the
@@ -107,7 +135,7 @@ struct CallEntry {
 /// All outgoing calls of one entity.
 #[derive(Debug, Default)]
 pub struct Calls {
-    calls: HashMap<CallId, CallEntry>,
+    calls: IdMap<CallEntry>,
     next: CallId,
     /// Op and cancel IQ ids → call (routes IQ results and errors).
     by_answer: Index,
@@ -137,7 +165,7 @@ impl Calls {
         }
         if e.token.is_none() {
             if let Some(t) = e.r.token() {
-                let t = t.to_string();
+                let t = t.text();
                 self.by_token.insert(&t, id);
                 e.token = Some(t);
             }
@@ -385,7 +413,7 @@ impl Calls {
 #[derive(Debug)]
 pub struct Responders {
     cfg: ResponderConfig,
-    ops: HashMap<OpId, OpEntry>,
+    ops: IdMap<OpEntry>,
     next: OpId,
     /// Ids of our pending IQ sets → op (routes their IQ results and errors).
     by_answer: Index,
@@ -411,7 +439,7 @@ impl Responders {
     pub fn new(cfg: ResponderConfig, dedup_capacity: usize) -> Self {
         Responders {
             cfg,
-            ops: HashMap::new(),
+            ops: IdMap::default(),
             next: 0,
             by_answer: Index::default(),
             by_token: Index::default(),
@@ -442,7 +470,7 @@ impl Responders {
         }
         if e.token.is_none() {
             if let Some(t) = e.r.token() {
-                let t = t.to_string();
+                let t = t.text();
                 self.by_token.insert(&t, id);
                 e.token = Some(t);
             }
