@@ -13,6 +13,8 @@ use minidom::Element;
 use xmpp_parsers::iq::Iq;
 use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType as StanzaErrorType, StanzaError};
 
+use crate::stanza::{Data, Final, Op};
+
 /// Milliseconds since the caller's epoch.
 pub type Millis = u64;
 
@@ -120,10 +122,75 @@ pub fn retry_delay(n: u32) -> Millis {
     RETRY_BASE_MS << n.saturating_sub(1).min(20)
 }
 
+/// The payload of an IQ set as a machine keeps it for retransmission (`[VAP-OPS-068]`: same
+/// id, same payload). The per-op stanzas a machine builds from typed values stay typed and are
+/// encoded again for a retry (encoding is deterministic, so a retry carries the same element),
+/// so the first send takes its element without a deep copy.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Resend {
+    /// An element, kept as sent.
+    Element(Element),
+    /// An op.
+    Op(Box<Op>),
+    /// A final.
+    Final(Final),
+    /// A data chunk.
+    Data(Data),
+}
+
+impl Resend {
+    fn to_element(&self) -> Element {
+        match self {
+            Resend::Element(e) => e.clone(),
+            Resend::Op(o) => o.to_element(),
+            Resend::Final(f) => f.to_element(),
+            Resend::Data(d) => d.to_element(),
+        }
+    }
+
+    /// The element to send now, and what to keep for the retries.
+    fn split(self) -> (Element, Resend) {
+        match self {
+            Resend::Element(e) => (e.clone(), Resend::Element(e)),
+            typed => (typed.to_element(), typed),
+        }
+    }
+}
+
+/// An IQ set as a machine keeps it after sending: recipient, id and payload.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Sent {
+    pub to: Jid,
+    pub id: String,
+    pub payload: Resend,
+}
+
+impl Sent {
+    /// The IQ set to send now (first attempt) and what to keep for its retries.
+    pub fn first(to: Jid, id: String, payload: Resend) -> (OutIq, Sent) {
+        let (el, payload) = payload.split();
+        let iq = OutIq {
+            to: to.clone(),
+            id: id.clone(),
+            body: IqBody::Set(el),
+        };
+        (iq, Sent { to, id, payload })
+    }
+
+    /// The same IQ set again (a retry).
+    fn again(&self) -> OutIq {
+        OutIq {
+            to: self.to.clone(),
+            id: self.id.clone(),
+            body: IqBody::Set(self.payload.to_element()),
+        }
+    }
+}
+
 /// One IQ set we sent and await an answer for, with its retransmission bookkeeping.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Pending {
-    pub iq: OutIq,
+    pub iq: Sent,
     pub attempts: u32,
     /// When the current attempt times out.
     pub timeout_at: Millis,
@@ -135,13 +202,13 @@ pub(crate) struct Pending {
 
 impl Pending {
     /// `limit`: no single wait goes past it.
-    pub fn new(iq: OutIq, now: Millis, limit: Millis) -> Self {
+    pub fn new(iq: Sent, now: Millis, limit: Millis) -> Self {
         Self::with_timeout(iq, now, limit, IQ_TIMEOUT_MS)
     }
 
     /// Like [`Pending::new`] with a per-IQ timeout other than the default
     /// (`[VAP-OPS-063]`: "its per-IQ timeout (10000 ms by default)").
-    pub fn with_timeout(iq: OutIq, now: Millis, limit: Millis, iq_timeout: Millis) -> Self {
+    pub fn with_timeout(iq: Sent, now: Millis, limit: Millis, iq_timeout: Millis) -> Self {
         let iq_timeout = iq_timeout.max(1);
         Pending {
             iq,
@@ -172,7 +239,7 @@ impl Pending {
         self.retry_at = None;
         self.attempts += 1;
         self.timeout_at = (now + self.iq_timeout).min(limit);
-        self.iq.clone()
+        self.iq.again()
     }
 
     pub fn next_wakeup(&self) -> Millis {

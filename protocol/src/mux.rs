@@ -10,6 +10,7 @@
 //!
 //! Both are sans-IO like the machines: the caller passes time in [`Millis`].
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -74,35 +75,43 @@ enum Slot {
 }
 
 impl Index {
+    /// One hash per call: keys are inserted once, when they appear, so the key is usually new.
     fn insert(&mut self, k: &str, id: u64) {
-        match self.0.get_mut(k) {
-            None => {
-                self.0.insert(k.to_string(), Slot::One(id));
+        match self.0.entry(k.to_string()) {
+            Entry::Vacant(v) => {
+                v.insert(Slot::One(id));
             }
-            Some(Slot::One(o)) if *o == id => {}
-            Some(slot @ Slot::One(_)) => {
-                let Slot::One(o) = *slot else { unreachable!() };
-                *slot = Slot::Many(vec![o, id]);
-            }
-            Some(Slot::Many(v)) => {
-                if !v.contains(&id) {
-                    v.push(id);
+            Entry::Occupied(mut o) => match o.get_mut() {
+                Slot::One(x) if *x == id => {}
+                slot @ Slot::One(_) => {
+                    let Slot::One(x) = *slot else { unreachable!() };
+                    *slot = Slot::Many(vec![x, id]);
                 }
-            }
+                Slot::Many(v) => {
+                    if !v.contains(&id) {
+                        v.push(id);
+                    }
+                }
+            },
         }
     }
 
+    /// One hash per call in the usual case (the key has only this handle).
     fn remove(&mut self, k: &str, id: u64) {
-        let empty = match self.0.get_mut(k) {
-            None => return,
-            Some(Slot::One(o)) => *o == id,
-            Some(Slot::Many(v)) => {
-                v.retain(|x| *x != id);
-                v.is_empty()
-            }
+        let Some((key, slot)) = self.0.remove_entry(k) else {
+            return;
         };
-        if empty {
-            self.0.remove(k);
+        match slot {
+            Slot::One(x) if x == id => {}
+            Slot::One(x) => {
+                self.0.insert(key, Slot::One(x));
+            }
+            Slot::Many(mut v) => {
+                v.retain(|x| *x != id);
+                if !v.is_empty() {
+                    self.0.insert(key, Slot::Many(v));
+                }
+            }
         }
     }
 
