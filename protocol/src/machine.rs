@@ -13,6 +13,8 @@ use minidom::Element;
 use xmpp_parsers::iq::Iq;
 use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType as StanzaErrorType, StanzaError};
 
+use crate::stanza::{Data, Final, Op};
+
 /// Milliseconds since the caller's epoch.
 pub type Millis = u64;
 
@@ -120,10 +122,75 @@ pub fn retry_delay(n: u32) -> Millis {
     RETRY_BASE_MS << n.saturating_sub(1).min(20)
 }
 
+/// The payload of an IQ set as a machine keeps it for retransmission (`[VAP-OPS-068]`: same
+/// id, same payload). The per-op stanzas a machine builds from typed values stay typed and are
+/// encoded again for a retry (encoding is deterministic, so a retry carries the same element),
+/// so the first send takes its element without a deep copy.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Resend {
+    /// An element, kept as sent.
+    Element(Element),
+    /// An op.
+    Op(Box<Op>),
+    /// A final.
+    Final(Final),
+    /// A data chunk.
+    Data(Data),
+}
+
+impl Resend {
+    fn to_element(&self) -> Element {
+        match self {
+            Resend::Element(e) => e.clone(),
+            Resend::Op(o) => o.to_element(),
+            Resend::Final(f) => f.to_element(),
+            Resend::Data(d) => d.to_element(),
+        }
+    }
+
+    /// The element to send now, and what to keep for the retries.
+    fn split(self) -> (Element, Resend) {
+        match self {
+            Resend::Element(e) => (e.clone(), Resend::Element(e)),
+            typed => (typed.to_element(), typed),
+        }
+    }
+}
+
+/// An IQ set as a machine keeps it after sending: recipient, id and payload.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Sent {
+    pub to: Jid,
+    pub id: String,
+    pub payload: Resend,
+}
+
+impl Sent {
+    /// The IQ set to send now (first attempt) and what to keep for its retries.
+    pub fn first(to: Jid, id: String, payload: Resend) -> (OutIq, Sent) {
+        let (el, payload) = payload.split();
+        let iq = OutIq {
+            to: to.clone(),
+            id: id.clone(),
+            body: IqBody::Set(el),
+        };
+        (iq, Sent { to, id, payload })
+    }
+
+    /// The same IQ set again (a retry).
+    fn again(&self) -> OutIq {
+        OutIq {
+            to: self.to.clone(),
+            id: self.id.clone(),
+            body: IqBody::Set(self.payload.to_element()),
+        }
+    }
+}
+
 /// One IQ set we sent and await an answer for, with its retransmission bookkeeping.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Pending {
-    pub iq: OutIq,
+    pub iq: Sent,
     pub attempts: u32,
     /// When the current attempt times out.
     pub timeout_at: Millis,
@@ -135,13 +202,13 @@ pub(crate) struct Pending {
 
 impl Pending {
     /// `limit`: no single wait goes past it.
-    pub fn new(iq: OutIq, now: Millis, limit: Millis) -> Self {
+    pub fn new(iq: Sent, now: Millis, limit: Millis) -> Self {
         Self::with_timeout(iq, now, limit, IQ_TIMEOUT_MS)
     }
 
     /// Like [`Pending::new`] with a per-IQ timeout other than the default
     /// (`[VAP-OPS-063]`: "its per-IQ timeout (10000 ms by default)").
-    pub fn with_timeout(iq: OutIq, now: Millis, limit: Millis, iq_timeout: Millis) -> Self {
+    pub fn with_timeout(iq: Sent, now: Millis, limit: Millis, iq_timeout: Millis) -> Self {
         let iq_timeout = iq_timeout.max(1);
         Pending {
             iq,
@@ -172,7 +239,7 @@ impl Pending {
         self.retry_at = None;
         self.attempts += 1;
         self.timeout_at = (now + self.iq_timeout).min(limit);
-        self.iq.clone()
+        self.iq.again()
     }
 
     pub fn next_wakeup(&self) -> Millis {
@@ -182,12 +249,82 @@ impl Pending {
 
 /// Remembers answered IQ sets by (sender full JID, IQ id) for [`DEDUP_WINDOW_MS`] with their
 /// answer (`[VAP-OPS-065]`…`[VAP-OPS-067]`), bounded in size (oldest forgotten first).
+///
+/// Keyed by IQ id, then by sender: a lookup (one per IQ set received) borrows both and
+/// allocates nothing.
 #[derive(Debug, Clone)]
 pub struct DedupCache {
-    map: HashMap<(String, String), (Millis, IqBody)>,
-    order: VecDeque<(Millis, String, String)>,
+    /// IQ id → the answers sent to the senders that used it (almost always one).
+    map: HashMap<String, Answers>,
+    /// Number of remembered (sender, id) answers.
+    entries: usize,
+    order: VecDeque<(Millis, Jid, String)>,
     capacity: usize,
     window: Millis,
+}
+
+/// One remembered answer.
+#[derive(Debug, Clone)]
+struct Answer {
+    from: Jid,
+    at: Millis,
+    body: IqBody,
+}
+
+/// The answers remembered under one IQ id. `One` is the usual case and is kept inline (boxing
+/// it would cost the allocation this layout saves).
+#[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
+enum Answers {
+    One(Answer),
+    Many(Vec<Answer>),
+}
+
+impl Answers {
+    fn as_slice(&self) -> &[Answer] {
+        match self {
+            Answers::One(a) => std::slice::from_ref(a),
+            Answers::Many(v) => v,
+        }
+    }
+
+    fn find_mut(&mut self, from: &Jid) -> Option<&mut Answer> {
+        match self {
+            Answers::One(a) => (&a.from == from).then_some(a),
+            Answers::Many(v) => v.iter_mut().find(|a| &a.from == from),
+        }
+    }
+
+    fn push(&mut self, a: Answer) {
+        match self {
+            Answers::One(_) => {
+                let Answers::One(first) = std::mem::replace(self, Answers::Many(Vec::new())) else {
+                    unreachable!()
+                };
+                *self = Answers::Many(vec![first, a]);
+            }
+            Answers::Many(v) => v.push(a),
+        }
+    }
+
+    /// Remove the answer to `from` (only if remembered at `at`, when given); returns whether
+    /// one was removed and whether none is left.
+    fn remove(&mut self, from: &Jid, at: Option<Millis>) -> (bool, bool) {
+        let hit = |a: &Answer| &a.from == from && at.is_none_or(|t| a.at == t);
+        match self {
+            Answers::One(a) => {
+                let removed = hit(a);
+                (removed, removed)
+            }
+            Answers::Many(v) => match v.iter().position(hit) {
+                Some(i) => {
+                    v.remove(i);
+                    (true, v.is_empty())
+                }
+                None => (false, v.is_empty()),
+            },
+        }
+    }
 }
 
 impl DedupCache {
@@ -195,9 +332,24 @@ impl DedupCache {
     pub fn new(capacity: usize) -> Self {
         DedupCache {
             map: HashMap::new(),
+            entries: 0,
             order: VecDeque::new(),
             capacity: capacity.max(1),
             window: DEDUP_WINDOW_MS,
+        }
+    }
+
+    /// Forget the answer to (from, id), only if it was remembered at `at` when given.
+    fn remove(&mut self, from: &Jid, id: &str, at: Option<Millis>) {
+        let Some(answers) = self.map.get_mut(id) else {
+            return;
+        };
+        let (removed, empty) = answers.remove(from, at);
+        if removed {
+            self.entries -= 1;
+        }
+        if empty {
+            self.map.remove(id);
         }
     }
 
@@ -207,10 +359,7 @@ impl DedupCache {
                 break;
             }
             if let Some((t, f, i)) = self.order.pop_front() {
-                let key = (f, i);
-                if self.map.get(&key).is_some_and(|(tt, _)| *tt == t) {
-                    self.map.remove(&key);
-                }
+                self.remove(&f, &i, Some(t));
             }
         }
     }
@@ -219,19 +368,42 @@ impl DedupCache {
     pub fn lookup(&mut self, from: &Jid, id: &str, now: Millis) -> Option<OutIq> {
         self.expire(now);
         self.map
-            .get(&(from.to_string(), id.to_string()))
-            .map(|(_, body)| OutIq {
+            .get(id)?
+            .as_slice()
+            .iter()
+            .find(|a| &a.from == from)
+            .map(|a| OutIq {
                 to: from.clone(),
                 id: id.to_string(),
-                body: body.clone(),
+                body: a.body.clone(),
             })
     }
 
     /// Remember the answer sent to (from, id).
     pub fn remember(&mut self, answer: &OutIq, now: Millis) {
-        let key = (answer.to.to_string(), answer.id.clone());
-        self.order.push_back((now, key.0.clone(), key.1.clone()));
-        self.map.insert(key, (now, answer.body.clone()));
+        self.order
+            .push_back((now, answer.to.clone(), answer.id.clone()));
+        let fresh = || Answer {
+            from: answer.to.clone(),
+            at: now,
+            body: answer.body.clone(),
+        };
+        match self.map.get_mut(&answer.id) {
+            Some(answers) => match answers.find_mut(&answer.to) {
+                Some(a) => {
+                    a.at = now;
+                    a.body = answer.body.clone();
+                }
+                None => {
+                    answers.push(fresh());
+                    self.entries += 1;
+                }
+            },
+            None => {
+                self.map.insert(answer.id.clone(), Answers::One(fresh()));
+                self.entries += 1;
+            }
+        }
         self.expire(now);
     }
 
@@ -239,16 +411,77 @@ impl DedupCache {
     /// `[VAP-OPS-067]` (process a repeated IQ set again); a conforming peer never calls it.
     #[doc(hidden)]
     pub fn forget(&mut self, from: &Jid, id: &str) {
-        self.map.remove(&(from.to_string(), id.to_string()));
+        self.remove(from, id, None);
     }
 
     /// Number of remembered answers.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.entries
     }
 
     /// True when empty.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.entries == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jid(s: &str) -> Jid {
+        Jid::new(s).unwrap()
+    }
+
+    fn answer(to: &str, id: &str, payload: &str) -> OutIq {
+        OutIq {
+            to: jid(to),
+            id: id.to_string(),
+            body: IqBody::Result(Some(Element::bare(payload, "urn:test"))),
+        }
+    }
+
+    #[test]
+    fn dedup_by_sender_and_id() {
+        let mut d = DedupCache::new(10);
+        let (a, b) = ("a@x/r", "b@x/r");
+        d.remember(&answer(a, "1", "first"), 0);
+        d.remember(&answer(b, "1", "second"), 0);
+        assert_eq!(d.len(), 2);
+        assert_eq!(d.lookup(&jid(a), "1", 1), Some(answer(a, "1", "first")));
+        assert_eq!(d.lookup(&jid(b), "1", 1), Some(answer(b, "1", "second")));
+        assert_eq!(d.lookup(&jid("a@x/other"), "1", 1), None);
+        assert_eq!(d.lookup(&jid(a), "2", 1), None);
+        // The same (sender, id) again: the newer answer replaces the older one.
+        d.remember(&answer(a, "1", "again"), 5);
+        assert_eq!(d.len(), 2);
+        assert_eq!(d.lookup(&jid(a), "1", 6), Some(answer(a, "1", "again")));
+        d.forget(&jid(b), "1");
+        assert_eq!(d.len(), 1);
+        assert_eq!(d.lookup(&jid(b), "1", 6), None);
+        assert_eq!(d.lookup(&jid(a), "1", 6), Some(answer(a, "1", "again")));
+    }
+
+    #[test]
+    fn dedup_window_and_capacity() {
+        let mut d = DedupCache::new(2);
+        let a = "a@x/r";
+        d.remember(&answer(a, "1", "p"), 0);
+        // Re-remembered at 10: the entry queued at 0 no longer removes it.
+        d.remember(&answer(a, "1", "q"), 10);
+        assert_eq!(
+            d.lookup(&jid(a), "1", DEDUP_WINDOW_MS),
+            Some(answer(a, "1", "q"))
+        );
+        assert_eq!(d.lookup(&jid(a), "1", DEDUP_WINDOW_MS + 10), None);
+        assert!(d.is_empty());
+        // Capacity 2: the oldest goes first.
+        d.remember(&answer(a, "1", "p"), 20);
+        d.remember(&answer(a, "2", "p"), 21);
+        d.remember(&answer(a, "3", "p"), 22);
+        assert_eq!(d.len(), 2);
+        assert_eq!(d.lookup(&jid(a), "1", 23), None);
+        assert!(d.lookup(&jid(a), "2", 23).is_some());
+        assert!(d.lookup(&jid(a), "3", 23).is_some());
     }
 }

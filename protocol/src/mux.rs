@@ -10,7 +10,9 @@
 //!
 //! Both are sans-IO like the machines: the caller passes time in [`Millis`].
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use jid::Jid;
 use minidom::Element;
@@ -29,6 +31,33 @@ pub type CallId = u64;
 /// Handle of one incoming op in [`Responders`].
 pub type OpId = u64;
 
+/// Hasher for maps keyed by [`CallId`] or [`OpId`]: a multiplicative hash of the 64-bit handle.
+/// The handles are counters of our own, never values a peer chooses, so they need none of the
+/// default hasher's (SipHash) keyed protection, which costs several times more per step.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        // Fibonacci hashing: odd multiplier, so distinct handles get distinct hashes, and the
+        // high bits (which the table uses as tags) depend on every bit of the handle.
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// A map keyed by [`CallId`] or [`OpId`] (see [`IdHasher`]).
+pub type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+
 /// Routing index from a string key (one of our IQ ids, or an op token `T:S`) to the calls or
 /// ops that use it. The peer's JID is not part of the key: a lookup checks it against the
 /// machine (`from` must be its peer), so routing stays by (peer, key) while a step costs no
@@ -46,35 +75,43 @@ enum Slot {
 }
 
 impl Index {
+    /// One hash per call: keys are inserted once, when they appear, so the key is usually new.
     fn insert(&mut self, k: &str, id: u64) {
-        match self.0.get_mut(k) {
-            None => {
-                self.0.insert(k.to_string(), Slot::One(id));
+        match self.0.entry(k.to_string()) {
+            Entry::Vacant(v) => {
+                v.insert(Slot::One(id));
             }
-            Some(Slot::One(o)) if *o == id => {}
-            Some(slot @ Slot::One(_)) => {
-                let Slot::One(o) = *slot else { unreachable!() };
-                *slot = Slot::Many(vec![o, id]);
-            }
-            Some(Slot::Many(v)) => {
-                if !v.contains(&id) {
-                    v.push(id);
+            Entry::Occupied(mut o) => match o.get_mut() {
+                Slot::One(x) if *x == id => {}
+                slot @ Slot::One(_) => {
+                    let Slot::One(x) = *slot else { unreachable!() };
+                    *slot = Slot::Many(vec![x, id]);
                 }
-            }
+                Slot::Many(v) => {
+                    if !v.contains(&id) {
+                        v.push(id);
+                    }
+                }
+            },
         }
     }
 
+    /// One hash per call in the usual case (the key has only this handle).
     fn remove(&mut self, k: &str, id: u64) {
-        let empty = match self.0.get_mut(k) {
-            None => return,
-            Some(Slot::One(o)) => *o == id,
-            Some(Slot::Many(v)) => {
-                v.retain(|x| *x != id);
-                v.is_empty()
-            }
+        let Some((key, slot)) = self.0.remove_entry(k) else {
+            return;
         };
-        if empty {
-            self.0.remove(k);
+        match slot {
+            Slot::One(x) if x == id => {}
+            Slot::One(x) => {
+                self.0.insert(key, Slot::One(x));
+            }
+            Slot::Many(mut v) => {
+                v.retain(|x| *x != id);
+                if !v.is_empty() {
+                    self.0.insert(key, Slot::Many(v));
+                }
+            }
         }
     }
 
@@ -107,7 +144,7 @@ struct CallEntry {
 /// All outgoing calls of one entity.
 #[derive(Debug, Default)]
 pub struct Calls {
-    calls: HashMap<CallId, CallEntry>,
+    calls: IdMap<CallEntry>,
     next: CallId,
     /// Op and cancel IQ ids → call (routes IQ results and errors).
     by_answer: Index,
@@ -137,7 +174,7 @@ impl Calls {
         }
         if e.token.is_none() {
             if let Some(t) = e.r.token() {
-                let t = t.to_string();
+                let t = t.text();
                 self.by_token.insert(&t, id);
                 e.token = Some(t);
             }
@@ -385,7 +422,7 @@ impl Calls {
 #[derive(Debug)]
 pub struct Responders {
     cfg: ResponderConfig,
-    ops: HashMap<OpId, OpEntry>,
+    ops: IdMap<OpEntry>,
     next: OpId,
     /// Ids of our pending IQ sets → op (routes their IQ results and errors).
     by_answer: Index,
@@ -411,7 +448,7 @@ impl Responders {
     pub fn new(cfg: ResponderConfig, dedup_capacity: usize) -> Self {
         Responders {
             cfg,
-            ops: HashMap::new(),
+            ops: IdMap::default(),
             next: 0,
             by_answer: Index::default(),
             by_token: Index::default(),
@@ -442,7 +479,7 @@ impl Responders {
         }
         if e.token.is_none() {
             if let Some(t) = e.r.token() {
-                let t = t.to_string();
+                let t = t.text();
                 self.by_token.insert(&t, id);
                 e.token = Some(t);
             }

@@ -19,7 +19,8 @@ use xmpp_parsers::stanza_error::StanzaError;
 
 use crate::error::{Condition, ErrorType, ProtocolError};
 use crate::machine::{
-    classify_iq_error, IqBody, IqErrorClass, Millis, OutIq, Pending, DEADLINE_GRACE_MS,
+    classify_iq_error, IqBody, IqErrorClass, Millis, OutIq, Pending, Resend, Sent,
+    DEADLINE_GRACE_MS,
 };
 use crate::stanza::{Cancel, Data, Final, Op, OpError, OpResult, Version, VertebraPayload};
 use crate::token::{OpToken, RequestToken};
@@ -172,18 +173,14 @@ impl Requester {
             return Err(ProtocolError::misuse("ops go to full JIDs ([VAP-TRN-016])"));
         }
         let op_deadline = now + Millis::from(op.timeout_ms());
-        let iq = OutIq {
-            to: to.clone(),
-            id: iq_id.into(),
-            body: IqBody::Set(op.to_element()),
-        };
+        let (iq, sent) = Sent::first(to.clone(), iq_id.into(), Resend::Op(Box::new(op.clone())));
         let r = Requester {
             to,
             request_token: op.token.clone(),
             legacy_op: op.is_legacy(),
             token: None,
             op_iq: Some(Pending::with_timeout(
-                iq.clone(),
+                sent,
                 now,
                 op_deadline + DEADLINE_GRACE_MS,
                 iq_timeout,
@@ -279,13 +276,13 @@ impl Requester {
     fn cancel_out(&mut self, now: Millis) -> Option<Out> {
         let token = self.token.clone()?;
         let id = self.cancel_iq_id.clone()?;
-        let iq = OutIq {
-            to: self.to.clone(),
+        let (iq, sent) = Sent::first(
+            self.to.clone(),
             id,
-            body: IqBody::Set(Cancel { token }.to_element()),
-        };
+            Resend::Element(Cancel { token }.to_element()),
+        );
         self.cancel_iq = Some(Pending::with_timeout(
-            iq.clone(),
+            sent,
             now,
             self.hard_deadline,
             self.iq_timeout,

@@ -21,7 +21,8 @@ use xmpp_parsers::stanza_error::StanzaError;
 
 use crate::error::{Condition, ErrorType, ProtocolError, Travel, WireError};
 use crate::machine::{
-    classify_iq_error, IqBody, IqErrorClass, Millis, OutIq, Pending, AUTHORIZE_TIMEOUT_MS,
+    classify_iq_error, IqBody, IqErrorClass, Millis, OutIq, Pending, Resend, Sent,
+    AUTHORIZE_TIMEOUT_MS,
 };
 use crate::requester::Output;
 use crate::stanza::{Ack, Data, Final, Nack, Op, OpError, OpResult, Version, VertebraPayload};
@@ -115,7 +116,7 @@ pub struct Responder {
     data_out: HashMap<String, Pending>,
     control: Option<Pending>,
     /// The terminal stanza to send once all data results are in.
-    terminal: Option<Element>,
+    terminal: Option<Resend>,
     terminal_sent: bool,
     end_condition: Option<Condition>,
     processed: HashSet<String>,
@@ -352,14 +353,10 @@ impl Responder {
         out.push(Output::Send(self.op_result.clone()));
     }
 
-    fn send_control(&mut self, el: Element, now: Millis, out: &mut Vec<Out>) {
+    fn send_control(&mut self, payload: Resend, now: Millis, out: &mut Vec<Out>) {
         let id = self.fresh_id();
-        let iq = OutIq {
-            to: self.requester.clone(),
-            id,
-            body: IqBody::Set(el),
-        };
-        self.control = Some(Pending::new(iq.clone(), now, self.deadline));
+        let (iq, sent) = Sent::first(self.requester.clone(), id, payload);
+        self.control = Some(Pending::new(sent, now, self.deadline));
         out.push(Output::Send(iq));
     }
 
@@ -368,7 +365,7 @@ impl Responder {
             return;
         };
         self.phase = Phase::AckSent;
-        self.send_control(Ack { token }.to_element(), now, out);
+        self.send_control(Resend::Element(Ack { token }.to_element()), now, out);
     }
 
     fn close_with_nack(&mut self, reason: Condition, now: Millis, out: &mut Vec<Out>) {
@@ -378,7 +375,11 @@ impl Responder {
         self.phase = Phase::Closing;
         self.end_condition = Some(reason.clone());
         self.terminal_sent = true;
-        self.send_control(Nack { token, reason }.to_element(), now, out);
+        self.send_control(
+            Resend::Element(Nack { token, reason }.to_element()),
+            now,
+            out,
+        );
     }
 
     /// Decide a terminal error; it is sent when no data IQ is outstanding
@@ -410,7 +411,7 @@ impl Responder {
         if c == Condition::DeadlineExpired {
             self.data_out.clear();
         }
-        self.terminal = Some(el);
+        self.terminal = Some(Resend::Element(el));
         self.flush(now, out);
     }
 
@@ -431,26 +432,23 @@ impl Responder {
             let seq = self.next_seq;
             self.next_seq += 1;
             let id = self.fresh_id();
-            let iq = OutIq {
-                to: self.requester.clone(),
-                id: id.clone(),
-                body: IqBody::Set(
-                    Data {
-                        token: token.clone(),
-                        seq: Some(seq), // [VAP-OPS-034], also toward legacy ([VAP-VER-008])
-                        args,
-                    }
-                    .to_element(),
-                ),
-            };
+            let (iq, sent) = Sent::first(
+                self.requester.clone(),
+                id.clone(),
+                Resend::Data(Data {
+                    token: token.clone(),
+                    seq: Some(seq), // [VAP-OPS-034], also toward legacy ([VAP-VER-008])
+                    args,
+                }),
+            );
             self.data_out
-                .insert(id, Pending::new(iq.clone(), now, self.deadline));
+                .insert(id, Pending::new(sent, now, self.deadline));
             out.push(Output::Send(iq));
         }
         if self.queue.is_empty() && self.data_out.is_empty() && self.control.is_none() {
-            if let Some(el) = self.terminal.take() {
+            if let Some(t) = self.terminal.take() {
                 self.terminal_sent = true;
-                self.send_control(el, now, out);
+                self.send_control(t, now, out);
             }
         }
     }
@@ -529,14 +527,11 @@ impl Responder {
         }
         let count = self.next_seq + self.queue.len() as u64 + u64::from(!on_final.is_empty()); // [VAP-OPS-042]
         self.phase = Phase::Closing;
-        self.terminal = Some(
-            Final {
-                token,
-                count: Some(count),
-                args: on_final,
-            }
-            .to_element(),
-        );
+        self.terminal = Some(Resend::Final(Final {
+            token,
+            count: Some(count),
+            args: on_final,
+        }));
         let mut out = Vec::new();
         self.flush(now, &mut out);
         Ok(out)

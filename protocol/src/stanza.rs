@@ -424,7 +424,7 @@ impl OpResult {
     /// Encode.
     pub fn to_element(&self) -> Element {
         let mut el = Element::bare("op", NS);
-        set_attr(&mut el, "token", self.token.to_string());
+        set_attr(&mut el, "token", self.token.text());
         if self.ack {
             set_attr(&mut el, "ack", "true");
         }
@@ -603,7 +603,7 @@ pub(crate) fn uint_attr<A: Attrs + ?Sized>(
 
 fn token_el(name: &str, token: &OpToken) -> Element {
     let mut el = Element::bare(name, NS);
-    set_attr(&mut el, "token", token.to_string());
+    set_attr(&mut el, "token", token.text());
     el
 }
 

@@ -274,11 +274,25 @@ impl OpToken {
     pub fn is_rotation_of(&self, request: &RequestToken) -> bool {
         &self.requester == request.last()
     }
+
+    /// The text `T:S`, as [`fmt::Display`] writes it, in one allocation of the exact size
+    /// (`to_string` goes through the formatter and grows its string several times; a token is
+    /// written a few times per op: on the wire and as an index key).
+    pub fn text(&self) -> String {
+        let (t, s) = (self.requester.as_str(), self.responder.as_str());
+        let mut out = String::with_capacity(t.len() + 1 + s.len());
+        out.push_str(t);
+        out.push(':');
+        out.push_str(s);
+        out
+    }
 }
 
 impl fmt::Display for OpToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.requester, self.responder)
+        f.write_str(self.requester.as_str())?;
+        f.write_str(":")?;
+        f.write_str(self.responder.as_str())
     }
 }
 

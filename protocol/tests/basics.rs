@@ -220,8 +220,11 @@ fn tokens() {
     let s = Token::generate().unwrap();
     let op = rt.rotate(s.clone());
     assert_eq!(op.to_string(), format!("{t}:{s}"));
+    assert_eq!(op.text(), op.to_string());
     let pair = RequestToken::parse("AB:cd").unwrap();
     assert_eq!(pair.rotate(s.clone()).to_string(), format!("cd:{s}"));
+    assert_eq!(pair.rotate(s.clone()).text(), format!("cd:{s}"));
+    assert_eq!(pair.to_string(), "AB:cd");
     assert_ne!(Token::parse("AB").unwrap(), Token::parse("ab").unwrap());
 }
 

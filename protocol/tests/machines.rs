@@ -534,3 +534,58 @@ fn foreign_domain_is_checked_before_values_and_version() {
         assert_eq!(r.end_condition(), Some(&Condition::NotAuthorized));
     }
 }
+
+/// [VAP-OPS-068] a retry repeats the IQ set exactly: same id, same recipient, same payload
+/// (op on the requester side; data and final on the responder side).
+#[test]
+fn retries_repeat_the_iq_set_exactly() {
+    let aj = j("agent@example.net/agent");
+    let rj = j("ops@example.net/console");
+    fn sends<E>(out: Vec<Output<E>>) -> Vec<OutIq> {
+        out.into_iter()
+            .filter_map(|o| match o {
+                Output::Send(s) => Some(s),
+                Output::Event(_) => None,
+            })
+            .collect()
+    }
+    let first_of = |out: Vec<Output<CallEvent>>| sends(out).remove(0);
+
+    // The op IQ, retried after its per-IQ timeout.
+    let o = op(60_000).with_args(args(7));
+    let (mut r, out) = Requester::start(aj.clone(), &o, "op1", 0).unwrap();
+    let first = first_of(out);
+    let t = r.next_timeout().unwrap();
+    let again = first_of(r.handle_timeout(t));
+    assert_eq!(again, first);
+
+    // Data and final from the responder, retried after theirs.
+    let cfg = ResponderConfig {
+        own_jid: aj.clone(),
+        values_on_final: true,
+    };
+    let (mut a, out) = Responder::receive_op(
+        rj.clone(),
+        "op1",
+        false,
+        &o.to_element(),
+        0,
+        Token::generate().unwrap(),
+        &cfg,
+        |_| Route::Handler { cached: Some(true) },
+    );
+    assert_eq!(sends(out).len(), 1, "the op result");
+    let data = sends(a.chunk(args(1), 0).unwrap());
+    assert_eq!(data.len(), 1);
+    let t = a.next_timeout().unwrap();
+    assert_eq!(sends(a.handle_timeout(t)), data);
+    assert!(a.handle_iq_result(&rj, &data[0].id, t).is_empty());
+    let fin = sends(a.finish(Some(args(2)), t).unwrap());
+    assert_eq!(fin.len(), 1);
+    let IqBody::Set(el) = &fin[0].body else {
+        panic!("final is an IQ set")
+    };
+    assert_eq!(el.name(), "final");
+    let t2 = a.next_timeout().unwrap();
+    assert_eq!(sends(a.handle_timeout(t2)), fin);
+}

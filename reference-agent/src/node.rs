@@ -33,7 +33,7 @@ use tokio_xmpp::parsers::{
 };
 use vertebra_protocol::error::Travel;
 use vertebra_protocol::machine::{IqBody, Millis, OutIq};
-use vertebra_protocol::mux::{CallId, Calls, OpId, Responders};
+use vertebra_protocol::mux::{CallId, Calls, IdMap, OpId, Responders};
 use vertebra_protocol::payloads::{
     AuthorizeRequest, AuthorizeResponse, OP_ADVERTISE, OP_AUTHORIZE, OP_DISCOVER,
 };
@@ -464,8 +464,8 @@ struct OpCtx {
 struct Engine {
     calls: Calls,
     responders: Option<Responders>,
-    call_ctx: HashMap<CallId, CallCtx>,
-    op_ctx: HashMap<OpId, OpCtx>,
+    call_ctx: IdMap<CallCtx>,
+    op_ctx: IdMap<OpCtx>,
     /// Handlers started under the lock, run as soon as it is released (see [`EngineGuard`]).
     starting: Vec<(OpId, Arc<OpSignals>, HandlerFuture)>,
 }
@@ -610,8 +610,8 @@ impl Node {
                 engine: Mutex::new(Engine {
                     calls,
                     responders: None,
-                    call_ctx: HashMap::new(),
-                    op_ctx: HashMap::new(),
+                    call_ctx: IdMap::default(),
+                    op_ctx: IdMap::default(),
                     starting: Vec::new(),
                 }),
                 timer_kick: Notify::new(),
