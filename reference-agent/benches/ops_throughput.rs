@@ -57,7 +57,8 @@ fn us(v: Option<f64>) -> String {
     v.map_or_else(|| "?".into(), |v| format!("{v:.0}"))
 }
 
-async fn pings(req: &Node, to: &Jid, n: usize) -> f64 {
+/// `n` pings from `conn` to `to`, at most [`CONCURRENCY`] in flight.
+async fn pings(conn: &Conn, to: &Jid, n: usize) -> f64 {
     let t0 = Instant::now();
     let mut inflight = FuturesUnordered::new();
     let mut done = 0;
@@ -65,7 +66,7 @@ async fn pings(req: &Node, to: &Jid, n: usize) -> f64 {
     while done < n {
         while sent < n && inflight.len() < CONCURRENCY {
             let el = Element::builder("ping", "urn:xmpp:ping").build();
-            let c = req.conn().clone();
+            let c = conn.clone();
             let to = to.clone();
             inflight.push(async move { c.iq(to, false, el, Duration::from_secs(10)).await });
             sent += 1;
@@ -201,22 +202,7 @@ impl Ideal {
     }
 
     async fn pings(&self, n: usize) -> f64 {
-        let t0 = Instant::now();
-        let mut inflight = FuturesUnordered::new();
-        let mut done = 0;
-        let mut sent = 0;
-        while done < n {
-            while sent < n && inflight.len() < CONCURRENCY {
-                let el = Element::builder("ping", "urn:xmpp:ping").build();
-                let c = self.req.clone();
-                let to = self.to.clone();
-                inflight.push(async move { c.iq(to, false, el, Duration::from_secs(10)).await });
-                sent += 1;
-            }
-            inflight.next().await.unwrap().expect("ping");
-            done += 1;
-        }
-        n as f64 / t0.elapsed().as_secs_f64()
+        pings(&self.req, &self.to, n).await
     }
 }
 
@@ -269,7 +255,7 @@ fn main() {
         let mut ideal = Ideal::start(&bus).await;
         // warm-up (fills the authorization cache, so the fast path applies)
         ops(&req, &to, "/bench/echo", 200).await;
-        pings(&req, &to, 200).await;
+        pings(req.conn(), &to, 200).await;
         ideal.ops(200).await;
         ideal.pings(200).await;
         if std::env::var("BENCH_DUMP_WIRE").is_ok_and(|v| v == "1") {
@@ -278,7 +264,7 @@ fn main() {
             trace.set_enabled(true);
             trace.clear();
             ops(&req, &to, "/bench/echo", 1).await;
-            pings(&req, &to, 1).await;
+            pings(req.conn(), &to, 1).await;
             ideal.ops(1).await;
             for e in trace.drain() {
                 println!("{:?} {}", e.direction, e.xml);
@@ -294,7 +280,7 @@ fn main() {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(5 * n);
             let (rate, cpu) = match phase.as_str() {
-                "ping" => measured(n, pings(&req, &to, n)).await,
+                "ping" => measured(n, pings(req.conn(), &to, n)).await,
                 "stream" => measured(n, ops(&req, &to, "/bench/stream", n)).await,
                 "ideal" => measured(n, ideal.ops(n)).await,
                 "ideal-ping" => measured(n, ideal.pings(n)).await,
@@ -303,12 +289,12 @@ fn main() {
             println!("{phase}: {rate:.0} /s  CPU {} us", us(cpu));
             return;
         }
-        let (iq, iq_cpu) = measured(n, pings(&req, &to, n)).await;
+        let (iq, iq_cpu) = measured(n, pings(req.conn(), &to, n)).await;
         let (fast, fast_cpu) = measured(n, ops(&req, &to, "/bench/echo", n)).await;
         let (slow, slow_cpu) = measured(n / 2, ops(&req, &to, "/bench/stream", n / 2)).await;
         let (ideal_ops, ideal_cpu) = measured(n, ideal.ops(n)).await;
         let (ideal_iq, ideal_iq_cpu) = measured(n, ideal.pings(n)).await;
-        let (iq2, iq2_cpu) = measured(n, pings(&req, &to, n)).await;
+        let (iq2, iq2_cpu) = measured(n, pings(req.conn(), &to, n)).await;
         let iq = (iq + iq2) / 2.0;
         let iq_cpu = iq_cpu.zip(iq2_cpu).map(|(a, b)| (a + b) / 2.0);
         println!("concurrency {CONCURRENCY}, {n} calls each; CPU = process CPU time per call");
