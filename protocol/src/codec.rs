@@ -761,7 +761,7 @@ impl<'i> Rd<'i> {
                     let v = self.value(name, empty, depth)?;
                     // A duplicate name ([`Args::try_push`] fails on it).
                     let entries = self.scratch.entries.get(base..)?;
-                    if entries.iter().any(|(k, _)| *k == n) {
+                    if entries.iter().any(|(k, _)| same_name(k, &n)) {
                         return None;
                     }
                     self.scratch.entries.push((n, v));
@@ -1214,6 +1214,11 @@ trait Plain {
 
 /// Decimal digits of `v`, zero-padded to at least `width` (like `{:0width$}`).
 fn put_padded(out: &mut Vec<u8>, mut v: u64, width: usize) {
+    // One digit, unpadded (booleans' siblings: counts, small integers).
+    if v < 10 && width <= 1 {
+        out.push(b'0' + v as u8);
+        return;
+    }
     let mut buf = [b'0'; 20];
     let mut i = buf.len();
     loop {

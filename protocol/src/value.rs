@@ -223,6 +223,41 @@ impl Args {
     }
 }
 
+/// `Value::String` from text: `Value::from("rails")` or `"rails".into()`.
+impl From<&str> for Value {
+    fn from(s: &str) -> Self {
+        Value::String(s.into())
+    }
+}
+
+/// `Value::String` from an owned string.
+impl From<String> for Value {
+    fn from(s: String) -> Self {
+        Value::String(s.into())
+    }
+}
+
+/// `Value::I4`.
+impl From<i32> for Value {
+    fn from(v: i32) -> Self {
+        Value::I4(v)
+    }
+}
+
+/// `Value::Boolean`.
+impl From<bool> for Value {
+    fn from(v: bool) -> Self {
+        Value::Boolean(v)
+    }
+}
+
+/// `Value::Res`.
+impl From<Resource> for Value {
+    fn from(r: Resource) -> Self {
+        Value::Res(r)
+    }
+}
+
 impl FromIterator<(String, Value)> for Args {
     fn from_iter<T: IntoIterator<Item = (String, Value)>>(iter: T) -> Self {
         let mut a = Args::new();

@@ -255,3 +255,24 @@ fn long_token_segments_are_accepted() {
     let s = Token::generate().unwrap();
     assert_eq!(t.rotate(s.clone()).to_string(), format!("{long}:{s}"));
 }
+
+#[test]
+fn values_from_plain_rust_values() {
+    use vertebra_protocol::value::Value;
+    use vertebra_protocol::Resource;
+    assert_eq!(Value::from("rails"), Value::String("rails".into()));
+    assert_eq!(
+        Value::from("a".repeat(40)),
+        Value::String("a".repeat(40).into())
+    );
+    assert_eq!(Value::from(-7), Value::I4(-7));
+    assert_eq!(Value::from(true), Value::Boolean(true));
+    let r = Resource::parse("/cluster/rd00").unwrap();
+    assert_eq!(Value::from(r.clone()), Value::Res(r));
+    // Short and long strings alike keep their exact text.
+    if let Value::String(s) = Value::from("ünïcode ✓") {
+        assert_eq!(s.as_str(), "ünïcode ✓");
+    } else {
+        panic!("not a string");
+    }
+}
