@@ -98,7 +98,13 @@ class VertebraClient(slixmpp.ClientXMPP):
         self.add_event_handler("presence_unavailable", self._on_unavailable)
         self.online = asyncio.Event()
         self.ended = asyncio.Event()
+        # Whether a session is up. slixmpp keeps whatever is sent between the loss of a session
+        # and the next one and sends it after the next login; Vertebra stanzas produced in that
+        # gap belong to the lost session and must not reach the new one [VAP-OPS-081], so they
+        # are refused here instead (send_set raises IqTimeout at once, presences are dropped).
+        self.live = False
         self.add_event_handler("session_start", self._on_session_start)
+        self.add_event_handler("session_end", self._on_session_end)
         self.add_event_handler("disconnected", self._on_disconnected)
         self.add_event_handler("connection_failed", self._on_failed)
         self.add_event_handler("failed_all_auth", self._on_failed)
@@ -106,6 +112,9 @@ class VertebraClient(slixmpp.ClientXMPP):
     # -- Transport ---------------------------------------------------------------------------
 
     async def send_set(self, to: str, payload: ET.Element, *, iq_id: str, timeout: float):
+        if not self.live:
+            # no answer can come: the session this was meant for is gone [VAP-OPS-081]
+            raise IqTimeout(f"no session to send to {to} on")
         iq = self.Iq()
         iq["type"] = "set"
         iq["to"] = to
@@ -122,6 +131,9 @@ class VertebraClient(slixmpp.ClientXMPP):
         return res.xml[0] if len(res.xml) else None
 
     def send_presence_payload(self, to: str, payload: ET.Element | None) -> None:
+        if not self.live:
+            log.debug("no session: presence to %s dropped", to)  # [VAP-OPS-081]
+            return
         pres = self.make_presence(pto=to)
         if payload is not None:
             pres.xml.append(payload)
@@ -210,10 +222,15 @@ class VertebraClient(slixmpp.ClientXMPP):
             self.core.peer_unavailable(str(JID(pres["from"]).full))
 
     async def _on_session_start(self, _event) -> None:
+        self.live = True
         self.send_presence()  # initial available presence [VAP-TRN-003]
         self.online.set()
 
+    def _on_session_end(self, _event) -> None:
+        self.live = False
+
     def _on_disconnected(self, _event) -> None:
+        self.live = False
         if self.core is not None:
             self.core.abort_all()  # [VAP-OPS-081]
         self.ended.set()
