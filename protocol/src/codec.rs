@@ -98,7 +98,9 @@ pub fn decode_payload_tree(bytes: &[u8]) -> Result<VertebraPayload, DecodeError>
 /// when the tree decoder must decide (see the module docs).
 pub fn decode_payload_fast(bytes: &[u8]) -> Option<VertebraPayload> {
     let mut rd = Rd::new(bytes)?;
-    rd.payload()
+    let p = rd.payload()?;
+    rd.end()?;
+    Some(p)
 }
 
 /// Decode an `<op>` from bytes, reporting how far decoding got (see [`Op::decode`]).
@@ -126,7 +128,9 @@ pub fn decode_op_fast(bytes: &[u8]) -> Option<Op> {
     if name != "op" {
         return None;
     }
-    rd.op(empty)
+    let op = rd.op(empty)?;
+    rd.end()?;
+    Some(op)
 }
 
 /// Decode the payload of an op's IQ result (`<op token="T:S"/>`, [`OpResult::from_element`]).
@@ -151,6 +155,7 @@ pub fn decode_op_result_fast(bytes: &[u8]) -> Option<OpResult> {
     }
     let r = op_result_attrs(&rd.view(name)).ok()?;
     rd.skip(empty)?;
+    rd.end()?;
     Some(r)
 }
 
@@ -171,7 +176,9 @@ pub fn decode_value_tree(bytes: &[u8]) -> Result<Value, DecodeError> {
 pub fn decode_value_fast(bytes: &[u8]) -> Option<Value> {
     let mut rd = Rd::new(bytes)?;
     let (name, empty) = rd.root()?;
-    rd.value(name, empty, 1)
+    let v = rd.value(name, empty, 1)?;
+    rd.end()?;
+    Some(v)
 }
 
 /// Encode a payload, appending to `out` (byte-identical to [`encode_payload_tree`]). On error
@@ -667,6 +674,18 @@ impl<'i> Rd<'i> {
         match self.next()? {
             Ev::Open { name, empty } => Some((name, empty)),
             _ => None,
+        }
+    }
+
+    /// After the root element: whitespace only, then the end of the input (anything else is
+    /// left to the tree decoder, which refuses it).
+    fn end(&mut self) -> Option<()> {
+        loop {
+            match self.r.read_event().ok()? {
+                Event::Eof => return Some(()),
+                Event::Text(t) if is_xml_ws(&t) => {}
+                _ => return None,
+            }
         }
     }
 

@@ -53,7 +53,17 @@ pub fn parse_element(bytes: &[u8], default_ns: Option<&str>) -> Result<Element, 
             ));
         }
         if let Some(root) = builder.root.take() {
-            return Ok(root);
+            // Nothing but XML's trailing misc may follow the root: rxml rejects a second
+            // element or text after it; whatever it still reports is refused here, so no
+            // content is dropped silently.
+            return match reader.read() {
+                Ok(None) => Ok(root),
+                Ok(Some(_)) => Err(DecodeError::new(
+                    Rule::XmlSyntax,
+                    "content after the root element",
+                )),
+                Err(e) => Err(DecodeError::new(Rule::XmlSyntax, e.to_string())),
+            };
         }
     }
 }
