@@ -539,6 +539,12 @@ impl<'i> Rd<'i> {
         // other declaration must be NS exactly, so by induction every element is bound to NS —
         // what quick-xml's `NsReader` would resolve, without its per-event bookkeeping.
         let ev = self.r.read_event().ok()?;
+        self.event(ev)
+    }
+
+    /// [`Rd::next`] for an event already read from quick-xml.
+    #[inline]
+    fn event(&mut self, ev: Event<'i>) -> Option<Ev<'i>> {
         let (e, empty) = match ev {
             Event::Start(e) => (e, false),
             Event::Empty(e) => (e, true),
@@ -546,16 +552,7 @@ impl<'i> Rd<'i> {
                 self.depth = self.depth.checked_sub(1)?;
                 return Some(Ev::Close);
             }
-            Event::Text(t) => {
-                let Cow::Borrowed(t) = t.into_inner() else {
-                    return None;
-                };
-                // CR is normalized by XML parsers; `]]>` is not allowed in text.
-                if !text_ok(t.as_bytes()) {
-                    return None;
-                }
-                return Some(Ev::Text(t));
-            }
+            Event::Text(t) => return Some(Ev::Text(Self::literal(t)?)),
             Event::GeneralRef(r) => {
                 let c = match &*r {
                     "lt" => '<',
@@ -669,6 +666,16 @@ impl<'i> Rd<'i> {
         Some(Ev::Open { name, empty })
     }
 
+    /// A text event's literal text, when it is inside the subset: borrowed from the input,
+    /// XML characters only, no CR (normalized by XML parsers), no `]]>` (not allowed in text).
+    #[inline]
+    fn literal(t: quick_xml::events::BytesText<'i>) -> Option<&'i str> {
+        let Cow::Borrowed(t) = t.into_inner() else {
+            return None;
+        };
+        text_ok(t.as_bytes()).then_some(t)
+    }
+
     /// The root element: `(name, empty)`.
     fn root(&mut self) -> Option<(&'i str, bool)> {
         match self.next()? {
@@ -714,20 +721,41 @@ impl<'i> Rd<'i> {
         if empty {
             return Some(Cow::Borrowed(""));
         }
-        let mut acc: Option<Cow<'i, str>> = None;
+        // The common shape, literal text then the end tag, is read straight from quick-xml;
+        // anything else continues in `text_rest`.
+        let mut ev = self.r.read_event().ok()?;
+        let mut first = "";
+        if let Event::Text(t) = ev {
+            first = Self::literal(t)?;
+            ev = self.r.read_event().ok()?;
+        }
+        if let Event::End(_) = ev {
+            self.depth = self.depth.checked_sub(1)?;
+            return Some(Cow::Borrowed(first));
+        }
+        self.text_rest(first, ev)
+    }
+
+    /// The rest of [`Rd::text`] after the literal text `first`, from event `ev` on.
+    #[cold]
+    #[inline(never)]
+    fn text_rest(&mut self, first: &'i str, ev: Event<'i>) -> Option<Cow<'i, str>> {
+        let mut acc = Cow::Borrowed(first);
+        let mut ev = self.event(ev)?;
         loop {
-            match self.next()? {
-                Ev::Close => return Some(acc.unwrap_or(Cow::Borrowed(""))),
-                Ev::Text(t) => match &mut acc {
-                    None => acc = Some(Cow::Borrowed(t)),
-                    Some(c) => c.to_mut().push_str(t),
-                },
-                Ev::Char(ch) => acc
-                    .get_or_insert(Cow::Owned(String::new()))
-                    .to_mut()
-                    .push(ch),
+            match ev {
+                Ev::Close => return Some(acc),
+                Ev::Text(t) => {
+                    if acc.is_empty() {
+                        acc = Cow::Borrowed(t);
+                    } else {
+                        acc.to_mut().push_str(t);
+                    }
+                }
+                Ev::Char(ch) => acc.to_mut().push(ch),
                 Ev::Open { .. } => return None,
             }
+            ev = self.next()?;
         }
     }
 
