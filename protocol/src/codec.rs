@@ -491,6 +491,7 @@ fn is_xml_char(c: char) -> bool {
 }
 
 impl<'i> Rd<'i> {
+    #[inline(always)]
     fn new(bytes: &'i [u8]) -> Option<Self> {
         // The document must start with its root element: quick-xml silently skips a byte order
         // mark, which rxml rejects (found by the equivalence tests).
@@ -552,7 +553,7 @@ impl<'i> Rd<'i> {
                 self.depth = self.depth.checked_sub(1)?;
                 return Some(Ev::Close);
             }
-            Event::Text(t) => return Some(Ev::Text(Self::literal(t)?)),
+            Event::Text(t) => return Some(Ev::Text(self.literal(t)?)),
             Event::GeneralRef(r) => {
                 let c = match &*r {
                     "lt" => '<',
@@ -599,62 +600,66 @@ impl<'i> Rd<'i> {
         if !self.unescaped.is_empty() {
             self.unescaped.clear();
         }
-        let mut attributes = Attributes::new(content, name_len);
-        // Duplicates are checked below against the attribute table instead of quick-xml's
-        // per-tag key list, which allocates for every element.
-        attributes.with_checks(false);
         let mut seen_xmlns = false;
-        for a in attributes {
-            let a = a.ok()?;
-            let Cow::Borrowed(raw) = a.value else {
-                return None;
-            };
-            // XML requires whitespace after an attribute value before the next attribute;
-            // quick-xml does not check it. `raw` lies inside `content`, followed by its quote.
-            let end = (raw.as_ptr() as usize)
-                .wrapping_sub(content.as_ptr() as usize)
-                .wrapping_add(raw.len());
-            match content.as_bytes().get(end.wrapping_add(1)) {
-                None => {}
-                Some(b) if xml_space(*b) => {}
-                Some(_) => return None,
-            }
-            let key = a.key.0;
-            if same_name(key, "xmlns") {
-                // The default namespace declaration: NS exactly (a reference in it, or any other
-                // namespace, is left to the tree decoder).
-                if seen_xmlns || !same_bytes(raw.as_bytes(), NS.as_bytes()) {
+        // A tag without attributes (`<string>`, the common case inside lists) needs no
+        // attribute parser.
+        if content.len() > name_len {
+            let mut attributes = Attributes::new(content, name_len);
+            // Duplicates are checked below against the attribute table instead of quick-xml's
+            // per-tag key list, which allocates for every element.
+            attributes.with_checks(false);
+            for a in attributes {
+                let a = a.ok()?;
+                let Cow::Borrowed(raw) = a.value else {
+                    return None;
+                };
+                // XML requires whitespace after an attribute value before the next attribute;
+                // quick-xml does not check it. `raw` lies inside `content`, followed by its quote.
+                let end = (raw.as_ptr() as usize)
+                    .wrapping_sub(content.as_ptr() as usize)
+                    .wrapping_add(raw.len());
+                match content.as_bytes().get(end.wrapping_add(1)) {
+                    None => {}
+                    Some(b) if xml_space(*b) => {}
+                    Some(_) => return None,
+                }
+                let key = a.key.0;
+                if same_name(key, "xmlns") {
+                    // The default namespace declaration: NS exactly (a reference in it, or any other
+                    // namespace, is left to the tree decoder).
+                    if seen_xmlns || !same_bytes(raw.as_bytes(), NS.as_bytes()) {
+                        return None;
+                    }
+                    seen_xmlns = true;
+                    continue;
+                }
+                if !simple_name(key.as_bytes()) {
                     return None;
                 }
-                seen_xmlns = true;
-                continue;
-            }
-            if !simple_name(key.as_bytes()) {
-                return None;
-            }
-            // A duplicate attribute (the tree decoder keeps the last one), or more attributes
-            // than a Vertebra element has: leave it to the tree decoder.
-            let seen = self.attrs.get(..self.nattrs)?;
-            if seen.len() >= MAX_FAST_ATTRS || seen.iter().any(|(k, _)| same_name(k, key)) {
-                return None;
-            }
-            let amp = attr_value_ok(raw.as_bytes())?;
-            if raw.len() > MAX_FAST_ATTR || (amp && !char_refs_ok(raw)) {
-                return None;
-            }
-            let value = if amp {
-                let v = quick_xml::escape::unescape(raw).ok()?.into_owned();
-                // A character reference may name a character XML cannot carry.
-                if !is_xml_text(&v) {
+                // A duplicate attribute (the tree decoder keeps the last one), or more attributes
+                // than a Vertebra element has: leave it to the tree decoder.
+                let seen = self.attrs.get(..self.nattrs)?;
+                if seen.len() >= MAX_FAST_ATTRS || seen.iter().any(|(k, _)| same_name(k, key)) {
                     return None;
                 }
-                self.unescaped.push(v);
-                AttrValue::Unescaped(self.unescaped.len() - 1)
-            } else {
-                AttrValue::Raw(raw)
-            };
-            *self.attrs.get_mut(self.nattrs)? = (key, value);
-            self.nattrs += 1;
+                let amp = attr_value_ok(raw.as_bytes())?;
+                if raw.len() > MAX_FAST_ATTR || (amp && !char_refs_ok(raw)) {
+                    return None;
+                }
+                let value = if amp {
+                    let v = quick_xml::escape::unescape(raw).ok()?.into_owned();
+                    // A character reference may name a character XML cannot carry.
+                    if !is_xml_text(&v) {
+                        return None;
+                    }
+                    self.unescaped.push(v);
+                    AttrValue::Unescaped(self.unescaped.len() - 1)
+                } else {
+                    AttrValue::Raw(raw)
+                };
+                *self.attrs.get_mut(self.nattrs)? = (key, value);
+                self.nattrs += 1;
+            }
         }
         // The root has no parent to inherit NS from.
         if self.depth == 0 && !seen_xmlns {
@@ -669,11 +674,19 @@ impl<'i> Rd<'i> {
     /// A text event's literal text, when it is inside the subset: borrowed from the input,
     /// XML characters only, no CR (normalized by XML parsers), no `]]>` (not allowed in text).
     #[inline]
-    fn literal(t: quick_xml::events::BytesText<'i>) -> Option<&'i str> {
+    fn literal(&self, t: quick_xml::events::BytesText<'i>) -> Option<&'i str> {
         let Cow::Borrowed(t) = t.into_inner() else {
             return None;
         };
-        text_ok(t.as_bytes()).then_some(t)
+        (self.plain(t, b"]") || text_ok(t.as_bytes())).then_some(t)
+    }
+
+    /// Whether `part`, a slice of the input, is printable ASCII without a byte of `special`
+    /// (see [`plain_at`]).
+    #[inline(always)]
+    fn plain(&self, part: &str, special: &[u8]) -> bool {
+        let at = (part.as_ptr() as usize).wrapping_sub(self.input.as_ptr() as usize);
+        plain_at(self.input.as_bytes(), at, part.len(), special)
     }
 
     /// The root element: `(name, empty)`.
@@ -726,7 +739,7 @@ impl<'i> Rd<'i> {
         let mut ev = self.r.read_event().ok()?;
         let mut first = "";
         if let Event::Text(t) = ev {
-            first = Self::literal(t)?;
+            first = self.literal(t)?;
             ev = self.r.read_event().ok()?;
         }
         if let Event::End(_) = ev {
@@ -1063,6 +1076,7 @@ const HI8: u64 = 0x8080_8080_8080_8080;
 /// such a chunk is [`OK`] for every class check and can be skipped whole. Word-at-a-time tests:
 /// with no high bit set, `(x − 0x01…01·n) & !x & 0x80…80` is non-zero exactly when some byte of
 /// `x` is below `n` (`n ≤ 0x80`); with `n = 1` after XOR it finds a byte equal to `special`.
+#[inline(always)]
 fn plain8(w: u64, special: &[u8]) -> bool {
     let below = |x: u64, n: u8| x.wrapping_sub(LO8 * u64::from(n)) & !x & HI8 != 0;
     w & HI8 == 0 && !below(w, 0x20) && special.iter().all(|&c| !below(w ^ (LO8 * u64::from(c)), 1))
@@ -1072,6 +1086,43 @@ fn plain8(w: u64, special: &[u8]) -> bool {
 fn word_at(b: &[u8], i: usize) -> Option<u64> {
     let chunk: [u8; 8] = b.get(i..i.checked_add(8)?)?.try_into().ok()?;
     Some(u64::from_le_bytes(chunk))
+}
+
+/// Whether the `len` bytes of `input` at `at` are printable ASCII (0x20–0x7F) without a byte
+/// of `special`: such text passes every check of [`text_ok`] (with `special` = `]`) or
+/// [`attr_value_ok`] (with `<&`, and then holds no reference). Eight bytes at a time; a last
+/// partial word is read from the input beyond `len` where the input goes on, with the bytes
+/// after `len` replaced by a plain one, so short texts take one word test. `false` also when
+/// the range is not inside `input` (the exact checks then decide).
+#[inline(always)]
+fn plain_at(input: &[u8], at: usize, len: usize, special: &[u8]) -> bool {
+    /// Stands in for the bytes after the range: printable and in no `special` set.
+    const FILL: u64 = LO8 * b'a' as u64;
+    let Some(end) = at.checked_add(len).filter(|&e| e <= input.len()) else {
+        return false;
+    };
+    let mut i = at;
+    while i + 8 <= end {
+        match word_at(input, i) {
+            Some(w) if plain8(w, special) => i += 8,
+            _ => return false,
+        }
+    }
+    let rest = end - i;
+    if rest == 0 {
+        return true;
+    }
+    match word_at(input, i) {
+        Some(w) => {
+            let keep = (1u64 << (8 * rest)) - 1;
+            plain8((w & keep) | (FILL & !keep), special)
+        }
+        // Near the end of the input.
+        None => input.get(i..end).is_some_and(|b| {
+            b.iter()
+                .all(|&c| (0x20..0x80).contains(&c) && !special.contains(&c))
+        }),
+    }
 }
 
 /// Offset of the first 8-byte chunk of `b` that is not [`plain8`] (a multiple of 8), or the
