@@ -529,6 +529,20 @@ impl<'i> Rd<'i> {
         }
     }
 
+    /// The `name` attribute of the element last opened, borrowed from the input when it holds
+    /// no reference.
+    fn name_attr(&self) -> Option<Cow<'i, str>> {
+        let (_, v) = self
+            .attrs
+            .get(..self.nattrs)?
+            .iter()
+            .find(|(k, _)| same_name(k, "name"))?;
+        match *v {
+            AttrValue::Raw(s) => Some(Cow::Borrowed(s)),
+            AttrValue::Unescaped(i) => self.unescaped.get(i).cloned().map(Cow::Owned),
+        }
+    }
+
     fn attr(&self, name: &str) -> Option<&str> {
         find_attr(&self.attrs[..self.nattrs], &self.unescaped, name)
     }
@@ -593,7 +607,7 @@ impl<'i> Rd<'i> {
         let name_len = e.name().0.len();
         let content = self.reslice(&e)?;
         let name = content.get(..name_len)?;
-        if !simple_name(name.as_bytes()) {
+        if !self.simple(name) {
             return None;
         }
         self.nattrs = 0;
@@ -633,7 +647,7 @@ impl<'i> Rd<'i> {
                     seen_xmlns = true;
                     continue;
                 }
-                if !simple_name(key.as_bytes()) {
+                if !self.simple(key) {
                     return None;
                 }
                 // A duplicate attribute (the tree decoder keeps the last one), or more attributes
@@ -642,7 +656,7 @@ impl<'i> Rd<'i> {
                 if seen.len() >= MAX_FAST_ATTRS || seen.iter().any(|(k, _)| same_name(k, key)) {
                     return None;
                 }
-                let amp = attr_value_ok(raw.as_bytes())?;
+                let amp = !self.plain(raw, b"<&") && attr_value_ok(raw.as_bytes())?;
                 if raw.len() > MAX_FAST_ATTR || (amp && !char_refs_ok(raw)) {
                     return None;
                 }
@@ -679,6 +693,22 @@ impl<'i> Rd<'i> {
             return None;
         };
         (self.plain(t, b"]") || text_ok(t.as_bytes())).then_some(t)
+    }
+
+    /// [`simple_name`] of `name`, a slice of the input: a name of up to 8 bytes is tested as one
+    /// word (no per-byte loop whose exit the branch predictor would miss).
+    #[inline(always)]
+    fn simple(&self, name: &str) -> bool {
+        let at = (name.as_ptr() as usize).wrapping_sub(self.input.as_ptr() as usize);
+        let n = name.len();
+        match (n, word_at(self.input.as_bytes(), at)) {
+            (1..=8, Some(w)) => {
+                let keep = u64::MAX >> (8 * (8 - n));
+                name_word((w & keep) | ((LO8 * u64::from(b'a')) & !keep))
+                    && NAME_CLASS[usize::from(name.as_bytes()[0])] == NAME_START
+            }
+            _ => simple_name(name.as_bytes()),
+        }
     }
 
     /// Whether `part`, a slice of the input, is printable ASCII without a byte of `special`
@@ -806,10 +836,8 @@ impl<'i> Rd<'i> {
                     continue;
                 }
             };
-            let vname = self
-                .attr("name")
-                .filter(|n| !n.is_empty())
-                .map(CompactString::new);
+            // The name stays a slice of the input until its entry is stored.
+            let vname = self.name_attr().filter(|n| !n.is_empty());
             match (mode, vname) {
                 // [VAP-VER-009]: a legacy `res` named like a path is a key-less resource.
                 (NamedMode::Legacy, Some(n)) if n.starts_with('/') && name == "res" => {
@@ -824,7 +852,7 @@ impl<'i> Rd<'i> {
                     if entries.iter().any(|(k, _)| same_name(k, &n)) {
                         return None;
                     }
-                    self.scratch.entries.push((n, v));
+                    self.scratch.entries.push((n.into(), v));
                 }
                 (NamedMode::Strict, None) => return None,
                 (NamedMode::Legacy, None) => {
@@ -1071,6 +1099,27 @@ fn is_nonchar_at(b: &[u8], i: usize) -> bool {
 
 const LO8: u64 = 0x0101_0101_0101_0101;
 const HI8: u64 = 0x8080_8080_8080_8080;
+
+/// Bytes of `w` (all below 0x80) in `lo..=hi`: the high bit of each such byte. `x + (0x80 - lo)`
+/// has its high bit set exactly when `x >= lo`, `(0x80 + hi) - x` exactly when `x <= hi`; no
+/// byte carries or borrows into its neighbour.
+#[inline(always)]
+fn bytes_in(w: u64, lo: u8, hi: u8) -> u64 {
+    w.wrapping_add(LO8 * u64::from(0x80 - lo)) & (LO8 * u64::from(0x80 + hi)).wrapping_sub(w) & HI8
+}
+
+/// Whether all 8 bytes of `w` are [`NAME_CLASS`] bytes (ASCII letters, digits, `_`, `.`, `-`).
+#[inline(always)]
+fn name_word(w: u64) -> bool {
+    let eq = |c: u8| bytes_in(w, c, c);
+    w & HI8 == 0
+        && (bytes_in(w | (LO8 * 0x20), b'a', b'z')
+            | bytes_in(w, b'0', b'9')
+            | eq(b'_')
+            | eq(b'.')
+            | eq(b'-'))
+            == HI8
+}
 
 /// Whether the 8 bytes in `w` are all printable ASCII (0x20–0x7F) and none is one of `special`:
 /// such a chunk is [`OK`] for every class check and can be skipped whole. Word-at-a-time tests:
@@ -1653,6 +1702,21 @@ mod tests {
             let mut out = Vec::new();
             write_double(&mut out, v);
             assert_eq!(out, format_double(v).as_bytes(), "{v:e}");
+        }
+    }
+
+    #[test]
+    fn name_word_matches_name_class() {
+        for b in 0..=u8::MAX {
+            for pos in 0..8 {
+                let mut bytes = *b"abcXYZ09";
+                bytes[pos] = b;
+                assert_eq!(
+                    name_word(u64::from_le_bytes(bytes)),
+                    NAME_CLASS[usize::from(b)] != 0,
+                    "byte {b:#x} at {pos}"
+                );
+            }
         }
     }
 
