@@ -43,7 +43,13 @@ impl Token {
     /// Store a validated hex segment.
     fn from_hex(s: &str) -> Self {
         let b = s.as_bytes();
-        if b.len() <= INLINE_LEN {
+        if let Ok(bytes) = <[u8; INLINE_LEN]>::try_from(b) {
+            // The generated length: a copy of fixed size, without a `memcpy` call.
+            Token(Repr::Inline {
+                len: INLINE_LEN as u8,
+                bytes,
+            })
+        } else if b.len() <= INLINE_LEN {
             let mut bytes = [0u8; INLINE_LEN];
             bytes[..b.len()].copy_from_slice(b);
             // `b.len() <= 32` fits in a byte.
