@@ -488,6 +488,10 @@ impl fmt::Display for DateTime {
 /// Parse `i4` text (`[VAP-VAL-009]`; `int`/`integer` accepted, `[VAP-VAL-011]`): optional sign, decimal digits, signed 32-bit range. XML
 /// whitespace around the number is ignored.
 pub fn parse_i4(text: &str) -> Result<i32, DecodeError> {
+    // The common form, 1 to 9 digits and nothing else, fits in an i32 as it stands.
+    if (1..=9).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit()) {
+        return Ok(text.bytes().fold(0i32, |v, b| v * 10 + i32::from(b - b'0')));
+    }
     let t = trim_xml_ws(text);
     let digits = t.strip_prefix(['+', '-']).unwrap_or(t);
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {

@@ -126,7 +126,13 @@ pub(crate) fn is_xml_ws(s: &str) -> bool {
 
 /// Trim XML whitespace at both ends.
 pub(crate) fn trim_xml_ws(s: &str) -> &str {
-    s.trim_matches(|c| matches!(c, ' ' | '\t' | '\r' | '\n'))
+    // By bytes: the four are ASCII, and an ASCII byte never lies inside a multi-byte character,
+    // so both ends stay on character boundaries.
+    let ws = |c: &u8| matches!(c, b' ' | b'\t' | b'\r' | b'\n');
+    let b = s.as_bytes();
+    let start = b.iter().position(|c| !ws(c)).unwrap_or(b.len());
+    let end = b.iter().rposition(|c| !ws(c)).map_or(start, |i| i + 1);
+    s.get(start..end).unwrap_or_default()
 }
 
 /// Whether every character can appear in XML 1.0 character data.

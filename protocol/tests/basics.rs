@@ -104,6 +104,31 @@ fn scalars() {
     assert_eq!(value::parse_i4("2147483647").unwrap(), i32::MAX);
     assert_eq!(value::parse_i4("2147483648").unwrap_err().rule, Rule::BadI4);
     assert_eq!(value::parse_i4("12x").unwrap_err().rule, Rule::BadI4);
+    // The digits-only shortcut and the general path agree on both sides of nine digits,
+    // with leading zeros, signs and surrounding whitespace.
+    for (text, want) in [
+        ("0", Some(0)),
+        ("7", Some(7)),
+        ("007", Some(7)),
+        ("999999999", Some(999_999_999)),
+        ("1000000000", Some(1_000_000_000)),
+        ("0000000000042", Some(42)),
+        ("+12", Some(12)),
+        ("-12", Some(-12)),
+        (" \t12\r\n", Some(12)),
+        ("", None),
+        (" ", None),
+        ("1 2", None),
+        ("١٢", None),
+        ("4294967296", None),
+    ] {
+        assert_eq!(value::parse_i4(text).ok(), want, "{text:?}");
+    }
+    // XML whitespace around a scalar is trimmed; a no-break space is not XML whitespace.
+    assert_eq!(value::parse_boolean("\r\n 1 \t").ok(), Some(true));
+    assert_eq!(value::parse_boolean(" \t").ok(), None);
+    assert!(value::parse_boolean("\u{a0}1").is_err());
+    assert!(value::parse_i4("\u{a0}1").is_err());
     assert_eq!(
         value::parse_double("NaN").unwrap_err().rule,
         Rule::BadDouble
