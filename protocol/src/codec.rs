@@ -181,66 +181,75 @@ pub fn decode_value_fast(bytes: &[u8]) -> Option<Value> {
     Some(v)
 }
 
+/// `<tag xmlns='NS'` of a root element, as one constant piece.
+macro_rules! root_head {
+    ($tag:literal) => {{
+        const L: usize = $tag.len() + NS.len() + 10;
+        const B: [u8; L] = cat(&["<", $tag, " xmlns='", NS, "'"]);
+        &B
+    }};
+}
+
 /// Encode a payload, appending to `out` (byte-identical to [`encode_payload_tree`]). On error
 /// `out` may hold a partial document.
 pub fn encode_payload(p: &VertebraPayload, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     let mut w = W { out };
     match p {
         VertebraPayload::Op(x) => w.op(x),
-        VertebraPayload::Ack(x) => w.token_only("ack", &x.token),
-        VertebraPayload::Cancel(x) => w.token_only("cancel", &x.token),
+        VertebraPayload::Ack(x) => w.token_only(root_head!("ack"), &x.token),
+        VertebraPayload::Cancel(x) => w.token_only(root_head!("cancel"), &x.token),
         VertebraPayload::Nack(x) => {
-            w.open_root("nack");
-            w.attr("reason", x.reason.as_str())?;
-            w.attr_num("token", &x.token);
+            w.lit(root_head!("nack"));
+            w.attr(b" reason='", x.reason.as_str())?;
+            w.attr_num(b" token='", &x.token);
             w.empty_end();
             Ok(())
         }
         VertebraPayload::Data(x) => {
-            w.open_root("data");
+            w.lit(root_head!("data"));
             if let Some(s) = x.seq {
-                w.attr_num("seq", s);
+                w.attr_num(b" seq='", s);
             }
-            w.attr_num("token", &x.token);
-            w.args_body("data", &x.args)
+            w.attr_num(b" token='", &x.token);
+            w.args_body(b"</data>", &x.args)
         }
         VertebraPayload::Final(x) => {
-            w.open_root("final");
+            w.lit(root_head!("final"));
             if let Some(c) = x.count {
-                w.attr_num("count", c);
+                w.attr_num(b" count='", c);
             }
-            w.attr_num("token", &x.token);
-            w.args_body("final", &x.args)
+            w.attr_num(b" token='", &x.token);
+            w.args_body(b"</final>", &x.args)
         }
         VertebraPayload::Error(x) => {
-            w.open_root("error");
+            w.lit(root_head!("error"));
             if let Some(c) = &x.condition {
-                w.attr("condition", c.as_str())?;
+                w.attr(b" condition='", c.as_str())?;
             }
-            w.attr_num("token", &x.token);
-            w.attr("type", x.error_type.as_str())?;
+            w.attr_num(b" token='", &x.token);
+            w.attr(b" type='", x.error_type.as_str())?;
             match &x.reason {
                 None => w.empty_end(),
                 Some(r) => {
                     w.head_end();
-                    w.string_el(Some("reason"), r)?;
-                    w.close("error");
+                    w.string_el(b"<string name='", "reason", r)?;
+                    w.lit(b"</error>");
                 }
             }
             Ok(())
         }
         VertebraPayload::Load(x) => {
-            w.open_root("load");
+            w.lit(root_head!("load"));
             if let Some(v) = x.capacity {
-                w.attr_num("capacity", v);
+                w.attr_num(b" capacity='", v);
             }
             if let Some(v) = x.inflight {
-                w.attr_num("inflight", v);
+                w.attr_num(b" inflight='", v);
             }
             if let Some(v) = x.interval {
-                w.attr_num("interval", v);
+                w.attr_num(b" interval='", v);
             }
-            w.attr("value", &format_double(x.value))?;
+            w.attr(b" value='", &format_double(x.value))?;
             w.empty_end();
             Ok(())
         }
@@ -257,11 +266,11 @@ pub fn encode_payload_tree(p: &VertebraPayload, out: &mut Vec<u8>) -> Result<(),
 /// Encode an op result, appending to `out` (byte-identical to the tree path).
 pub fn encode_op_result(r: &OpResult, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     let mut w = W { out };
-    w.open_root("op");
+    w.lit(root_head!("op"));
     if r.ack {
-        w.attr("ack", "true")?;
+        w.lit(b" ack='true'");
     }
-    w.attr_num("token", &r.token);
+    w.attr_num(b" token='", &r.token);
     w.empty_end();
     Ok(())
 }
@@ -1127,54 +1136,181 @@ fn char_refs_ok(raw: &str) -> bool {
 
 // ---------------------------------------------------------------------------------------------
 // Streaming writer (byte-identical to the rxml writer minidom uses)
+//
+// Cheap in instructions: fixed markup is written as constant pieces (`<string name='`, `</i4>`,
+// the root's `<op xmlns='…'`), which the compiler stores inline instead of calling `memcpy`;
+// text that needs no escaping (nearly all of it) is checked a word at a time and, up to 16
+// bytes, copied through registers (a fixed 8- or 16-byte append, then a truncate).
 
 struct W<'o> {
     out: &'o mut Vec<u8>,
 }
 
-/// Bytes [`escape_into`] must look at: controls, `"'<>&`, and 0xBE / 0xBF (the last byte of
-/// U+FFFE / U+FFFF).
-static ESC_LOOK: [bool; 256] = {
-    let mut t = [false; 256];
+/// `const` concatenation of `parts` (exactly `N` bytes), for fixed markup built from constants.
+const fn cat<const N: usize>(parts: &[&str]) -> [u8; N] {
+    let mut out = [0u8; N];
+    let mut k = 0;
+    let mut p = 0;
+    while p < parts.len() {
+        let b = parts[p].as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            out[k] = b[i];
+            k += 1;
+            i += 1;
+        }
+        p += 1;
+    }
+    assert!(k == N, "cat: wrong length");
+    out
+}
+
+const fn same_str(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
     let mut i = 0;
-    while i < 256 {
-        t[i] = i < 0x20 || matches!(i as u8, b'"' | b'\'' | b'<' | b'>' | b'&' | 0xbe | 0xbf);
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
         i += 1;
     }
-    t
-};
+    true
+}
 
-/// Escape like rxml's writer: fails on characters XML cannot carry.
+// ` version='1.0'` is written as one constant piece.
+const _: () = assert!(same_str(crate::stanza::VERSION_1_0, "1.0"));
+
+/// Per byte of `w`: the high bit set where the byte equals `c` (and possibly in bytes above such
+/// a byte); zero when no byte equals `c`.
+#[inline(always)]
+const fn eq_bytes(w: u64, c: u8) -> u64 {
+    let t = w ^ (LO8 * c as u64);
+    t.wrapping_sub(LO8) & !t
+}
+
+/// Non-zero when some byte of `w` may need escaping in an attribute value: non-ASCII, a control,
+/// `"`, `'`, `<`, `>` or `&` (`<`/`>` and `&`/`'` are one test each: 0x3C | 2 = 0x3E | 2 and
+/// 0x26 | 1 = 0x27 | 1). Zero means every byte is written as is.
+#[inline(always)]
+const fn attr_flags(w: u64) -> u64 {
+    (w | (w.wrapping_sub(LO8 * 0x20) & !w)
+        | eq_bytes(w | (LO8 * 2), 0x3e)
+        | eq_bytes(w | LO8, 0x27)
+        | eq_bytes(w, b'"'))
+        & HI8
+}
+
+/// Like [`attr_flags`] for text content: non-ASCII, a control, `<`, `>` or `&`.
+#[inline(always)]
+const fn text_flags(w: u64) -> u64 {
+    (w | (w.wrapping_sub(LO8 * 0x20) & !w) | eq_bytes(w | (LO8 * 2), 0x3e) | eq_bytes(w, b'&'))
+        & HI8
+}
+
+/// The 8 bytes at `i` as a little-endian word (0, which is flagged, when they are not there).
+#[inline(always)]
+fn le8(b: &[u8], i: usize) -> u64 {
+    word_at(b, i).unwrap_or(0)
+}
+
+/// The 4 bytes at `i` as a little-endian word (0 when they are not there).
+#[inline(always)]
+fn le4(b: &[u8], i: usize) -> u64 {
+    b.get(i..i.wrapping_add(4))
+        .and_then(|c| c.try_into().ok())
+        .map_or(0, |c| u64::from(u32::from_le_bytes(c)))
+}
+
+/// `'a'` in every byte from byte `n` up (`n < 8`): padding that no flag test reports.
+#[inline(always)]
+const fn pad_from(n: usize) -> u64 {
+    (LO8 * 0x61) << (8 * n)
+}
+
+/// Append `s` as escaped text (`attribute`: as an attribute value). Text needing no escaping is
+/// copied as is (up to 16 bytes without `memcpy`); anything else goes to [`escape_slow`].
+#[inline(always)]
 fn escape_into(out: &mut Vec<u8>, s: &str, attribute: bool) -> Result<(), EncodeError> {
-    let data = s.as_bytes();
-    let mut last = 0;
-    let start = if data.len() < 32 {
-        // Short text (names, numbers, most values): one table look per byte.
-        match data.iter().position(|&b| ESC_LOOK[b as usize]) {
-            None => {
-                out.extend_from_slice(data);
-                return Ok(());
-            }
-            Some(i) => i,
+    let d = s.as_bytes();
+    let n = d.len();
+    let flags = |w: u64| {
+        if attribute {
+            attr_flags(w)
+        } else {
+            text_flags(w)
         }
-    } else {
-        // Whole chunks of printable ASCII without `"'<>&` need no look (most text is all such).
-        let mut start = 0;
-        while word_at(data, start).is_some_and(|w| plain8(w, b"\"'<>&")) {
-            start += 8;
-        }
-        // The tail (under 8 bytes), padded with spaces: when it is plain too, so is all of `s`.
-        let tail = data.get(start..).unwrap_or_default();
-        if tail.len() < 8 {
-            let mut pad = [b' '; 8];
-            pad[..tail.len()].copy_from_slice(tail);
-            if plain8(u64::from_le_bytes(pad), b"\"'<>&") {
-                out.extend_from_slice(data);
-                return Ok(());
-            }
-        }
-        start
     };
+    if n <= 16 {
+        // The bytes, contiguous in `lo` (bytes 0..8) and `hi` (bytes 8..16), zero past `n`.
+        let (lo, hi, check) = if n >= 8 {
+            let lo = le8(d, 0);
+            let last = le8(d, n - 8);
+            // `last` holds bytes n-8..n; bytes 8..n are its top n-8 bytes.
+            let hi = last.checked_shr(8 * (16 - n) as u32).unwrap_or(0);
+            (lo, hi, flags(lo) | flags(last))
+        } else if n >= 4 {
+            // Bytes 0..4 and n-4..n (overlapping, equal where they overlap).
+            let lo = le4(d, 0) | (le4(d, n - 4) << (8 * (n - 4)));
+            (lo, 0, flags(lo | pad_from(n)))
+        } else if n > 0 {
+            let lo = u64::from(d[0]) | (u64::from(d[n / 2]) << 8) | (u64::from(d[n - 1]) << 16);
+            // Bytes 1 and 2 repeat bytes of `s` when `n` < 3: checked, then cut off.
+            (lo, 0, flags(lo | pad_from(3)))
+        } else {
+            return Ok(());
+        };
+        if check == 0 {
+            let len = out.len();
+            if n > 8 {
+                out.extend_from_slice(&((u128::from(hi) << 64) | u128::from(lo)).to_le_bytes());
+            } else {
+                out.extend_from_slice(&lo.to_le_bytes());
+            }
+            out.truncate(len + n);
+            return Ok(());
+        }
+        return escape_slow(out, d, 0, attribute);
+    }
+    // Whole words of plain text, then the last 8 bytes (overlapping).
+    let mut i = 0;
+    while i + 8 < n {
+        if flags(le8(d, i)) != 0 {
+            return escape_slow(out, d, i, attribute);
+        }
+        i += 8;
+    }
+    if flags(le8(d, n - 8)) != 0 {
+        return escape_slow(out, d, i, attribute);
+    }
+    out.extend_from_slice(d);
+    Ok(())
+}
+
+/// [`escape_into`] for an attribute value.
+#[inline(never)]
+fn escape_attr(out: &mut Vec<u8>, s: &str) -> Result<(), EncodeError> {
+    escape_into(out, s, true)
+}
+
+/// [`escape_into`] for text content.
+#[inline(never)]
+fn escape_text(out: &mut Vec<u8>, s: &str) -> Result<(), EncodeError> {
+    escape_into(out, s, false)
+}
+
+/// Escape like rxml's writer, one byte at a time from `start` (bytes before it need no
+/// escaping): fails on characters XML cannot carry.
+#[inline(never)]
+fn escape_slow(
+    out: &mut Vec<u8>,
+    data: &[u8],
+    start: usize,
+    attribute: bool,
+) -> Result<(), EncodeError> {
+    let mut last = 0;
     for (i, &b) in data.iter().enumerate().skip(start) {
         if CLASS[b as usize] == OK || CLASS[b as usize] == RSQB {
             continue;
@@ -1209,35 +1345,36 @@ fn escape_into(out: &mut Vec<u8>, s: &str, attribute: bool) -> Result<(), Encode
     Ok(())
 }
 
-/// `<tag` and `</tag>` of a value's element.
-fn tag_bytes(v: &Value) -> (&'static [u8], &'static [u8]) {
-    match v {
-        Value::I4(_) => (b"<i4", b"</i4>"),
-        Value::Double(_) => (b"<double", b"</double>"),
-        Value::Boolean(_) => (b"<boolean", b"</boolean>"),
-        Value::String(_) => (b"<string", b"</string>"),
-        Value::Base64(_) => (b"<base64", b"</base64>"),
-        Value::DateTime(_) => (b"<dateTime.iso8601", b"</dateTime.iso8601>"),
-        Value::List(_) => (b"<list", b"</list>"),
-        Value::Struct(_) => (b"<struct", b"</struct>"),
-        Value::Nil => (b"<nil", b"</nil>"),
-        Value::Res(_) => (b"<res", b"</res>"),
-        Value::Exception(_) => (b"<exception", b"</exception>"),
-    }
-}
-
 /// Text written as is, without escaping and without `fmt` (numbers, hex tokens).
 trait Plain {
     fn put(&self, out: &mut Vec<u8>);
 }
 
 /// Decimal digits of `v`, zero-padded to at least `width` (like `{:0width$}`).
-fn put_padded(out: &mut Vec<u8>, mut v: u64, width: usize) {
-    // One digit, unpadded (booleans' siblings: counts, small integers).
-    if v < 10 && width <= 1 {
-        out.push(b'0' + v as u8);
+#[inline]
+fn put_padded(out: &mut Vec<u8>, v: u64, width: usize) {
+    if v < 100_000_000 && width <= 8 {
+        // Up to 8 digits in one word, the first digit in the low byte: one 8-byte append, then
+        // a truncate to the digits.
+        let (mut v, mut w, mut n) = (v, 0u64, 0);
+        loop {
+            w = (w << 8) | (u64::from(b'0') + v % 10);
+            v /= 10;
+            n += 1;
+            if v == 0 && n >= width {
+                break;
+            }
+        }
+        let len = out.len();
+        out.extend_from_slice(&w.to_le_bytes());
+        out.truncate(len + n);
         return;
     }
+    put_padded_long(out, v, width);
+}
+
+#[inline(never)]
+fn put_padded_long(out: &mut Vec<u8>, mut v: u64, width: usize) {
     let mut buf = [b'0'; 20];
     let mut i = buf.len();
     loop {
@@ -1302,29 +1439,34 @@ impl<T: Plain + ?Sized> Plain for &T {
 }
 
 impl W<'_> {
+    /// A piece of markup (a constant at every call site, so stored inline).
+    #[inline(always)]
+    fn lit(&mut self, b: &[u8]) {
+        self.out.extend_from_slice(b);
+    }
     fn open(&mut self, name: &str) {
         self.out.push(b'<');
         self.out.extend_from_slice(name.as_bytes());
     }
+    /// `<name xmlns='NS'` for a name that is not a constant (see [`root_head!`]).
     fn open_root(&mut self, name: &str) {
         self.open(name);
-        self.out.extend_from_slice(b" xmlns='");
+        self.lit(b" xmlns='");
         self.out.extend_from_slice(NS.as_bytes());
         self.out.push(b'\'');
     }
-    fn attr(&mut self, name: &str, value: &str) -> Result<(), EncodeError> {
-        self.out.push(b' ');
-        self.out.extend_from_slice(name.as_bytes());
-        self.out.extend_from_slice(b"='");
-        escape_into(self.out, value, true)?;
+    /// ` name='value'`; `head` is ` name='`.
+    #[inline(always)]
+    fn attr(&mut self, head: &[u8], value: &str) -> Result<(), EncodeError> {
+        self.lit(head);
+        escape_attr(self.out, value)?;
         self.out.push(b'\'');
         Ok(())
     }
-    /// An attribute whose text never needs escaping (numbers, hex tokens).
-    fn attr_num(&mut self, name: &str, v: impl Plain) {
-        self.out.push(b' ');
-        self.out.extend_from_slice(name.as_bytes());
-        self.out.extend_from_slice(b"='");
+    /// An attribute whose text never needs escaping (numbers, hex tokens); `head` is ` name='`.
+    #[inline(always)]
+    fn attr_num(&mut self, head: &[u8], v: impl Plain) {
+        self.lit(head);
         v.put(self.out);
         self.out.push(b'\'');
     }
@@ -1332,21 +1474,17 @@ impl W<'_> {
         self.out.push(b'>');
     }
     fn empty_end(&mut self) {
-        self.out.extend_from_slice(b"/>");
+        self.lit(b"/>");
     }
-    fn close(&mut self, name: &str) {
-        self.out.extend_from_slice(b"</");
-        self.out.extend_from_slice(name.as_bytes());
-        self.out.push(b'>');
-    }
-    fn token_only(&mut self, name: &str, token: &OpToken) -> Result<(), EncodeError> {
-        self.open_root(name);
-        self.attr_num("token", token);
+    fn token_only(&mut self, head: &[u8], token: &OpToken) -> Result<(), EncodeError> {
+        self.lit(head);
+        self.attr_num(b" token='", token);
         self.empty_end();
         Ok(())
     }
-    /// Named values as children, then the end of `name` (self-closing when there are none).
-    fn args_body(&mut self, name: &str, args: &Args) -> Result<(), EncodeError> {
+    /// Named values as children, then the end tag `end` (self-closing when there are none).
+    #[inline(always)]
+    fn args_body(&mut self, end: &[u8], args: &Args) -> Result<(), EncodeError> {
         if args.is_empty() {
             self.empty_end();
             return Ok(());
@@ -1355,63 +1493,70 @@ impl W<'_> {
         for (n, v) in args.iter() {
             self.value(v, Some(n), false)?;
         }
-        self.close(name);
-        Ok(())
-    }
-    fn string_el(&mut self, name: Option<&str>, s: &str) -> Result<(), EncodeError> {
-        self.out.extend_from_slice(b"<string");
-        if let Some(n) = name {
-            self.name_attr(n)?;
-        }
-        self.text_body(b"</string>", s)
-    }
-    /// ` name='…'`.
-    fn name_attr(&mut self, n: &str) -> Result<(), EncodeError> {
-        self.out.extend_from_slice(b" name='");
-        escape_into(self.out, n, true)?;
-        self.out.push(b'\'');
+        self.lit(end);
         Ok(())
     }
     /// Text content then the end tag `end` (`</tag>`; self-closing for empty text).
+    #[inline(always)]
     fn text_body(&mut self, end: &[u8], s: &str) -> Result<(), EncodeError> {
         if s.is_empty() {
             self.empty_end();
             return Ok(());
         }
         self.head_end();
-        escape_into(self.out, s, false)?;
-        self.out.extend_from_slice(end);
+        escape_text(self.out, s)?;
+        self.lit(end);
         Ok(())
     }
-    fn num_body(&mut self, end: &[u8], v: impl Plain) {
-        self.head_end();
-        v.put(self.out);
-        self.out.extend_from_slice(end);
+    /// `<string name='n'>s</string>` (`head` is `<string name='`).
+    fn string_el(&mut self, head: &[u8], n: &str, s: &str) -> Result<(), EncodeError> {
+        self.attr(head, n)?;
+        self.text_body(b"</string>", s)
     }
     fn value(&mut self, v: &Value, name: Option<&str>, root: bool) -> Result<(), EncodeError> {
-        let tag = v.type_name();
-        // `<tag` and `</tag>` as one piece each.
-        let (start, end) = tag_bytes(v);
-        if root {
-            self.open_root(tag);
-        } else {
-            self.out.extend_from_slice(start);
-        }
-        if let Some(n) = name {
-            self.name_attr(n)?;
+        // `<tag`, `<tag name='…'` or (root) `<tag xmlns='…'`.
+        macro_rules! start {
+            ($tag:literal) => {
+                if root {
+                    self.open_root($tag);
+                    if let Some(n) = name {
+                        self.attr(b" name='", n)?;
+                    }
+                } else if let Some(n) = name {
+                    self.attr(concat!("<", $tag, " name='").as_bytes(), n)?;
+                } else {
+                    self.lit(concat!("<", $tag).as_bytes());
+                }
+            };
         }
         match v {
-            Value::I4(x) => self.num_body(end, x),
+            Value::I4(x) => {
+                start!("i4");
+                self.head_end();
+                x.put(self.out);
+                self.lit(b"</i4>");
+            }
             Value::Double(d) => {
+                start!("double");
                 // Never empty, so never self-closing.
                 self.head_end();
                 write_double(self.out, *d);
-                self.out.extend_from_slice(end);
+                self.lit(b"</double>");
             }
-            Value::Boolean(b) => self.text_body(end, if *b { "1" } else { "0" })?,
-            Value::String(s) => self.text_body(end, s)?,
-            Value::Base64(b) => self.text_body(end, &encode_base64(b))?,
+            Value::Boolean(b) => {
+                start!("boolean");
+                self.lit(if *b { b">1</boolean>" } else { b">0</boolean>" });
+            }
+            Value::String(s) => {
+                start!("string");
+                self.text_body(b"</string>", s)?;
+            }
+            Value::Base64(b) => {
+                start!("base64");
+                self.text_body(b"</base64>", &encode_base64(b))?;
+            }
             Value::DateTime(d) => {
+                start!("dateTime.iso8601");
                 // The canonical wire form of `DateTime::to_wire`, written in place.
                 self.head_end();
                 let o = &mut *self.out;
@@ -1424,12 +1569,18 @@ impl W<'_> {
                 put_padded(o, u64::from(d.minute), 2);
                 o.push(b':');
                 put_padded(o, u64::from(d.second), 2);
-                o.push(b'Z');
-                self.out.extend_from_slice(end);
+                self.lit(b"Z</dateTime.iso8601>");
             }
-            Value::Res(r) => self.text_body(end, r.as_str())?,
-            Value::Nil => self.empty_end(),
+            Value::Res(r) => {
+                start!("res");
+                self.text_body(b"</res>", r.as_str())?;
+            }
+            Value::Nil => {
+                start!("nil");
+                self.empty_end();
+            }
             Value::List(items) => {
+                start!("list");
                 if items.is_empty() {
                     self.empty_end();
                 } else {
@@ -1437,34 +1588,41 @@ impl W<'_> {
                     for i in items {
                         self.value(i, None, false)?;
                     }
-                    self.close(tag);
+                    self.lit(b"</list>");
                 }
             }
-            Value::Struct(a) => self.args_body(tag, a)?,
+            Value::Struct(a) => {
+                start!("struct");
+                self.args_body(b"</struct>", a)?;
+            }
             Value::Exception(e) => {
+                start!("exception");
                 self.head_end();
-                self.string_el(Some("class"), &e.class)?;
-                self.string_el(Some("message"), &e.message)?;
-                self.close(tag);
+                self.string_el(b"<string name='", "class", &e.class)?;
+                self.string_el(b"<string name='", "message", &e.message)?;
+                self.lit(b"</exception>");
             }
         }
         Ok(())
     }
     fn op(&mut self, op: &Op) -> Result<(), EncodeError> {
-        self.open_root("op");
-        if let Some(s) = op.scope {
-            self.attr("scope", s.as_str())?;
+        self.lit(root_head!("op"));
+        match op.scope {
+            None => {}
+            Some(crate::stanza::Scope::All) => self.lit(b" scope='all'"),
+            Some(crate::stanza::Scope::Single) => self.lit(b" scope='single'"),
+            Some(crate::stanza::Scope::Direct) => self.lit(b" scope='direct'"),
         }
         if let Some(t) = op.timeout {
-            self.attr_num("timeout", t);
+            self.attr_num(b" timeout='", t);
         }
-        self.attr_num("token", &op.token);
-        self.attr("type", &op.op_type)?;
+        self.attr_num(b" token='", &op.token);
+        self.attr(b" type='", &op.op_type)?;
         if op.version == Version::V1_0 {
-            self.attr("version", crate::stanza::VERSION_1_0)?;
+            self.lit(b" version='1.0'");
         }
         if let Some(w) = op.window {
-            self.attr_num("window", w);
+            self.attr_num(b" window='", w);
         }
         if op.args.is_empty() && op.unkeyed_resources.is_empty() {
             self.empty_end();
@@ -1475,10 +1633,10 @@ impl W<'_> {
             self.value(v, Some(n), false)?;
         }
         for r in &op.unkeyed_resources {
-            self.open("res");
+            self.lit(b"<res");
             self.text_body(b"</res>", r.as_str())?;
         }
-        self.close("op");
+        self.lit(b"</op>");
         Ok(())
     }
 }
