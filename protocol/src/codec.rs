@@ -1345,6 +1345,54 @@ fn escape_slow(
     Ok(())
 }
 
+/// Powers of ten exactly representable as `f64` and as `u64`, for [`put_double`].
+const POW10: [(f64, u64); 16] = {
+    let mut t = [(1.0, 1u64); 16];
+    let mut i = 1;
+    while i < 16 {
+        t[i] = (t[i - 1].0 * 10.0, t[i - 1].1 * 10);
+        i += 1;
+    }
+    t
+};
+
+/// [`write_double`] without `fmt` for the common case: `|v|` in `[1e-4, 1e15)` equal to the
+/// nearest double of a decimal `m·10^-d` with `m < 10^15` (checked exactly: `m` and `10^d` are
+/// exact doubles and division rounds correctly). A decimal of at most 15 significant digits is
+/// the only one of its length or shorter that rounds to `v`, so with the least such `d` it is the
+/// shortest round-trip form `{v}` prints; `write_double` prints that when it has fewer than 16
+/// digits. Anything else goes to `write_double`.
+fn put_double(out: &mut Vec<u8>, v: f64) {
+    let a = v.abs();
+    if (1e-4..1e15).contains(&a) {
+        for (d, &(p, p_int)) in POW10.iter().enumerate() {
+            let x = a * p;
+            if x >= 1e15 {
+                break;
+            }
+            let m = (x + 0.5) as u64;
+            if m as f64 / p != a {
+                continue;
+            }
+            let (int, frac) = (m / p_int, m % p_int);
+            let int_digits = POW10.iter().take_while(|&&(_, q)| q <= int).count().max(1);
+            if int_digits + d >= 16 || (d > 0 && frac % 10 == 0) {
+                break;
+            }
+            if v < 0.0 {
+                out.push(b'-');
+            }
+            put_padded(out, int, 1);
+            if d > 0 {
+                out.push(b'.');
+                put_padded(out, frac, d);
+            }
+            return;
+        }
+    }
+    write_double(out, v);
+}
+
 /// Text written as is, without escaping and without `fmt` (numbers, hex tokens).
 trait Plain {
     fn put(&self, out: &mut Vec<u8>);
@@ -1540,7 +1588,7 @@ impl W<'_> {
                 start!("double");
                 // Never empty, so never self-closing.
                 self.head_end();
-                write_double(self.out, *d);
+                put_double(self.out, *d);
                 self.lit(b"</double>");
             }
             Value::Boolean(b) => {
@@ -1732,6 +1780,116 @@ mod tests {
             let mut out = Vec::new();
             write_double(&mut out, v);
             assert_eq!(out, format_double(v).as_bytes(), "{v:e}");
+        }
+    }
+
+    #[test]
+    fn put_double_matches_write_double() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut values = vec![
+            0.25,
+            1.0,
+            100.0,
+            1e-4,
+            1e15,
+            1e14,
+            0.1,
+            0.3,
+            123.456,
+            -0.5,
+            -1e-4,
+            0.0,
+            -0.0,
+            5e-324,
+            99_999_999_999_999.9,
+            999_999_999_999_999.0,
+            0.000_123_456_789_012_345,
+            1.5,
+        ];
+        for _ in 0..300_000 {
+            let bits = f64::from_bits(next());
+            if bits.is_finite() {
+                values.push(bits);
+            }
+            // Short and long decimals at every scale, and their neighbours.
+            let n = (next() % 2_000_000) as f64 - 1_000_000.0;
+            let x = n * 10f64.powi((next() % 30) as i32 - 15);
+            values.push(x);
+            values.push(f64::from_bits(x.to_bits() + 1));
+            let long =
+                (next() % 10_000_000_000_000_000) as f64 * 10f64.powi((next() % 24) as i32 - 20);
+            values.push(long);
+        }
+        for v in values {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            put_double(&mut a, v);
+            write_double(&mut b, v);
+            assert_eq!(a, b, "{v:e}");
+        }
+    }
+
+    /// Short texts (the register-copy lengths and a little beyond) with every ASCII byte and a
+    /// few non-ASCII characters at every position: the word checks agree with byte escaping.
+    #[test]
+    fn short_escape_matches_byte_escape() {
+        let base = "abcdefghijklmnopqrstuvwx";
+        let mut inserts: Vec<String> = (0u8..0x80).map(|b| char::from(b).to_string()).collect();
+        for c in [
+            "é",
+            "\u{fffe}",
+            "\u{ffff}",
+            "\u{fffd}",
+            "\u{10000}",
+            "]]>",
+            "&amp;",
+        ] {
+            inserts.push(c.to_string());
+        }
+        for len in 0..=base.len() {
+            for pos in 0..=len {
+                for ins in &inserts {
+                    for text in [
+                        format!("{}{}{}", &base[..pos], ins, &base[pos..len]),
+                        format!("{}{}", &base[..pos], ins).repeat(2),
+                    ] {
+                        for attribute in [false, true] {
+                            let mut out = b"<".to_vec();
+                            let got = escape_into(&mut out, &text, attribute).ok().map(|()| out);
+                            let want = escape_ref(text.as_bytes(), attribute).map(|mut e| {
+                                e.insert(0, b'<');
+                                e
+                            });
+                            assert_eq!(got, want, "{text:?} {attribute}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn constant_markup_matches_its_parts() {
+        assert_eq!(
+            &root_head!("op")[..],
+            format!("<op xmlns='{NS}'").as_bytes()
+        );
+        use crate::stanza::Scope;
+        for s in [Scope::All, Scope::Single, Scope::Direct] {
+            let token = RequestToken::Single(Token::generate().expect("token"));
+            let op = Op {
+                scope: Some(s),
+                ..Op::new(token, &Resource::parse("/a").expect("resource"), 1000)
+            };
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            encode_payload(&VertebraPayload::Op(op.clone()), &mut a).expect("encodes");
+            encode_payload_tree(&VertebraPayload::Op(op), &mut b).expect("encodes");
+            assert_eq!(a, b);
         }
     }
 
