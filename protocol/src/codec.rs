@@ -200,7 +200,7 @@ pub fn encode_payload(p: &VertebraPayload, out: &mut Vec<u8>) -> Result<(), Enco
         VertebraPayload::Cancel(x) => w.token_only(root_head!("cancel"), &x.token),
         VertebraPayload::Nack(x) => {
             w.lit(root_head!("nack"));
-            w.attr(b" reason='", x.reason.as_str())?;
+            w.attr_cold(b" reason='", x.reason.as_str())?;
             w.attr_num(b" token='", &x.token);
             w.empty_end();
             Ok(())
@@ -224,10 +224,10 @@ pub fn encode_payload(p: &VertebraPayload, out: &mut Vec<u8>) -> Result<(), Enco
         VertebraPayload::Error(x) => {
             w.lit(root_head!("error"));
             if let Some(c) = &x.condition {
-                w.attr(b" condition='", c.as_str())?;
+                w.attr_cold(b" condition='", c.as_str())?;
             }
             w.attr_num(b" token='", &x.token);
-            w.attr(b" type='", x.error_type.as_str())?;
+            w.attr_cold(b" type='", x.error_type.as_str())?;
             match &x.reason {
                 None => w.empty_end(),
                 Some(r) => {
@@ -249,7 +249,7 @@ pub fn encode_payload(p: &VertebraPayload, out: &mut Vec<u8>) -> Result<(), Enco
             if let Some(v) = x.interval {
                 w.attr_num(b" interval='", v);
             }
-            w.attr(b" value='", &format_double(x.value))?;
+            w.attr_cold(b" value='", &format_double(x.value))?;
             w.empty_end();
             Ok(())
         }
@@ -1210,6 +1210,16 @@ const fn text_flags(w: u64) -> u64 {
         & HI8
 }
 
+/// [`attr_flags`] or [`text_flags`].
+#[inline(always)]
+const fn flags(attribute: bool, w: u64) -> u64 {
+    if attribute {
+        attr_flags(w)
+    } else {
+        text_flags(w)
+    }
+}
+
 /// The 8 bytes at `i` as a little-endian word (0, which is flagged, when they are not there).
 #[inline(always)]
 fn le8(b: &[u8], i: usize) -> u64 {
@@ -1236,13 +1246,6 @@ const fn pad_from(n: usize) -> u64 {
 fn escape_into(out: &mut Vec<u8>, s: &str, attribute: bool) -> Result<(), EncodeError> {
     let d = s.as_bytes();
     let n = d.len();
-    let flags = |w: u64| {
-        if attribute {
-            attr_flags(w)
-        } else {
-            text_flags(w)
-        }
-    };
     if n <= 16 {
         // The bytes, contiguous in `lo` (bytes 0..8) and `hi` (bytes 8..16), zero past `n`.
         let (lo, hi, check) = if n >= 8 {
@@ -1250,15 +1253,15 @@ fn escape_into(out: &mut Vec<u8>, s: &str, attribute: bool) -> Result<(), Encode
             let last = le8(d, n - 8);
             // `last` holds bytes n-8..n; bytes 8..n are its top n-8 bytes.
             let hi = last.checked_shr(8 * (16 - n) as u32).unwrap_or(0);
-            (lo, hi, flags(lo) | flags(last))
+            (lo, hi, flags(attribute, lo) | flags(attribute, last))
         } else if n >= 4 {
             // Bytes 0..4 and n-4..n (overlapping, equal where they overlap).
             let lo = le4(d, 0) | (le4(d, n - 4) << (8 * (n - 4)));
-            (lo, 0, flags(lo | pad_from(n)))
+            (lo, 0, flags(attribute, lo | pad_from(n)))
         } else if n > 0 {
             let lo = u64::from(d[0]) | (u64::from(d[n / 2]) << 8) | (u64::from(d[n - 1]) << 16);
             // Bytes 1 and 2 repeat bytes of `s` when `n` < 3: checked, then cut off.
-            (lo, 0, flags(lo | pad_from(3)))
+            (lo, 0, flags(attribute, lo | pad_from(3)))
         } else {
             return Ok(());
         };
@@ -1277,12 +1280,12 @@ fn escape_into(out: &mut Vec<u8>, s: &str, attribute: bool) -> Result<(), Encode
     // Whole words of plain text, then the last 8 bytes (overlapping).
     let mut i = 0;
     while i + 8 < n {
-        if flags(le8(d, i)) != 0 {
+        if flags(attribute, le8(d, i)) != 0 {
             return escape_slow(out, d, i, attribute);
         }
         i += 8;
     }
-    if flags(le8(d, n - 8)) != 0 {
+    if flags(attribute, le8(d, n - 8)) != 0 {
         return escape_slow(out, d, i, attribute);
     }
     out.extend_from_slice(d);
@@ -1290,13 +1293,13 @@ fn escape_into(out: &mut Vec<u8>, s: &str, attribute: bool) -> Result<(), Encode
 }
 
 /// [`escape_into`] for an attribute value.
-#[inline(never)]
+#[inline(always)]
 fn escape_attr(out: &mut Vec<u8>, s: &str) -> Result<(), EncodeError> {
     escape_into(out, s, true)
 }
 
 /// [`escape_into`] for text content.
-#[inline(never)]
+#[inline(always)]
 fn escape_text(out: &mut Vec<u8>, s: &str) -> Result<(), EncodeError> {
     escape_into(out, s, false)
 }
@@ -1511,6 +1514,14 @@ impl W<'_> {
         self.out.push(b'\'');
         Ok(())
     }
+    /// [`W::attr`] for rare attributes (kept out of line).
+    #[inline(never)]
+    fn attr_cold(&mut self, head: &[u8], value: &str) -> Result<(), EncodeError> {
+        self.out.extend_from_slice(head);
+        escape_into(self.out, value, true)?;
+        self.out.push(b'\'');
+        Ok(())
+    }
     /// An attribute whose text never needs escaping (numbers, hex tokens); `head` is ` name='`.
     #[inline(always)]
     fn attr_num(&mut self, head: &[u8], v: impl Plain) {
@@ -1557,54 +1568,65 @@ impl W<'_> {
         Ok(())
     }
     /// `<string name='n'>s</string>` (`head` is `<string name='`).
+    #[inline(never)]
     fn string_el(&mut self, head: &[u8], n: &str, s: &str) -> Result<(), EncodeError> {
-        self.attr(head, n)?;
+        self.attr_cold(head, n)?;
         self.text_body(b"</string>", s)
     }
     fn value(&mut self, v: &Value, name: Option<&str>, root: bool) -> Result<(), EncodeError> {
-        // `<tag`, `<tag name='…'` or (root) `<tag xmlns='…'`.
-        macro_rules! start {
-            ($tag:literal) => {
-                if root {
-                    self.open_root($tag);
-                    if let Some(n) = name {
-                        self.attr(b" name='", n)?;
+        if root {
+            self.root_start(v, name)?;
+        } else {
+            // `<tag` or `<tag name='` as one constant piece, then the name.
+            macro_rules! start {
+                ($tag:literal) => {
+                    if name.is_some() {
+                        self.lit(concat!("<", $tag, " name='").as_bytes())
+                    } else {
+                        self.lit(concat!("<", $tag).as_bytes())
                     }
-                } else if let Some(n) = name {
-                    self.attr(concat!("<", $tag, " name='").as_bytes(), n)?;
-                } else {
-                    self.lit(concat!("<", $tag).as_bytes());
-                }
-            };
+                };
+            }
+            match v {
+                Value::I4(_) => start!("i4"),
+                Value::Double(_) => start!("double"),
+                Value::Boolean(_) => start!("boolean"),
+                Value::String(_) => start!("string"),
+                Value::Base64(_) => start!("base64"),
+                Value::DateTime(_) => start!("dateTime.iso8601"),
+                Value::List(_) => start!("list"),
+                Value::Struct(_) => start!("struct"),
+                Value::Nil => start!("nil"),
+                Value::Res(_) => start!("res"),
+                Value::Exception(_) => start!("exception"),
+            }
+            if let Some(n) = name {
+                escape_attr(self.out, n)?;
+                self.out.push(b'\'');
+            }
         }
         match v {
             Value::I4(x) => {
-                start!("i4");
                 self.head_end();
                 x.put(self.out);
                 self.lit(b"</i4>");
             }
             Value::Double(d) => {
-                start!("double");
                 // Never empty, so never self-closing.
                 self.head_end();
                 put_double(self.out, *d);
                 self.lit(b"</double>");
             }
             Value::Boolean(b) => {
-                start!("boolean");
                 self.lit(if *b { b">1</boolean>" } else { b">0</boolean>" });
             }
             Value::String(s) => {
-                start!("string");
                 self.text_body(b"</string>", s)?;
             }
             Value::Base64(b) => {
-                start!("base64");
                 self.text_body(b"</base64>", &encode_base64(b))?;
             }
             Value::DateTime(d) => {
-                start!("dateTime.iso8601");
                 // The canonical wire form of `DateTime::to_wire`, written in place.
                 self.head_end();
                 let o = &mut *self.out;
@@ -1620,15 +1642,12 @@ impl W<'_> {
                 self.lit(b"Z</dateTime.iso8601>");
             }
             Value::Res(r) => {
-                start!("res");
                 self.text_body(b"</res>", r.as_str())?;
             }
             Value::Nil => {
-                start!("nil");
                 self.empty_end();
             }
             Value::List(items) => {
-                start!("list");
                 if items.is_empty() {
                     self.empty_end();
                 } else {
@@ -1640,16 +1659,23 @@ impl W<'_> {
                 }
             }
             Value::Struct(a) => {
-                start!("struct");
                 self.args_body(b"</struct>", a)?;
             }
             Value::Exception(e) => {
-                start!("exception");
                 self.head_end();
                 self.string_el(b"<string name='", "class", &e.class)?;
                 self.string_el(b"<string name='", "message", &e.message)?;
                 self.lit(b"</exception>");
             }
+        }
+        Ok(())
+    }
+    /// `<tag xmlns='NS'` and the name of a value written as the root (rare: [`encode_value`]).
+    #[inline(never)]
+    fn root_start(&mut self, v: &Value, name: Option<&str>) -> Result<(), EncodeError> {
+        self.open_root(v.type_name());
+        if let Some(n) = name {
+            self.attr_cold(b" name='", n)?;
         }
         Ok(())
     }
