@@ -1401,21 +1401,31 @@ trait Plain {
     fn put(&self, out: &mut Vec<u8>);
 }
 
+/// The 8 decimal digits of `v < 10^8` as bytes 0–9, the most significant in the low byte
+/// (eight lanes at once: two 4-digit halves, then hundreds, then tens).
+#[inline(always)]
+const fn digits8(v: u64) -> u64 {
+    let x = (v / 10_000) | ((v % 10_000) << 32);
+    // Per 32-bit lane (< 10 000): the hundreds (x·5243 >> 19 is x / 100 below 43 699).
+    let h = ((x * 5243) >> 19) & 0x0000_007f_0000_007f;
+    let y = h | ((x - h * 100) << 16);
+    // Per 16-bit lane (< 100): the tens (y·103 >> 10 is y / 10 below 179).
+    let t = ((y * 103) >> 10) & 0x000f_000f_000f_000f;
+    t | ((y - t * 10) << 8)
+}
+
 /// Decimal digits of `v`, zero-padded to at least `width` (like `{:0width$}`).
 #[inline]
 fn put_padded(out: &mut Vec<u8>, v: u64, width: usize) {
+    if v < 10 && width <= 1 {
+        out.push(b'0' + v as u8);
+        return;
+    }
     if v < 100_000_000 && width <= 8 {
-        // Up to 8 digits in one word, the first digit in the low byte: one 8-byte append, then
-        // a truncate to the digits.
-        let (mut v, mut w, mut n) = (v, 0u64, 0);
-        loop {
-            w = (w << 8) | (u64::from(b'0') + v % 10);
-            v /= 10;
-            n += 1;
-            if v == 0 && n >= width {
-                break;
-            }
-        }
+        // One 8-byte append of the digits without leading zeros, then a truncate to them.
+        let d = digits8(v);
+        let n = (8 - (d.trailing_zeros() / 8) as usize).max(width);
+        let w = (d + LO8 * u64::from(b'0')) >> (8 * (8 - n));
         let len = out.len();
         out.extend_from_slice(&w.to_le_bytes());
         out.truncate(len + n);
@@ -1628,6 +1638,41 @@ impl W<'_> {
             }
             Value::DateTime(d) => {
                 // The canonical wire form of `DateTime::to_wire`, written in place.
+                if d.year < 10_000
+                    && d.month.max(d.day).max(d.hour).max(d.minute).max(d.second) < 100
+                {
+                    // `>YYYYMMDDTHH:MM:SSZ` as one 19-byte piece.
+                    let two = |v: u8| [b'0' + v / 10, b'0' + v % 10];
+                    let y = d.year;
+                    let [m0, m1] = two(d.month);
+                    let [d0, d1] = two(d.day);
+                    let [h0, h1] = two(d.hour);
+                    let [i0, i1] = two(d.minute);
+                    let [s0, s1] = two(d.second);
+                    self.lit(&[
+                        b'>',
+                        b'0' + (y / 1000) as u8,
+                        b'0' + (y / 100 % 10) as u8,
+                        b'0' + (y / 10 % 10) as u8,
+                        b'0' + (y % 10) as u8,
+                        m0,
+                        m1,
+                        d0,
+                        d1,
+                        b'T',
+                        h0,
+                        h1,
+                        b':',
+                        i0,
+                        i1,
+                        b':',
+                        s0,
+                        s1,
+                        b'Z',
+                    ]);
+                    self.lit(b"</dateTime.iso8601>");
+                    return Ok(());
+                }
                 self.head_end();
                 let o = &mut *self.out;
                 put_padded(o, u64::from(d.year), 4);
@@ -1896,6 +1941,59 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn put_padded_matches_format() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut values: Vec<u64> = (0..100_000).collect();
+        for k in 0..20 {
+            let p = 10u64.pow(k);
+            values.extend([p - 1, p, p + 1, p.wrapping_mul(9)]);
+        }
+        for _ in 0..100_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            values.push(seed >> (seed % 64));
+        }
+        values.push(u64::MAX);
+        for v in values {
+            for width in [1, 2, 4, 8, 9] {
+                let mut out = b"x".to_vec();
+                put_padded(&mut out, v, width);
+                assert_eq!(out, format!("x{v:0width$}").as_bytes(), "{v} {width}");
+            }
+        }
+    }
+
+    #[test]
+    fn date_time_matches_tree() {
+        for (year, rest) in [
+            (2009, 17),
+            (0, 0),
+            (9999, 99),
+            (10_000, 5),
+            (65_535, 255),
+            (7, 100),
+        ] {
+            let d = DateTime {
+                year,
+                month: rest,
+                day: rest / 2,
+                hour: rest / 3,
+                minute: rest / 4,
+                second: rest / 5,
+            };
+            let mut out = Vec::new();
+            encode_value(&Value::DateTime(d), &mut out).expect("encodes");
+            let mut tree = Vec::new();
+            encode_value_tree(&Value::DateTime(d), &mut tree).expect("encodes");
+            assert_eq!(out, tree);
+            assert!(String::from_utf8(out)
+                .expect("utf-8")
+                .contains(&d.to_wire()));
         }
     }
 
