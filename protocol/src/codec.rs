@@ -1559,10 +1559,59 @@ impl W<'_> {
             return Ok(());
         }
         self.head_end();
-        for (n, v) in args.iter() {
-            self.value(v, Some(n), false)?;
-        }
+        self.named_children(args)?;
         self.lit(end);
+        Ok(())
+    }
+    /// Each of `args` as a named child.
+    #[inline(never)]
+    fn named_children(&mut self, args: &Args) -> Result<(), EncodeError> {
+        for (n, v) in args.iter() {
+            self.child(v, Some(n))?;
+        }
+        Ok(())
+    }
+    /// A child value: the common kinds (string, res, i4, boolean) written here, inlined in the
+    /// loops over children; the others by [`W::value`].
+    #[inline(always)]
+    fn child(&mut self, v: &Value, name: Option<&str>) -> Result<(), EncodeError> {
+        // `<tag name='…'` or `<tag`, then `rest`: `'` + `rest` after a name.
+        macro_rules! start {
+            ($tag:literal, $rest:literal) => {
+                match name {
+                    Some(n) => {
+                        self.lit(concat!("<", $tag, " name='").as_bytes());
+                        escape_attr(self.out, n)?;
+                        self.lit(concat!("'", $rest).as_bytes());
+                    }
+                    None => self.lit(concat!("<", $tag, $rest).as_bytes()),
+                }
+            };
+        }
+        macro_rules! text_el {
+            ($tag:literal, $s:expr) => {{
+                let s: &str = $s;
+                if s.is_empty() {
+                    start!($tag, "/>");
+                } else {
+                    start!($tag, ">");
+                    escape_text(self.out, s)?;
+                    self.lit(concat!("</", $tag, ">").as_bytes());
+                }
+            }};
+        }
+        match v {
+            Value::String(s) => text_el!("string", s),
+            Value::Res(r) => text_el!("res", r.as_str()),
+            Value::I4(x) => {
+                start!("i4", ">");
+                x.put(self.out);
+                self.lit(b"</i4>");
+            }
+            Value::Boolean(true) => start!("boolean", ">1</boolean>"),
+            Value::Boolean(false) => start!("boolean", ">0</boolean>"),
+            _ => self.value(v, name, false)?,
+        }
         Ok(())
     }
     /// Text content then the end tag `end` (`</tag>`; self-closing for empty text).
@@ -1698,7 +1747,7 @@ impl W<'_> {
                 } else {
                     self.head_end();
                     for i in items {
-                        self.value(i, None, false)?;
+                        self.child(i, None)?;
                     }
                     self.lit(b"</list>");
                 }
@@ -1748,9 +1797,7 @@ impl W<'_> {
             return Ok(());
         }
         self.head_end();
-        for (n, v) in op.args.iter() {
-            self.value(v, Some(n), false)?;
-        }
+        self.named_children(&op.args)?;
         for r in &op.unkeyed_resources {
             self.lit(b"<res");
             self.text_body(b"</res>", r.as_str())?;
