@@ -181,66 +181,75 @@ pub fn decode_value_fast(bytes: &[u8]) -> Option<Value> {
     Some(v)
 }
 
+/// `<tag xmlns='NS'` of a root element, as one constant piece.
+macro_rules! root_head {
+    ($tag:literal) => {{
+        const L: usize = $tag.len() + NS.len() + 10;
+        const B: [u8; L] = cat(&["<", $tag, " xmlns='", NS, "'"]);
+        &B
+    }};
+}
+
 /// Encode a payload, appending to `out` (byte-identical to [`encode_payload_tree`]). On error
 /// `out` may hold a partial document.
 pub fn encode_payload(p: &VertebraPayload, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     let mut w = W { out };
     match p {
         VertebraPayload::Op(x) => w.op(x),
-        VertebraPayload::Ack(x) => w.token_only("ack", &x.token),
-        VertebraPayload::Cancel(x) => w.token_only("cancel", &x.token),
+        VertebraPayload::Ack(x) => w.token_only(root_head!("ack"), &x.token),
+        VertebraPayload::Cancel(x) => w.token_only(root_head!("cancel"), &x.token),
         VertebraPayload::Nack(x) => {
-            w.open_root("nack");
-            w.attr("reason", x.reason.as_str())?;
-            w.attr_num("token", &x.token);
+            w.lit(root_head!("nack"));
+            w.attr_cold(b" reason='", x.reason.as_str())?;
+            w.attr_num(b" token='", &x.token);
             w.empty_end();
             Ok(())
         }
         VertebraPayload::Data(x) => {
-            w.open_root("data");
+            w.lit(root_head!("data"));
             if let Some(s) = x.seq {
-                w.attr_num("seq", s);
+                w.attr_num(b" seq='", s);
             }
-            w.attr_num("token", &x.token);
-            w.args_body("data", &x.args)
+            w.attr_num(b" token='", &x.token);
+            w.args_body(b"</data>", &x.args)
         }
         VertebraPayload::Final(x) => {
-            w.open_root("final");
+            w.lit(root_head!("final"));
             if let Some(c) = x.count {
-                w.attr_num("count", c);
+                w.attr_num(b" count='", c);
             }
-            w.attr_num("token", &x.token);
-            w.args_body("final", &x.args)
+            w.attr_num(b" token='", &x.token);
+            w.args_body(b"</final>", &x.args)
         }
         VertebraPayload::Error(x) => {
-            w.open_root("error");
+            w.lit(root_head!("error"));
             if let Some(c) = &x.condition {
-                w.attr("condition", c.as_str())?;
+                w.attr_cold(b" condition='", c.as_str())?;
             }
-            w.attr_num("token", &x.token);
-            w.attr("type", x.error_type.as_str())?;
+            w.attr_num(b" token='", &x.token);
+            w.attr_cold(b" type='", x.error_type.as_str())?;
             match &x.reason {
                 None => w.empty_end(),
                 Some(r) => {
                     w.head_end();
-                    w.string_el(Some("reason"), r)?;
-                    w.close("error");
+                    w.string_el(b"<string name='", "reason", r)?;
+                    w.lit(b"</error>");
                 }
             }
             Ok(())
         }
         VertebraPayload::Load(x) => {
-            w.open_root("load");
+            w.lit(root_head!("load"));
             if let Some(v) = x.capacity {
-                w.attr_num("capacity", v);
+                w.attr_num(b" capacity='", v);
             }
             if let Some(v) = x.inflight {
-                w.attr_num("inflight", v);
+                w.attr_num(b" inflight='", v);
             }
             if let Some(v) = x.interval {
-                w.attr_num("interval", v);
+                w.attr_num(b" interval='", v);
             }
-            w.attr("value", &format_double(x.value))?;
+            w.attr_cold(b" value='", &format_double(x.value))?;
             w.empty_end();
             Ok(())
         }
@@ -257,11 +266,11 @@ pub fn encode_payload_tree(p: &VertebraPayload, out: &mut Vec<u8>) -> Result<(),
 /// Encode an op result, appending to `out` (byte-identical to the tree path).
 pub fn encode_op_result(r: &OpResult, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     let mut w = W { out };
-    w.open_root("op");
+    w.lit(root_head!("op"));
     if r.ack {
-        w.attr("ack", "true")?;
+        w.lit(b" ack='true'");
     }
-    w.attr_num("token", &r.token);
+    w.attr_num(b" token='", &r.token);
     w.empty_end();
     Ok(())
 }
@@ -1255,54 +1264,184 @@ fn char_refs_ok(raw: &str) -> bool {
 
 // ---------------------------------------------------------------------------------------------
 // Streaming writer (byte-identical to the rxml writer minidom uses)
+//
+// Cheap in instructions: fixed markup is written as constant pieces (`<string name='`, `</i4>`,
+// the root's `<op xmlns='…'`), which the compiler stores inline instead of calling `memcpy`;
+// text that needs no escaping (nearly all of it) is checked a word at a time and, up to 16
+// bytes, copied through registers (a fixed 8- or 16-byte append, then a truncate).
 
 struct W<'o> {
     out: &'o mut Vec<u8>,
 }
 
-/// Bytes [`escape_into`] must look at: controls, `"'<>&`, and 0xBE / 0xBF (the last byte of
-/// U+FFFE / U+FFFF).
-static ESC_LOOK: [bool; 256] = {
-    let mut t = [false; 256];
+/// `const` concatenation of `parts` (exactly `N` bytes), for fixed markup built from constants.
+const fn cat<const N: usize>(parts: &[&str]) -> [u8; N] {
+    let mut out = [0u8; N];
+    let mut k = 0;
+    let mut p = 0;
+    while p < parts.len() {
+        let b = parts[p].as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            out[k] = b[i];
+            k += 1;
+            i += 1;
+        }
+        p += 1;
+    }
+    assert!(k == N, "cat: wrong length");
+    out
+}
+
+const fn same_str(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
     let mut i = 0;
-    while i < 256 {
-        t[i] = i < 0x20 || matches!(i as u8, b'"' | b'\'' | b'<' | b'>' | b'&' | 0xbe | 0xbf);
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
         i += 1;
     }
-    t
-};
+    true
+}
 
-/// Escape like rxml's writer: fails on characters XML cannot carry.
-fn escape_into(out: &mut Vec<u8>, s: &str, attribute: bool) -> Result<(), EncodeError> {
-    let data = s.as_bytes();
-    let mut last = 0;
-    let start = if data.len() < 32 {
-        // Short text (names, numbers, most values): one table look per byte.
-        match data.iter().position(|&b| ESC_LOOK[b as usize]) {
-            None => {
-                out.extend_from_slice(data);
-                return Ok(());
-            }
-            Some(i) => i,
-        }
+// ` version='1.0'` is written as one constant piece.
+const _: () = assert!(same_str(crate::stanza::VERSION_1_0, "1.0"));
+
+/// Per byte of `w`: the high bit set where the byte equals `c` (and possibly in bytes above such
+/// a byte); zero when no byte equals `c`.
+#[inline(always)]
+const fn eq_bytes(w: u64, c: u8) -> u64 {
+    let t = w ^ (LO8 * c as u64);
+    t.wrapping_sub(LO8) & !t
+}
+
+/// Non-zero when some byte of `w` may need escaping in an attribute value: non-ASCII, a control,
+/// `"`, `'`, `<`, `>` or `&` (`<`/`>` and `&`/`'` are one test each: 0x3C | 2 = 0x3E | 2 and
+/// 0x26 | 1 = 0x27 | 1). Zero means every byte is written as is.
+#[inline(always)]
+const fn attr_flags(w: u64) -> u64 {
+    (w | (w.wrapping_sub(LO8 * 0x20) & !w)
+        | eq_bytes(w | (LO8 * 2), 0x3e)
+        | eq_bytes(w | LO8, 0x27)
+        | eq_bytes(w, b'"'))
+        & HI8
+}
+
+/// Like [`attr_flags`] for text content: non-ASCII, a control, `<`, `>` or `&`.
+#[inline(always)]
+const fn text_flags(w: u64) -> u64 {
+    (w | (w.wrapping_sub(LO8 * 0x20) & !w) | eq_bytes(w | (LO8 * 2), 0x3e) | eq_bytes(w, b'&'))
+        & HI8
+}
+
+/// [`attr_flags`] or [`text_flags`].
+#[inline(always)]
+const fn flags(attribute: bool, w: u64) -> u64 {
+    if attribute {
+        attr_flags(w)
     } else {
-        // Whole chunks of printable ASCII without `"'<>&` need no look (most text is all such).
-        let mut start = 0;
-        while word_at(data, start).is_some_and(|w| plain8(w, b"\"'<>&")) {
-            start += 8;
-        }
-        // The tail (under 8 bytes), padded with spaces: when it is plain too, so is all of `s`.
-        let tail = data.get(start..).unwrap_or_default();
-        if tail.len() < 8 {
-            let mut pad = [b' '; 8];
-            pad[..tail.len()].copy_from_slice(tail);
-            if plain8(u64::from_le_bytes(pad), b"\"'<>&") {
-                out.extend_from_slice(data);
-                return Ok(());
+        text_flags(w)
+    }
+}
+
+/// The 8 bytes at `i` as a little-endian word (0, which is flagged, when they are not there).
+#[inline(always)]
+fn le8(b: &[u8], i: usize) -> u64 {
+    word_at(b, i).unwrap_or(0)
+}
+
+/// The 4 bytes at `i` as a little-endian word (0 when they are not there).
+#[inline(always)]
+fn le4(b: &[u8], i: usize) -> u64 {
+    b.get(i..i.wrapping_add(4))
+        .and_then(|c| c.try_into().ok())
+        .map_or(0, |c| u64::from(u32::from_le_bytes(c)))
+}
+
+/// `'a'` in every byte from byte `n` up (`n < 8`): padding that no flag test reports.
+#[inline(always)]
+const fn pad_from(n: usize) -> u64 {
+    (LO8 * 0x61) << (8 * n)
+}
+
+/// Append `s` as escaped text (`attribute`: as an attribute value). Text needing no escaping is
+/// copied as is (up to 16 bytes without `memcpy`); anything else goes to [`escape_slow`].
+#[inline(always)]
+fn escape_into(out: &mut Vec<u8>, s: &str, attribute: bool) -> Result<(), EncodeError> {
+    let d = s.as_bytes();
+    let n = d.len();
+    if n <= 16 {
+        // The bytes, contiguous in `lo` (bytes 0..8) and `hi` (bytes 8..16), zero past `n`.
+        let (lo, hi, check) = if n >= 8 {
+            let lo = le8(d, 0);
+            let last = le8(d, n - 8);
+            // `last` holds bytes n-8..n; bytes 8..n are its top n-8 bytes.
+            let hi = last.checked_shr(8 * (16 - n) as u32).unwrap_or(0);
+            (lo, hi, flags(attribute, lo) | flags(attribute, last))
+        } else if n >= 4 {
+            // Bytes 0..4 and n-4..n (overlapping, equal where they overlap).
+            let lo = le4(d, 0) | (le4(d, n - 4) << (8 * (n - 4)));
+            (lo, 0, flags(attribute, lo | pad_from(n)))
+        } else if n > 0 {
+            let lo = u64::from(d[0]) | (u64::from(d[n / 2]) << 8) | (u64::from(d[n - 1]) << 16);
+            // Bytes 1 and 2 repeat bytes of `s` when `n` < 3: checked, then cut off.
+            (lo, 0, flags(attribute, lo | pad_from(3)))
+        } else {
+            return Ok(());
+        };
+        if check == 0 {
+            let len = out.len();
+            if n > 8 {
+                out.extend_from_slice(&((u128::from(hi) << 64) | u128::from(lo)).to_le_bytes());
+            } else {
+                out.extend_from_slice(&lo.to_le_bytes());
             }
+            out.truncate(len + n);
+            return Ok(());
         }
-        start
-    };
+        return escape_slow(out, d, 0, attribute);
+    }
+    // Whole words of plain text, then the last 8 bytes (overlapping).
+    let mut i = 0;
+    while i + 8 < n {
+        if flags(attribute, le8(d, i)) != 0 {
+            return escape_slow(out, d, i, attribute);
+        }
+        i += 8;
+    }
+    if flags(attribute, le8(d, n - 8)) != 0 {
+        return escape_slow(out, d, i, attribute);
+    }
+    out.extend_from_slice(d);
+    Ok(())
+}
+
+/// [`escape_into`] for an attribute value.
+#[inline(always)]
+fn escape_attr(out: &mut Vec<u8>, s: &str) -> Result<(), EncodeError> {
+    escape_into(out, s, true)
+}
+
+/// [`escape_into`] for text content.
+#[inline(always)]
+fn escape_text(out: &mut Vec<u8>, s: &str) -> Result<(), EncodeError> {
+    escape_into(out, s, false)
+}
+
+/// Escape like rxml's writer, one byte at a time from `start` (bytes before it need no
+/// escaping): fails on characters XML cannot carry.
+#[inline(never)]
+fn escape_slow(
+    out: &mut Vec<u8>,
+    data: &[u8],
+    start: usize,
+    attribute: bool,
+) -> Result<(), EncodeError> {
+    let mut last = 0;
     for (i, &b) in data.iter().enumerate().skip(start) {
         if CLASS[b as usize] == OK || CLASS[b as usize] == RSQB {
             continue;
@@ -1337,21 +1476,52 @@ fn escape_into(out: &mut Vec<u8>, s: &str, attribute: bool) -> Result<(), Encode
     Ok(())
 }
 
-/// `<tag` and `</tag>` of a value's element.
-fn tag_bytes(v: &Value) -> (&'static [u8], &'static [u8]) {
-    match v {
-        Value::I4(_) => (b"<i4", b"</i4>"),
-        Value::Double(_) => (b"<double", b"</double>"),
-        Value::Boolean(_) => (b"<boolean", b"</boolean>"),
-        Value::String(_) => (b"<string", b"</string>"),
-        Value::Base64(_) => (b"<base64", b"</base64>"),
-        Value::DateTime(_) => (b"<dateTime.iso8601", b"</dateTime.iso8601>"),
-        Value::List(_) => (b"<list", b"</list>"),
-        Value::Struct(_) => (b"<struct", b"</struct>"),
-        Value::Nil => (b"<nil", b"</nil>"),
-        Value::Res(_) => (b"<res", b"</res>"),
-        Value::Exception(_) => (b"<exception", b"</exception>"),
+/// Powers of ten exactly representable as `f64` and as `u64`, for [`put_double`].
+const POW10: [(f64, u64); 16] = {
+    let mut t = [(1.0, 1u64); 16];
+    let mut i = 1;
+    while i < 16 {
+        t[i] = (t[i - 1].0 * 10.0, t[i - 1].1 * 10);
+        i += 1;
     }
+    t
+};
+
+/// [`write_double`] without `fmt` for the common case: `|v|` in `[1e-4, 1e15)` equal to the
+/// nearest double of a decimal `m·10^-d` with `m < 10^15` (checked exactly: `m` and `10^d` are
+/// exact doubles and division rounds correctly). A decimal of at most 15 significant digits is
+/// the only one of its length or shorter that rounds to `v`, so with the least such `d` it is the
+/// shortest round-trip form `{v}` prints; `write_double` prints that when it has fewer than 16
+/// digits. Anything else goes to `write_double`.
+fn put_double(out: &mut Vec<u8>, v: f64) {
+    let a = v.abs();
+    if (1e-4..1e15).contains(&a) {
+        for (d, &(p, p_int)) in POW10.iter().enumerate() {
+            let x = a * p;
+            if x >= 1e15 {
+                break;
+            }
+            let m = (x + 0.5) as u64;
+            if m as f64 / p != a {
+                continue;
+            }
+            let (int, frac) = (m / p_int, m % p_int);
+            let int_digits = POW10.iter().take_while(|&&(_, q)| q <= int).count().max(1);
+            if int_digits + d >= 16 || (d > 0 && frac % 10 == 0) {
+                break;
+            }
+            if v < 0.0 {
+                out.push(b'-');
+            }
+            put_padded(out, int, 1);
+            if d > 0 {
+                out.push(b'.');
+                put_padded(out, frac, d);
+            }
+            return;
+        }
+    }
+    write_double(out, v);
 }
 
 /// Text written as is, without escaping and without `fmt` (numbers, hex tokens).
@@ -1359,13 +1529,41 @@ trait Plain {
     fn put(&self, out: &mut Vec<u8>);
 }
 
+/// The 8 decimal digits of `v < 10^8` as bytes 0–9, the most significant in the low byte
+/// (eight lanes at once: two 4-digit halves, then hundreds, then tens).
+#[inline(always)]
+const fn digits8(v: u64) -> u64 {
+    let x = (v / 10_000) | ((v % 10_000) << 32);
+    // Per 32-bit lane (< 10 000): the hundreds (x·5243 >> 19 is x / 100 below 43 699).
+    let h = ((x * 5243) >> 19) & 0x0000_007f_0000_007f;
+    let y = h | ((x - h * 100) << 16);
+    // Per 16-bit lane (< 100): the tens (y·103 >> 10 is y / 10 below 179).
+    let t = ((y * 103) >> 10) & 0x000f_000f_000f_000f;
+    t | ((y - t * 10) << 8)
+}
+
 /// Decimal digits of `v`, zero-padded to at least `width` (like `{:0width$}`).
-fn put_padded(out: &mut Vec<u8>, mut v: u64, width: usize) {
-    // One digit, unpadded (booleans' siblings: counts, small integers).
+#[inline]
+fn put_padded(out: &mut Vec<u8>, v: u64, width: usize) {
     if v < 10 && width <= 1 {
         out.push(b'0' + v as u8);
         return;
     }
+    if v < 100_000_000 && width <= 8 {
+        // One 8-byte append of the digits without leading zeros, then a truncate to them.
+        let d = digits8(v);
+        let n = (8 - (d.trailing_zeros() / 8) as usize).max(width);
+        let w = (d + LO8 * u64::from(b'0')) >> (8 * (8 - n));
+        let len = out.len();
+        out.extend_from_slice(&w.to_le_bytes());
+        out.truncate(len + n);
+        return;
+    }
+    put_padded_long(out, v, width);
+}
+
+#[inline(never)]
+fn put_padded_long(out: &mut Vec<u8>, mut v: u64, width: usize) {
     let mut buf = [b'0'; 20];
     let mut i = buf.len();
     loop {
@@ -1430,29 +1628,42 @@ impl<T: Plain + ?Sized> Plain for &T {
 }
 
 impl W<'_> {
+    /// A piece of markup (a constant at every call site, so stored inline).
+    #[inline(always)]
+    fn lit(&mut self, b: &[u8]) {
+        self.out.extend_from_slice(b);
+    }
     fn open(&mut self, name: &str) {
         self.out.push(b'<');
         self.out.extend_from_slice(name.as_bytes());
     }
+    /// `<name xmlns='NS'` for a name that is not a constant (see [`root_head!`]).
     fn open_root(&mut self, name: &str) {
         self.open(name);
-        self.out.extend_from_slice(b" xmlns='");
+        self.lit(b" xmlns='");
         self.out.extend_from_slice(NS.as_bytes());
         self.out.push(b'\'');
     }
-    fn attr(&mut self, name: &str, value: &str) -> Result<(), EncodeError> {
-        self.out.push(b' ');
-        self.out.extend_from_slice(name.as_bytes());
-        self.out.extend_from_slice(b"='");
+    /// ` name='value'`; `head` is ` name='`.
+    #[inline(always)]
+    fn attr(&mut self, head: &[u8], value: &str) -> Result<(), EncodeError> {
+        self.lit(head);
+        escape_attr(self.out, value)?;
+        self.out.push(b'\'');
+        Ok(())
+    }
+    /// [`W::attr`] for rare attributes (kept out of line).
+    #[inline(never)]
+    fn attr_cold(&mut self, head: &[u8], value: &str) -> Result<(), EncodeError> {
+        self.out.extend_from_slice(head);
         escape_into(self.out, value, true)?;
         self.out.push(b'\'');
         Ok(())
     }
-    /// An attribute whose text never needs escaping (numbers, hex tokens).
-    fn attr_num(&mut self, name: &str, v: impl Plain) {
-        self.out.push(b' ');
-        self.out.extend_from_slice(name.as_bytes());
-        self.out.extend_from_slice(b"='");
+    /// An attribute whose text never needs escaping (numbers, hex tokens); `head` is ` name='`.
+    #[inline(always)]
+    fn attr_num(&mut self, head: &[u8], v: impl Plain) {
+        self.lit(head);
         v.put(self.out);
         self.out.push(b'\'');
     }
@@ -1460,87 +1671,185 @@ impl W<'_> {
         self.out.push(b'>');
     }
     fn empty_end(&mut self) {
-        self.out.extend_from_slice(b"/>");
+        self.lit(b"/>");
     }
-    fn close(&mut self, name: &str) {
-        self.out.extend_from_slice(b"</");
-        self.out.extend_from_slice(name.as_bytes());
-        self.out.push(b'>');
-    }
-    fn token_only(&mut self, name: &str, token: &OpToken) -> Result<(), EncodeError> {
-        self.open_root(name);
-        self.attr_num("token", token);
+    fn token_only(&mut self, head: &[u8], token: &OpToken) -> Result<(), EncodeError> {
+        self.lit(head);
+        self.attr_num(b" token='", token);
         self.empty_end();
         Ok(())
     }
-    /// Named values as children, then the end of `name` (self-closing when there are none).
-    fn args_body(&mut self, name: &str, args: &Args) -> Result<(), EncodeError> {
+    /// Named values as children, then the end tag `end` (self-closing when there are none).
+    #[inline(always)]
+    fn args_body(&mut self, end: &[u8], args: &Args) -> Result<(), EncodeError> {
         if args.is_empty() {
             self.empty_end();
             return Ok(());
         }
         self.head_end();
-        for (n, v) in args.iter() {
-            self.value(v, Some(n), false)?;
-        }
-        self.close(name);
+        self.named_children(args)?;
+        self.lit(end);
         Ok(())
     }
-    fn string_el(&mut self, name: Option<&str>, s: &str) -> Result<(), EncodeError> {
-        self.out.extend_from_slice(b"<string");
-        if let Some(n) = name {
-            self.name_attr(n)?;
+    /// Each of `args` as a named child.
+    #[inline(never)]
+    fn named_children(&mut self, args: &Args) -> Result<(), EncodeError> {
+        for (n, v) in args.iter() {
+            self.child(v, Some(n))?;
         }
-        self.text_body(b"</string>", s)
+        Ok(())
     }
-    /// ` name='…'`.
-    fn name_attr(&mut self, n: &str) -> Result<(), EncodeError> {
-        self.out.extend_from_slice(b" name='");
-        escape_into(self.out, n, true)?;
-        self.out.push(b'\'');
+    /// A child value: the common kinds (string, res, i4, boolean) written here, inlined in the
+    /// loops over children; the others by [`W::value`].
+    #[inline(always)]
+    fn child(&mut self, v: &Value, name: Option<&str>) -> Result<(), EncodeError> {
+        // `<tag name='…'` or `<tag`, then `rest`: `'` + `rest` after a name.
+        macro_rules! start {
+            ($tag:literal, $rest:literal) => {
+                match name {
+                    Some(n) => {
+                        self.lit(concat!("<", $tag, " name='").as_bytes());
+                        escape_attr(self.out, n)?;
+                        self.lit(concat!("'", $rest).as_bytes());
+                    }
+                    None => self.lit(concat!("<", $tag, $rest).as_bytes()),
+                }
+            };
+        }
+        macro_rules! text_el {
+            ($tag:literal, $s:expr) => {{
+                let s: &str = $s;
+                if s.is_empty() {
+                    start!($tag, "/>");
+                } else {
+                    start!($tag, ">");
+                    escape_text(self.out, s)?;
+                    self.lit(concat!("</", $tag, ">").as_bytes());
+                }
+            }};
+        }
+        match v {
+            Value::String(s) => text_el!("string", s),
+            Value::Res(r) => text_el!("res", r.as_str()),
+            Value::I4(x) => {
+                start!("i4", ">");
+                x.put(self.out);
+                self.lit(b"</i4>");
+            }
+            Value::Boolean(true) => start!("boolean", ">1</boolean>"),
+            Value::Boolean(false) => start!("boolean", ">0</boolean>"),
+            _ => self.value(v, name, false)?,
+        }
         Ok(())
     }
     /// Text content then the end tag `end` (`</tag>`; self-closing for empty text).
+    #[inline(always)]
     fn text_body(&mut self, end: &[u8], s: &str) -> Result<(), EncodeError> {
         if s.is_empty() {
             self.empty_end();
             return Ok(());
         }
         self.head_end();
-        escape_into(self.out, s, false)?;
-        self.out.extend_from_slice(end);
+        escape_text(self.out, s)?;
+        self.lit(end);
         Ok(())
     }
-    fn num_body(&mut self, end: &[u8], v: impl Plain) {
-        self.head_end();
-        v.put(self.out);
-        self.out.extend_from_slice(end);
+    /// `<string name='n'>s</string>` (`head` is `<string name='`).
+    #[inline(never)]
+    fn string_el(&mut self, head: &[u8], n: &str, s: &str) -> Result<(), EncodeError> {
+        self.attr_cold(head, n)?;
+        self.text_body(b"</string>", s)
     }
     fn value(&mut self, v: &Value, name: Option<&str>, root: bool) -> Result<(), EncodeError> {
-        let tag = v.type_name();
-        // `<tag` and `</tag>` as one piece each.
-        let (start, end) = tag_bytes(v);
         if root {
-            self.open_root(tag);
+            self.root_start(v, name)?;
         } else {
-            self.out.extend_from_slice(start);
-        }
-        if let Some(n) = name {
-            self.name_attr(n)?;
+            // `<tag` or `<tag name='` as one constant piece, then the name.
+            macro_rules! start {
+                ($tag:literal) => {
+                    if name.is_some() {
+                        self.lit(concat!("<", $tag, " name='").as_bytes())
+                    } else {
+                        self.lit(concat!("<", $tag).as_bytes())
+                    }
+                };
+            }
+            match v {
+                Value::I4(_) => start!("i4"),
+                Value::Double(_) => start!("double"),
+                Value::Boolean(_) => start!("boolean"),
+                Value::String(_) => start!("string"),
+                Value::Base64(_) => start!("base64"),
+                Value::DateTime(_) => start!("dateTime.iso8601"),
+                Value::List(_) => start!("list"),
+                Value::Struct(_) => start!("struct"),
+                Value::Nil => start!("nil"),
+                Value::Res(_) => start!("res"),
+                Value::Exception(_) => start!("exception"),
+            }
+            if let Some(n) = name {
+                escape_attr(self.out, n)?;
+                self.out.push(b'\'');
+            }
         }
         match v {
-            Value::I4(x) => self.num_body(end, x),
+            Value::I4(x) => {
+                self.head_end();
+                x.put(self.out);
+                self.lit(b"</i4>");
+            }
             Value::Double(d) => {
                 // Never empty, so never self-closing.
                 self.head_end();
-                write_double(self.out, *d);
-                self.out.extend_from_slice(end);
+                put_double(self.out, *d);
+                self.lit(b"</double>");
             }
-            Value::Boolean(b) => self.text_body(end, if *b { "1" } else { "0" })?,
-            Value::String(s) => self.text_body(end, s)?,
-            Value::Base64(b) => self.text_body(end, &encode_base64(b))?,
+            Value::Boolean(b) => {
+                self.lit(if *b { b">1</boolean>" } else { b">0</boolean>" });
+            }
+            Value::String(s) => {
+                self.text_body(b"</string>", s)?;
+            }
+            Value::Base64(b) => {
+                self.text_body(b"</base64>", &encode_base64(b))?;
+            }
             Value::DateTime(d) => {
                 // The canonical wire form of `DateTime::to_wire`, written in place.
+                if d.year < 10_000
+                    && d.month.max(d.day).max(d.hour).max(d.minute).max(d.second) < 100
+                {
+                    // `>YYYYMMDDTHH:MM:SSZ` as one 19-byte piece.
+                    let two = |v: u8| [b'0' + v / 10, b'0' + v % 10];
+                    let y = d.year;
+                    let [m0, m1] = two(d.month);
+                    let [d0, d1] = two(d.day);
+                    let [h0, h1] = two(d.hour);
+                    let [i0, i1] = two(d.minute);
+                    let [s0, s1] = two(d.second);
+                    self.lit(&[
+                        b'>',
+                        b'0' + (y / 1000) as u8,
+                        b'0' + (y / 100 % 10) as u8,
+                        b'0' + (y / 10 % 10) as u8,
+                        b'0' + (y % 10) as u8,
+                        m0,
+                        m1,
+                        d0,
+                        d1,
+                        b'T',
+                        h0,
+                        h1,
+                        b':',
+                        i0,
+                        i1,
+                        b':',
+                        s0,
+                        s1,
+                        b'Z',
+                    ]);
+                    self.lit(b"</dateTime.iso8601>");
+                    return Ok(());
+                }
                 self.head_end();
                 let o = &mut *self.out;
                 put_padded(o, u64::from(d.year), 4);
@@ -1552,61 +1861,76 @@ impl W<'_> {
                 put_padded(o, u64::from(d.minute), 2);
                 o.push(b':');
                 put_padded(o, u64::from(d.second), 2);
-                o.push(b'Z');
-                self.out.extend_from_slice(end);
+                self.lit(b"Z</dateTime.iso8601>");
             }
-            Value::Res(r) => self.text_body(end, r.as_str())?,
-            Value::Nil => self.empty_end(),
+            Value::Res(r) => {
+                self.text_body(b"</res>", r.as_str())?;
+            }
+            Value::Nil => {
+                self.empty_end();
+            }
             Value::List(items) => {
                 if items.is_empty() {
                     self.empty_end();
                 } else {
                     self.head_end();
                     for i in items {
-                        self.value(i, None, false)?;
+                        self.child(i, None)?;
                     }
-                    self.close(tag);
+                    self.lit(b"</list>");
                 }
             }
-            Value::Struct(a) => self.args_body(tag, a)?,
+            Value::Struct(a) => {
+                self.args_body(b"</struct>", a)?;
+            }
             Value::Exception(e) => {
                 self.head_end();
-                self.string_el(Some("class"), &e.class)?;
-                self.string_el(Some("message"), &e.message)?;
-                self.close(tag);
+                self.string_el(b"<string name='", "class", &e.class)?;
+                self.string_el(b"<string name='", "message", &e.message)?;
+                self.lit(b"</exception>");
             }
         }
         Ok(())
     }
+    /// `<tag xmlns='NS'` and the name of a value written as the root (rare: [`encode_value`]).
+    #[inline(never)]
+    fn root_start(&mut self, v: &Value, name: Option<&str>) -> Result<(), EncodeError> {
+        self.open_root(v.type_name());
+        if let Some(n) = name {
+            self.attr_cold(b" name='", n)?;
+        }
+        Ok(())
+    }
     fn op(&mut self, op: &Op) -> Result<(), EncodeError> {
-        self.open_root("op");
-        if let Some(s) = op.scope {
-            self.attr("scope", s.as_str())?;
+        self.lit(root_head!("op"));
+        match op.scope {
+            None => {}
+            Some(crate::stanza::Scope::All) => self.lit(b" scope='all'"),
+            Some(crate::stanza::Scope::Single) => self.lit(b" scope='single'"),
+            Some(crate::stanza::Scope::Direct) => self.lit(b" scope='direct'"),
         }
         if let Some(t) = op.timeout {
-            self.attr_num("timeout", t);
+            self.attr_num(b" timeout='", t);
         }
-        self.attr_num("token", &op.token);
-        self.attr("type", &op.op_type)?;
+        self.attr_num(b" token='", &op.token);
+        self.attr(b" type='", &op.op_type)?;
         if op.version == Version::V1_0 {
-            self.attr("version", crate::stanza::VERSION_1_0)?;
+            self.lit(b" version='1.0'");
         }
         if let Some(w) = op.window {
-            self.attr_num("window", w);
+            self.attr_num(b" window='", w);
         }
         if op.args.is_empty() && op.unkeyed_resources.is_empty() {
             self.empty_end();
             return Ok(());
         }
         self.head_end();
-        for (n, v) in op.args.iter() {
-            self.value(v, Some(n), false)?;
-        }
+        self.named_children(&op.args)?;
         for r in &op.unkeyed_resources {
-            self.open("res");
+            self.lit(b"<res");
             self.text_body(b"</res>", r.as_str())?;
         }
-        self.close("op");
+        self.lit(b"</op>");
         Ok(())
     }
 }
@@ -1717,6 +2041,169 @@ mod tests {
                     "byte {b:#x} at {pos}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn put_double_matches_write_double() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut values = vec![
+            0.25,
+            1.0,
+            100.0,
+            1e-4,
+            1e15,
+            1e14,
+            0.1,
+            0.3,
+            123.456,
+            -0.5,
+            -1e-4,
+            0.0,
+            -0.0,
+            5e-324,
+            99_999_999_999_999.9,
+            999_999_999_999_999.0,
+            0.000_123_456_789_012_345,
+            1.5,
+        ];
+        for _ in 0..300_000 {
+            let bits = f64::from_bits(next());
+            if bits.is_finite() {
+                values.push(bits);
+            }
+            // Short and long decimals at every scale, and their neighbours.
+            let n = (next() % 2_000_000) as f64 - 1_000_000.0;
+            let x = n * 10f64.powi((next() % 30) as i32 - 15);
+            values.push(x);
+            values.push(f64::from_bits(x.to_bits() + 1));
+            let long =
+                (next() % 10_000_000_000_000_000) as f64 * 10f64.powi((next() % 24) as i32 - 20);
+            values.push(long);
+        }
+        for v in values {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            put_double(&mut a, v);
+            write_double(&mut b, v);
+            assert_eq!(a, b, "{v:e}");
+        }
+    }
+
+    /// Short texts (the register-copy lengths and a little beyond) with every ASCII byte and a
+    /// few non-ASCII characters at every position: the word checks agree with byte escaping.
+    #[test]
+    fn short_escape_matches_byte_escape() {
+        let base = "abcdefghijklmnopqrstuvwx";
+        let mut inserts: Vec<String> = (0u8..0x80).map(|b| char::from(b).to_string()).collect();
+        for c in [
+            "é",
+            "\u{fffe}",
+            "\u{ffff}",
+            "\u{fffd}",
+            "\u{10000}",
+            "]]>",
+            "&amp;",
+        ] {
+            inserts.push(c.to_string());
+        }
+        for len in 0..=base.len() {
+            for pos in 0..=len {
+                for ins in &inserts {
+                    for text in [
+                        format!("{}{}{}", &base[..pos], ins, &base[pos..len]),
+                        format!("{}{}", &base[..pos], ins).repeat(2),
+                    ] {
+                        for attribute in [false, true] {
+                            let mut out = b"<".to_vec();
+                            let got = escape_into(&mut out, &text, attribute).ok().map(|()| out);
+                            let want = escape_ref(text.as_bytes(), attribute).map(|mut e| {
+                                e.insert(0, b'<');
+                                e
+                            });
+                            assert_eq!(got, want, "{text:?} {attribute}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn put_padded_matches_format() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut values: Vec<u64> = (0..100_000).collect();
+        for k in 0..20 {
+            let p = 10u64.pow(k);
+            values.extend([p - 1, p, p + 1, p.wrapping_mul(9)]);
+        }
+        for _ in 0..100_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            values.push(seed >> (seed % 64));
+        }
+        values.push(u64::MAX);
+        for v in values {
+            for width in [1, 2, 4, 8, 9] {
+                let mut out = b"x".to_vec();
+                put_padded(&mut out, v, width);
+                assert_eq!(out, format!("x{v:0width$}").as_bytes(), "{v} {width}");
+            }
+        }
+    }
+
+    #[test]
+    fn date_time_matches_tree() {
+        for (year, rest) in [
+            (2009, 17),
+            (0, 0),
+            (9999, 99),
+            (10_000, 5),
+            (65_535, 255),
+            (7, 100),
+        ] {
+            let d = DateTime {
+                year,
+                month: rest,
+                day: rest / 2,
+                hour: rest / 3,
+                minute: rest / 4,
+                second: rest / 5,
+            };
+            let mut out = Vec::new();
+            encode_value(&Value::DateTime(d), &mut out).expect("encodes");
+            let mut tree = Vec::new();
+            encode_value_tree(&Value::DateTime(d), &mut tree).expect("encodes");
+            assert_eq!(out, tree);
+            assert!(String::from_utf8(out)
+                .expect("utf-8")
+                .contains(&d.to_wire()));
+        }
+    }
+
+    #[test]
+    fn constant_markup_matches_its_parts() {
+        assert_eq!(
+            &root_head!("op")[..],
+            format!("<op xmlns='{NS}'").as_bytes()
+        );
+        use crate::stanza::Scope;
+        for s in [Scope::All, Scope::Single, Scope::Direct] {
+            let token = RequestToken::Single(Token::generate().expect("token"));
+            let op = Op {
+                scope: Some(s),
+                ..Op::new(token, &Resource::parse("/a").expect("resource"), 1000)
+            };
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            encode_payload(&VertebraPayload::Op(op.clone()), &mut a).expect("encodes");
+            encode_payload_tree(&VertebraPayload::Op(op), &mut b).expect("encodes");
+            assert_eq!(a, b);
         }
     }
 
