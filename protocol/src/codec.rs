@@ -47,6 +47,7 @@ use crate::stanza::{
     Attrs, Cancel, Data, Final, Load, Nack, Op, OpDecodeError, OpError, OpResult, Version,
     VertebraPayload,
 };
+use crate::swar::{bytes_in, word_at, HI8, LO8};
 use crate::token::{OpToken, RequestToken, Token};
 use crate::value::{
     decode_base64, encode_base64, format_double, parse_boolean, parse_double, parse_i4,
@@ -1106,17 +1107,6 @@ fn is_nonchar_at(b: &[u8], i: usize) -> bool {
     i >= 2 && b[i - 2] == 0xef && b[i - 1] == 0xbf
 }
 
-const LO8: u64 = 0x0101_0101_0101_0101;
-const HI8: u64 = 0x8080_8080_8080_8080;
-
-/// Bytes of `w` (all below 0x80) in `lo..=hi`: the high bit of each such byte. `x + (0x80 - lo)`
-/// has its high bit set exactly when `x >= lo`, `(0x80 + hi) - x` exactly when `x <= hi`; no
-/// byte carries or borrows into its neighbour.
-#[inline(always)]
-fn bytes_in(w: u64, lo: u8, hi: u8) -> u64 {
-    w.wrapping_add(LO8 * u64::from(0x80 - lo)) & (LO8 * u64::from(0x80 + hi)).wrapping_sub(w) & HI8
-}
-
 /// Whether all 8 bytes of `w` are [`NAME_CLASS`] bytes (ASCII letters, digits, `_`, `.`, `-`).
 #[inline(always)]
 fn name_word(w: u64) -> bool {
@@ -1138,12 +1128,6 @@ fn name_word(w: u64) -> bool {
 fn plain8(w: u64, special: &[u8]) -> bool {
     let below = |x: u64, n: u8| x.wrapping_sub(LO8 * u64::from(n)) & !x & HI8 != 0;
     w & HI8 == 0 && !below(w, 0x20) && special.iter().all(|&c| !below(w ^ (LO8 * u64::from(c)), 1))
-}
-
-/// The 8 bytes at `i` when they are all there, as a little-endian word.
-fn word_at(b: &[u8], i: usize) -> Option<u64> {
-    let chunk: [u8; 8] = b.get(i..i.checked_add(8)?)?.try_into().ok()?;
-    Some(u64::from_le_bytes(chunk))
 }
 
 /// Whether the `len` bytes of `input` at `at` are printable ASCII (0x20–0x7F) without a byte

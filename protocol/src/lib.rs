@@ -28,6 +28,7 @@ pub mod requester;
 pub mod resource;
 pub mod responder;
 pub mod stanza;
+mod swar;
 pub mod token;
 pub mod value;
 pub mod xml;

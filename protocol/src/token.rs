@@ -15,6 +15,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{DecodeError, Rule};
+use crate::swar::{bytes_in, HI8, LO8};
 
 /// Upper bound on the length of one token segment accepted on input. The spec sets no limit
 /// (`[VAP-OPS-005]`: any `[0-9A-Fa-f]+`); this bound only equals the largest stanza a peer
@@ -185,20 +186,10 @@ pub enum RequestToken {
     Pair(OpToken),
 }
 
-/// Word-at-a-time constants: a byte of ones, and the high bit of every byte.
-const LO8: u64 = 0x0101_0101_0101_0101;
-const HI8: u64 = 0x8080_8080_8080_8080;
-
-/// Whether all 8 bytes of `w` are ASCII hex digits. For bytes below 0x80, `x + (0x80 - lo)` has
-/// its high bit set exactly when `x >= lo`, and `(0x80 + hi) - x` exactly when `x <= hi`; no
-/// byte carries or borrows into its neighbour. Letters are tested after folding to lower case.
+/// Whether all 8 bytes of `w` are ASCII hex digits (letters tested after folding to lower
+/// case).
 fn all_hex8(w: u64) -> bool {
-    let in_range = |x: u64, lo: u8, hi: u8| {
-        x.wrapping_add(LO8 * u64::from(0x80 - lo))
-            & (LO8 * u64::from(0x80 + hi)).wrapping_sub(x)
-            & HI8
-    };
-    w & HI8 == 0 && (in_range(w, b'0', b'9') | in_range(w | (LO8 * 0x20), b'a', b'f')) == HI8
+    w & HI8 == 0 && (bytes_in(w, b'0', b'9') | bytes_in(w | (LO8 * 0x20), b'a', b'f')) == HI8
 }
 
 /// Length of the leading run of hex digits of `b`.
