@@ -740,6 +740,10 @@ impl<'i> Rd<'i> {
     /// After the root element: whitespace only, then the end of the input (anything else is
     /// left to the tree decoder, which refuses it).
     fn end(&mut self) -> Option<()> {
+        // Usually the root's end tag is the last byte.
+        if self.r.buffer_position() == self.input.len() as u64 {
+            return Some(());
+        }
         loop {
             match self.r.read_event().ok()? {
                 Event::Eof => return Some(()),

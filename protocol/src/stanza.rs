@@ -583,6 +583,10 @@ fn parse_uint(s: &str) -> Option<u64> {
     if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
+    // Up to 19 digits cannot overflow.
+    if s.len() <= 19 {
+        return Some(s.bytes().fold(0, |v, b| v * 10 + u64::from(b - b'0')));
+    }
     s.parse().ok()
 }
 

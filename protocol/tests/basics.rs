@@ -301,3 +301,38 @@ fn values_from_plain_rust_values() {
         panic!("not a string");
     }
 }
+
+/// Unsigned attributes (`seq`) at the edges of u64, through both decoders: 19 digits take the
+/// digit-folding path, 20 digits the checked parse.
+#[test]
+fn unsigned_attribute_edges() {
+    let doc = |seq: &str| {
+        format!(
+            "<data xmlns='http://xmlschema.engineyard.com/agent/api' token='ab:cd' seq='{seq}'/>"
+        )
+    };
+    for (seq, want) in [
+        ("0", Some(0)),
+        ("0000000000000000001", Some(1)),
+        ("9999999999999999999", Some(9_999_999_999_999_999_999)),
+        ("18446744073709551615", Some(u64::MAX)),
+        ("18446744073709551616", None),
+        ("99999999999999999999", None),
+        ("000000000000000000001", None),
+        ("+1", None),
+        ("", None),
+    ] {
+        let text = doc(seq);
+        for decoded in [
+            VertebraPayload::from_xml(text.as_bytes()),
+            vertebra_protocol::codec::decode_payload_tree(text.as_bytes()),
+        ] {
+            let got = match decoded {
+                Ok(VertebraPayload::Data(d)) => d.seq,
+                Ok(other) => panic!("{seq:?}: decoded as {other:?}"),
+                Err(_) => None,
+            };
+            assert_eq!(got, want, "{seq:?}");
+        }
+    }
+}
