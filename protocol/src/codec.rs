@@ -12,11 +12,11 @@
 //! documents inside a conservative subset where both parsers provably see the same document:
 //! unprefixed element and attribute names of ASCII name characters, every element bound to
 //! [`NS`] by a default `xmlns` (declared on the root; any other `xmlns` is exactly [`NS`]), the
-//! root element first (no byte order mark, whitespace or
-//! declaration before it), no comments / CDATA / processing instructions,
-//! no carriage returns or tabs/newlines in attribute values (XML normalizes those), only the
-//! five predefined entities and short character references, XML characters only, the size and
-//! depth limits of [`crate::xml`]. Anything outside the subset, and every input that is
+//! root element first (no byte order mark, whitespace or declaration before it) and only
+//! whitespace after it, no comments / CDATA / processing instructions, no carriage returns or
+//! tabs/newlines in attribute values (XML normalizes those), only the five predefined entities
+//! and short character references, XML characters only, the size and depth limits of
+//! [`crate::xml`]. Anything outside the subset, and every input that is
 //! invalid for any reason, is handed to the tree decoder, which then decides — so results *and*
 //! error kinds are those of the tree decoder by construction, and the streaming decoder never
 //! has to reproduce the order in which the tree decoder reports errors. Real traffic (our own

@@ -24,7 +24,7 @@ pub const MAX_SEGMENT_LEN: usize = 65_536;
 
 /// One token segment: non-empty ASCII hex, as received (case kept; compared exactly).
 ///
-/// Segments of up to [`INLINE_LEN`] characters (every generated one) are stored inline, so
+/// Segments of up to 32 characters (every generated one) are stored inline, so
 /// parsing or cloning a token does not allocate.
 #[derive(Clone)]
 pub struct Token(Repr);

@@ -673,7 +673,7 @@ fn exact_decimal(v: f64) -> Exact {
 /// `1`, `1e+20`, `1.5e-7`, `0.0001`, `-0`.
 ///
 /// Rust's `{:e}` yields the shortest closest digits but rounds exact ties up, so the tie rule is
-/// applied here with exact arithmetic (see [`shortest_digits`]).
+/// applied here with exact arithmetic (see `shortest_digits`).
 pub fn format_double(v: f64) -> String {
     if v == 0.0 {
         return if v.is_sign_negative() { "-0" } else { "0" }.to_string();

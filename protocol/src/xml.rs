@@ -24,6 +24,8 @@ pub const JABBER_CLIENT: &str = "jabber:client";
 /// Parse one XML element from bytes with the depth ([`MAX_XML_DEPTH`]) and size
 /// ([`MAX_XML_BYTES`]) limits. Unprefixed elements without `xmlns` get `default_ns`
 /// (pass [`JABBER_CLIENT`] for captured stanzas, or `None` to require explicit namespaces).
+/// The element must be the whole input: anything but whitespace after it is an
+/// [`Rule::XmlSyntax`] error.
 pub fn parse_element(bytes: &[u8], default_ns: Option<&str>) -> Result<Element, DecodeError> {
     if bytes.len() > MAX_XML_BYTES {
         return Err(DecodeError::new(
