@@ -1973,13 +1973,7 @@ mod tests {
 
     #[test]
     fn write_double_matches_format_double() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::swar::test_rng(0x2545_f491_4f6c_dd1du64);
         let mut values = vec![
             0.25,
             1.0,
@@ -2034,13 +2028,7 @@ mod tests {
 
     #[test]
     fn put_double_matches_write_double() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::swar::test_rng(0x9e37_79b9_7f4a_7c15u64);
         let mut values = vec![
             0.25,
             1.0,
@@ -2124,17 +2112,15 @@ mod tests {
 
     #[test]
     fn put_padded_matches_format() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = crate::swar::test_rng(0x2545_f491_4f6c_dd1d);
         let mut values: Vec<u64> = (0..100_000).collect();
         for k in 0..20 {
             let p = 10u64.pow(k);
             values.extend([p - 1, p, p + 1, p.wrapping_mul(9)]);
         }
         for _ in 0..100_000 {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            values.push(seed >> (seed % 64));
+            let r = next();
+            values.push(r >> (r % 64));
         }
         values.push(u64::MAX);
         for v in values {

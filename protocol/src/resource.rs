@@ -370,13 +370,7 @@ mod tests {
     #[test]
     fn plain_words_match_the_rules() {
         let alphabet = ["/", "a", "b", "c", ".", " ", "/", "\u{7f}", "\t", "é"];
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut rnd = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rnd = crate::swar::test_rng(0x9e37_79b9_7f4a_7c15u64);
         let (mut plain, mut total) = (0, 0);
         for _ in 0..200_000 {
             let len = 7 + (rnd() % 24) as usize;

@@ -407,13 +407,7 @@ mod tests {
     #[test]
     fn one_pass_parse_agrees() {
         let alphabet = b"0123456789abcdefABCDEF:g/G@`\x7f ";
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut rnd = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rnd = crate::swar::test_rng(0x2545_f491_4f6c_dd1du64);
         let (mut valid, mut invalid) = (0, 0);
         for _ in 0..200_000 {
             let len = (rnd() % 80) as usize;
