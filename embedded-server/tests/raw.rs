@@ -286,6 +286,10 @@ async fn clients_see_their_stream_break_on_malformed_bytes() {
         let (mut client, jid) = connect(s.addr(), &format!("alice@localhost/tx{i}"), "alicepw", T)
             .await
             .expect("tokio-xmpp login");
+        // The client is online; under load its tight timeouts may already have cost it one
+        // reconnect, so wait until the server has the session again (a clean-clone CI run once
+        // found it unbound here: NoSuchSession).
+        s.wait_online(&jid, T).await.expect("session bound");
         s.inject_raw(&jid, bytes).unwrap();
         s.inject(msg(jid.clone().into(), "follow", "x")).unwrap();
         let ev = tokio::time::timeout(T, client.next())
