@@ -709,24 +709,34 @@ impl<'i> Rd<'i> {
     /// word (no per-byte loop whose exit the branch predictor would miss).
     #[inline(always)]
     fn simple(&self, name: &str) -> bool {
-        let at = (name.as_ptr() as usize).wrapping_sub(self.input.as_ptr() as usize);
         let n = name.len();
-        match (n, word_at(self.input.as_bytes(), at)) {
-            (1..=8, Some(w)) => {
-                let keep = u64::MAX >> (8 * (8 - n));
-                name_word((w & keep) | ((LO8 * u64::from(b'a')) & !keep))
-                    && NAME_CLASS[usize::from(name.as_bytes()[0])] == NAME_START
-            }
-            _ => simple_name(name.as_bytes()),
+        let word = match n {
+            1..=7 => padded_word(self.input.as_bytes(), self.offset(name), n),
+            8 => word_at(self.input.as_bytes(), self.offset(name)),
+            _ => None,
+        };
+        match word {
+            Some(w) => name_word(w) && NAME_CLASS[usize::from(name.as_bytes()[0])] == NAME_START,
+            None => simple_name(name.as_bytes()),
         }
+    }
+
+    /// Offset of `part`, a slice of the input, in the input.
+    #[inline(always)]
+    fn offset(&self, part: &str) -> usize {
+        (part.as_ptr() as usize).wrapping_sub(self.input.as_ptr() as usize)
     }
 
     /// Whether `part`, a slice of the input, is printable ASCII without a byte of `special`
     /// (see [`plain_at`]).
     #[inline(always)]
     fn plain(&self, part: &str, special: &[u8]) -> bool {
-        let at = (part.as_ptr() as usize).wrapping_sub(self.input.as_ptr() as usize);
-        plain_at(self.input.as_bytes(), at, part.len(), special)
+        plain_at(
+            self.input.as_bytes(),
+            self.offset(part),
+            part.len(),
+            special,
+        )
     }
 
     /// The root element: `(name, empty)`.
@@ -1142,8 +1152,6 @@ fn plain8(w: u64, special: &[u8]) -> bool {
 /// the range is not inside `input` (the exact checks then decide).
 #[inline(always)]
 fn plain_at(input: &[u8], at: usize, len: usize, special: &[u8]) -> bool {
-    /// Stands in for the bytes after the range: printable and in no `special` set.
-    const FILL: u64 = LO8 * b'a' as u64;
     let Some(end) = at.checked_add(len).filter(|&e| e <= input.len()) else {
         return false;
     };
@@ -1158,17 +1166,22 @@ fn plain_at(input: &[u8], at: usize, len: usize, special: &[u8]) -> bool {
     if rest == 0 {
         return true;
     }
-    match word_at(input, i) {
-        Some(w) => {
-            let keep = (1u64 << (8 * rest)) - 1;
-            plain8((w & keep) | (FILL & !keep), special)
-        }
+    match padded_word(input, i, rest) {
+        Some(w) => plain8(w, special),
         // Near the end of the input.
         None => input.get(i..end).is_some_and(|b| {
             b.iter()
                 .all(|&c| (0x20..0x80).contains(&c) && !special.contains(&c))
         }),
     }
+}
+
+/// The `n` (below 8) bytes of `input` at `at` as one word, read from the input beyond them
+/// where it goes on, with the lanes from `n` up set to `a` ([`pad_from`]: printable, a name
+/// character, in no special set). `None` near the end of the input.
+#[inline(always)]
+fn padded_word(input: &[u8], at: usize, n: usize) -> Option<u64> {
+    Some((word_at(input, at)? & !(u64::MAX << (8 * n))) | pad_from(n))
 }
 
 /// Offset of the first 8-byte chunk of `b` that is not [`plain8`] (a multiple of 8), or the
@@ -1350,7 +1363,8 @@ fn le4(b: &[u8], i: usize) -> u64 {
         .map_or(0, |c| u64::from(u32::from_le_bytes(c)))
 }
 
-/// `'a'` in every byte from byte `n` up (`n < 8`): padding that no flag test reports.
+/// `'a'` in every byte from byte `n` up (`n < 8`): padding that no flag test (nor the decoder's
+/// [`plain8`] and [`name_word`]) reports.
 #[inline(always)]
 const fn pad_from(n: usize) -> u64 {
     (LO8 * 0x61) << (8 * n)

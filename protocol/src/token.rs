@@ -15,7 +15,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{DecodeError, Rule};
-use crate::swar::{bytes_in, HI8, LO8};
+use crate::swar::{bytes_in, word_at, HI8, LO8};
 
 /// Upper bound on the length of one token segment accepted on input. The spec sets no limit
 /// (`[VAP-OPS-005]`: any `[0-9A-Fa-f]+`); this bound only equals the largest stanza a peer
@@ -195,8 +195,8 @@ fn all_hex8(w: u64) -> bool {
 /// Length of the leading run of hex digits of `b`.
 fn hex_run(b: &[u8]) -> usize {
     let mut i = 0;
-    while let Some(chunk) = b.get(i..i + 8) {
-        if !all_hex8(u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]))) {
+    while let Some(w) = word_at(b, i) {
+        if !all_hex8(w) {
             break;
         }
         i += 8;
@@ -229,7 +229,7 @@ impl RequestToken {
         if n == s.len() {
             return Some(RequestToken::Single(first));
         }
-        let rest = s.strip_prefix(s.get(..n)?)?.strip_prefix(':')?;
+        let rest = s.get(n..)?.strip_prefix(':')?;
         let m = hex_run(rest.as_bytes());
         if m == 0 || m > MAX_SEGMENT_LEN || m != rest.len() {
             return None;
